@@ -1,0 +1,29 @@
+"""Shared fixtures. Tests never download: tiny models are built from a config."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# Keep the user's environment from leaking into tests.
+for _k in [k for k in os.environ if k.startswith("LIVEDPO_")]:
+    del os.environ[_k]
+
+import pytest  # noqa: E402
+
+from tests.tiny import make_tiny_model_dir  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A 2-layer random Gemma 3 text model with a plain (no chat template) tokenizer."""
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-plain"), chat=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_model_dir(tmp_path_factory):
+    """The same tiny model with a tokenizer that has a chat template."""
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-chat"), chat=True)

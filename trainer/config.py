@@ -1,0 +1,243 @@
+"""Configuration: one frozen dataclass per area, defaults < environment < flags.
+
+Every field carries its help text in ``metadata["help"]``; the command line and the
+UI settings form are generated from these, so a setting is documented in one place.
+Environment variables are ``LIVEDPO_<FIELD>`` (upper case). Validation collects every
+problem in every area and raises one ``ValueError`` that says what to change.
+
+This module imports no torch/gradio so app/ and storage/ may use it freely.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_MODEL = "gemma-3-270m"
+LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", "bco_pair", "nca_pair", "sppo_hard", "kto")
+
+
+def _f(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    """A dataclass field with help text (and allowed values, for strings)."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+def default_cache_dir() -> str:
+    return str(Path.home() / ".cache" / "livedpo")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which model to load, where, and how its LoRA adapter is shaped."""
+
+    model: str = _f(DEFAULT_MODEL, "Model: 'gemma-3-270m' (embedded, offline), a local HF "
+                    "model directory, or a hub id (needs network).")
+    device: str = _f("auto", "Where the model runs.", ("auto", "cpu", "cuda"))
+    quantize: str = _f("auto", "Base weights: auto = 4-bit NF4 on CUDA, none on CPU; "
+                       "4bit also works on CPU (bitsandbytes >= 0.50).", ("auto", "4bit", "none"))
+    cache_dir: str = _f(default_cache_dir(), "Where the converted default model is kept.")
+    lora_r: int = _f(16, "LoRA rank r.")
+    lora_alpha: int = _f(32, "LoRA scaling alpha (effective scale alpha / r).")
+    lora_dropout: float = _f(0.0, "Dropout on the LoRA branch.")
+    lora_targets: str = _f("all-linear", "Comma-separated module names LoRA wraps, or "
+                           "'all-linear' for every linear projection except the LM head.")
+
+    def problems(self) -> list[str]:
+        out = _choice_problems(self)
+        if self.lora_r < 1:
+            out.append(f"lora_r={self.lora_r}: must be >= 1 (try 8 or 16)")
+        if self.lora_alpha <= 0:
+            out.append(f"lora_alpha={self.lora_alpha}: must be > 0 (try 2 * lora_r)")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            out.append(f"lora_dropout={self.lora_dropout}: must be in [0, 1)")
+        if not self.model.strip():
+            out.append("model is empty: use 'gemma-3-270m' or a local model directory")
+        return out
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How pairs are sampled from the policy."""
+
+    max_new_tokens: int = _f(96, "Longest response, in tokens.")
+    temperature: float = _f(0.9, "Sampling temperature (> 0).")
+    top_p: float = _f(0.95, "Nucleus sampling mass in (0, 1].")
+    template: str = _f("auto", "Prompt template: auto = the tokenizer's chat template when it "
+                       "has one, else plain 'Question: ...\\nAnswer:'.", ("auto", "chat", "plain"))
+    max_prompt_tokens: int = _f(512, "Prompts are cut (from the left) to this many tokens.")
+
+    def problems(self) -> list[str]:
+        out = _choice_problems(self)
+        if not 1 <= self.max_new_tokens <= 4096:
+            out.append(f"max_new_tokens={self.max_new_tokens}: must be in 1..4096 (try 96)")
+        if self.temperature <= 0:
+            out.append(f"temperature={self.temperature}: must be > 0 (try 0.9)")
+        if not 0 < self.top_p <= 1:
+            out.append(f"top_p={self.top_p}: must be in (0, 1] (try 0.95)")
+        if self.max_prompt_tokens < 8:
+            out.append(f"max_prompt_tokens={self.max_prompt_tokens}: must be >= 8")
+        return out
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """The background producer that keeps pairs ready for annotators."""
+
+    ready_pairs: int = _f(8, "How many unserved pairs to keep ready.")
+    batch_prompts: int = _f(4, "Prompts per batched generate call (2 samples each).")
+    arena_fraction: float = _f(0.2, "Share of pairs that put the serving adapter against "
+                               "base (or the previous version), sides hidden.")
+    arena_opponent: str = _f("base", "Opponent of arena pairs.", ("base", "previous"))
+    staleness: int = _f(0, "Queued pairs from more than this many versions back are retired "
+                        "after a hot-swap (0 = only the serving version is shown).")
+    overlap: int = _f(1, "How many different annotators see each pair (agreement needs >= 2).")
+
+    def problems(self) -> list[str]:
+        out = _choice_problems(self)
+        if not 1 <= self.ready_pairs <= 1000:
+            out.append(f"ready_pairs={self.ready_pairs}: must be in 1..1000")
+        if not 1 <= self.batch_prompts <= 64:
+            out.append(f"batch_prompts={self.batch_prompts}: must be in 1..64")
+        if not 0.0 <= self.arena_fraction <= 1.0:
+            out.append(f"arena_fraction={self.arena_fraction}: must be in [0, 1] (try 0.2)")
+        if self.staleness < 0:
+            out.append(f"staleness={self.staleness}: must be >= 0")
+        if self.overlap < 1:
+            out.append(f"overlap={self.overlap}: must be >= 1")
+        return out
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """DPO rounds: when they start, what they optimise, and when a result is accepted."""
+
+    loss: str = _f("sigmoid", "Preference loss (see README: loss variants).", LOSS_TYPES)
+    beta: float = _f(0.1, "beta: strength of the KL tie to the reference policy.")
+    label_smoothing: float = _f(0.0, "epsilon for cDPO / robust DPO (assumed label noise).")
+    lr: float = _f(2e-4, "AdamW learning rate of the LoRA weights.")
+    epochs: int = _f(2, "Passes over the round's training votes.")
+    votes_per_round: int = _f(16, "A round starts once this many new usable votes exist.")
+    window: int = _f(0, "Train on at most this many most recent pairs (0 = all).")
+    micro_batch: int = _f(2, "Pairs per forward pass.")
+    grad_accum: int = _f(2, "Micro-batches per optimizer step.")
+    max_length: int = _f(320, "Prompt + response tokens kept per example.")
+    reference: str = _f("base", "Reference policy: base (adapter disabled) or previous "
+                        "(the previous adapter version, sDPO).", ("base", "previous"))
+    heldout_fraction: float = _f(0.2, "Share of votes held out to score reward accuracy.")
+    accept_tolerance: float = _f(0.05, "A round is rejected when held-out accuracy drops by "
+                                 "more than this.")
+    desirable_weight: float = _f(1.0, "KTO weight of desirable completions.")
+    undesirable_weight: float = _f(1.0, "KTO weight of undesirable completions.")
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm.")
+    seed: int = _f(0, "Seed for data order and LoRA init.")
+
+    def problems(self) -> list[str]:
+        out = _choice_problems(self)
+        if self.beta <= 0:
+            out.append(f"beta={self.beta}: must be > 0 (try 0.1)")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            out.append(f"label_smoothing={self.label_smoothing}: must be in [0, 0.5)")
+        if not 0 < self.lr < 1:
+            out.append(f"lr={self.lr}: must be in (0, 1) (try 2e-4)")
+        if not 1 <= self.epochs <= 100:
+            out.append(f"epochs={self.epochs}: must be in 1..100")
+        if self.votes_per_round < 1:
+            out.append(f"votes_per_round={self.votes_per_round}: must be >= 1")
+        if self.window < 0:
+            out.append(f"window={self.window}: must be >= 0 (0 = all)")
+        if self.micro_batch < 1 or self.grad_accum < 1:
+            out.append("micro_batch and grad_accum must be >= 1")
+        if self.max_length < 16:
+            out.append(f"max_length={self.max_length}: must be >= 16")
+        if not 0.0 <= self.heldout_fraction < 1.0:
+            out.append(f"heldout_fraction={self.heldout_fraction}: must be in [0, 1)")
+        if self.accept_tolerance < 0:
+            out.append(f"accept_tolerance={self.accept_tolerance}: must be >= 0")
+        return out
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """Where data lives and how the web app is served."""
+
+    data_dir: str = _f("./data", "Directory of the SQLite DB and adapter versions.")
+    host: str = _f("127.0.0.1", "Address the web app listens on.")
+    port: int = _f(7860, "Port the web app listens on.")
+    auth_file: str = _f("", "Users file (add-user writes it); empty = local single-user mode.")
+    guidelines_file: str = _f("", "Markdown file replacing the default annotation guidelines.")
+    max_prompt_chars: int = _f(4000, "Longest prompt accepted, in characters.")
+
+    def problems(self) -> list[str]:
+        out = _choice_problems(self)
+        if not 0 < self.port < 65536:
+            out.append(f"port={self.port}: must be in 1..65535")
+        if self.max_prompt_chars < 1:
+            out.append(f"max_prompt_chars={self.max_prompt_chars}: must be >= 1")
+        return out
+
+
+AREAS = (ModelConfig, SamplingConfig, PoolConfig, TrainConfig, AppConfig)
+
+
+def _choice_problems(cfg: Any) -> list[str]:
+    out = []
+    for f in dataclasses.fields(cfg):
+        choices = f.metadata.get("choices")
+        value = getattr(cfg, f.name)
+        if choices and value not in choices:
+            out.append(f"{f.name}={value!r}: must be one of {', '.join(choices)}")
+    return out
+
+
+def _coerce(name: str, raw: Any, kind: type) -> Any:
+    """Turn a string from the environment or a form into the field's type."""
+    if not isinstance(raw, str) or kind is str:
+        return raw
+    try:
+        if kind is bool:
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r}: expected a {kind.__name__}") from None
+
+
+def build(cls: type, env: Mapping[str, str] | None = None,
+          overrides: Mapping[str, Any] | None = None) -> Any:
+    """Build ``cls`` from defaults < ``LIVEDPO_*`` environment < ``overrides`` (None = unset).
+
+    Raises ValueError listing every bad value.
+    """
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    errors: list[str] = []
+    for f in dataclasses.fields(cls):
+        kind = type(f.default)
+        raw = env.get(f"LIVEDPO_{f.name.upper()}")
+        if overrides and overrides.get(f.name) is not None:
+            raw = overrides[f.name]
+        if raw is None:
+            continue
+        try:
+            values[f.name] = _coerce(f.name, raw, kind)
+        except ValueError as e:
+            errors.append(str(e))
+    if errors:
+        raise ValueError("Invalid settings:\n  - " + "\n  - ".join(errors))
+    cfg = cls(**values)
+    problems = cfg.problems()
+    if problems:
+        raise ValueError("Invalid settings:\n  - " + "\n  - ".join(problems))
+    return cfg
+
+
+def replace(cfg: Any, **changes: Any) -> Any:
+    """Like dataclasses.replace, with the same coercion and validation as ``build``."""
+    return build(type(cfg), env={}, overrides={**dataclasses.asdict(cfg), **changes})
+
+
+def help_of(cls: type, name: str) -> str:
+    return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)
