@@ -66,6 +66,7 @@ class SamplingConfig:
     max_new_tokens: int = _f(96, "Longest response, in tokens.")
     temperature: float = _f(0.9, "Sampling temperature (> 0).")
     top_p: float = _f(0.95, "Nucleus sampling mass in (0, 1].")
+    top_k: int = _f(64, "Sample only among the k most likely tokens (Gemma's recommended 64).")
     template: str = _f("auto", "Prompt template: auto = the tokenizer's chat template when it "
                        "has one, else plain 'Question: ...\\nAnswer:'.", ("auto", "chat", "plain"))
     max_prompt_tokens: int = _f(512, "Prompts are cut (from the left) to this many tokens.")
@@ -78,6 +79,8 @@ class SamplingConfig:
             out.append(f"temperature={self.temperature}: must be > 0 (try 0.9)")
         if not 0 < self.top_p <= 1:
             out.append(f"top_p={self.top_p}: must be in (0, 1] (try 0.95)")
+        if self.top_k < 1:
+            out.append(f"top_k={self.top_k}: must be >= 1 (try 64)")
         if self.max_prompt_tokens < 8:
             out.append(f"max_prompt_tokens={self.max_prompt_tokens}: must be >= 8")
         return out

@@ -1,0 +1,126 @@
+"""Command line: ``python app.py [serve|status|import-prompts|import-prefs|export|...]``.
+
+Every setting of every config area (trainer/config.py) is also a flag (``--beta``,
+``--lora-r`` ...). Precedence: defaults < environment (LIVEDPO_*) < flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+
+from trainer import config as C
+
+MODEL_AREAS = (C.ModelConfig, C.SamplingConfig, C.PoolConfig, C.TrainConfig)
+
+
+def _add_area_flags(p: argparse.ArgumentParser, areas) -> None:
+    for cls in areas:
+        g = p.add_argument_group(cls.__name__.replace("Config", "").lower())
+        for f in dataclasses.fields(cls):
+            flag = "--" + f.name.replace("_", "-")
+            kind = type(f.default)
+            g.add_argument(flag, dest=f.name, default=None,
+                           type=(lambda s: s) if kind is bool else kind,
+                           choices=f.metadata.get("choices"), help=f.metadata["help"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="app.py", description="LiveDPO: live human-in-the-loop DPO")
+    sub = p.add_subparsers(dest="command")
+
+    def cmd(name: str, help: str, model: bool = False) -> argparse.ArgumentParser:
+        s = sub.add_parser(name, help=help, description=help)
+        s.add_argument("--data-dir", dest="data_dir", default=None, help=C.help_of(
+            C.AppConfig, "data_dir") + " (env LIVEDPO_DATA_DIR)")
+        if model:
+            _add_area_flags(s, MODEL_AREAS)
+        else:  # the common options, accepted (and ignored where unused) everywhere
+            for name_ in ("model", "device", "quantize"):
+                s.add_argument("--" + name_, default=None, help=C.help_of(C.ModelConfig, name_))
+        return s
+
+    s = cmd("serve", "Run the web app, pair pool and trainer (the default command).", True)
+    s.add_argument("--host", default=None, help=C.help_of(C.AppConfig, "host"))
+    s.add_argument("--port", type=int, default=None, help=C.help_of(C.AppConfig, "port"))
+    s.add_argument("--auth-file", dest="auth_file", default=None,
+                   help=C.help_of(C.AppConfig, "auth_file"))
+    s.add_argument("--guidelines-file", dest="guidelines_file", default=None,
+                   help=C.help_of(C.AppConfig, "guidelines_file"))
+    s = cmd("status", "Counts and adapter versions.")
+    s.add_argument("--json", action="store_true", help="Print JSON.")
+    s = cmd("import-prompts", "Add prompts from a .txt, .jsonl or .csv file.")
+    s.add_argument("file")
+    s = cmd("import-prefs", "Add preferences (TRL DPO/KTO JSONL or a votes CSV).")
+    s.add_argument("file")
+    s = cmd("export", "Write preferences or votes to a file.")
+    s.add_argument("--format", required=True, choices=("dpo", "kto", "votes"))
+    s.add_argument("--out", required=True)
+    s = cmd("generate", "Print pairs sampled from the serving adapter.", True)
+    s.add_argument("--prompt", required=True)
+    s.add_argument("--n", type=int, default=1)
+    s.add_argument("--json", action="store_true")
+    s = cmd("train", "Run DPO rounds headless on the stored votes.", True)
+    s.add_argument("--rounds", type=int, default=1)
+    s = cmd("add-user", "Add (or update) a user in the auth file.")
+    s.add_argument("name")
+    s.add_argument("--role", choices=("annotator", "admin"), default="annotator")
+    s.add_argument("--auth-file", dest="auth_file", default=None,
+                   help=C.help_of(C.AppConfig, "auth_file"))
+    s.add_argument("--password", default=None, help="Password (prompted when omitted).")
+    s = cmd("import-adapter", "Add an externally trained LoRA adapter as the next version.")
+    s.add_argument("dir")
+    s.add_argument("--serve", action="store_true", help="Also make it the serving version.")
+    return p
+
+
+def resolve(args: argparse.Namespace) -> dict:
+    """Build every config area from defaults < env < flags; one error lists all problems."""
+    flags = {k: v for k, v in vars(args).items() if v is not None}
+    out, errors = {}, []
+    for cls in (*MODEL_AREAS, C.AppConfig):
+        try:
+            out[cls.__name__] = C.build(cls, overrides=flags)
+        except ValueError as e:
+            errors.append(str(e).replace("Invalid settings:\n", ""))
+    if errors:
+        raise ValueError("Invalid settings:\n" + "\n".join(errors))
+    return out
+
+
+def open_store(app_cfg: C.AppConfig):
+    from storage.db import Store
+    from storage.seed import seed_default_prompts
+
+    store = Store.open(app_cfg.data_dir)
+    seed_default_prompts(store, app_cfg.max_prompt_chars)
+    return store
+
+
+def make_service(cfgs: dict, terminal_progress: bool = True):
+    from trainer.service import Service
+
+    app = cfgs["AppConfig"]
+    return Service(open_store(app), Path(app.data_dir), cfgs["ModelConfig"],
+                   cfgs["SamplingConfig"], cfgs["PoolConfig"], cfgs["TrainConfig"], app,
+                   terminal_progress=terminal_progress)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
+                        "%(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = ["serve", *argv]
+    args = build_parser().parse_args(argv)
+    from app import commands
+
+    try:
+        cfgs = resolve(args)
+        return commands.run(args, cfgs)
+    except (ValueError, FileNotFoundError, PermissionError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

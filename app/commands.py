@@ -1,0 +1,146 @@
+"""What each ``app.py`` subcommand does. Model-free commands never load torch."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+from pathlib import Path
+
+from app.cli import make_service, open_store
+
+
+def run(args, cfgs: dict) -> int:
+    handler = {"serve": serve, "status": status, "import-prompts": import_prompts,
+               "import-prefs": import_prefs, "export": export, "generate": generate,
+               "train": train, "add-user": add_user,
+               "import-adapter": import_adapter}[args.command or "serve"]
+    return handler(args, cfgs)
+
+
+def status(args, cfgs: dict) -> int:
+    store = open_store(cfgs["AppConfig"])
+    counts = store.counts()
+    out = {**counts, "serving_adapter": store.serving_adapter(),
+           "adapters": [{k: a[k] for k in ("version", "parent_version", "status", "created")}
+                        for a in store.list_adapters()],
+           "rounds": counts.get("rounds", 0),
+           "data_dir": str(Path(cfgs["AppConfig"].data_dir).resolve())}
+    if args.json:
+        print(json.dumps(out, indent=2, default=str))
+    else:
+        print(f"data dir        {out['data_dir']}")
+        for k in ("prompts", "pairs", "pairs_ready", "votes", "annotators", "rounds"):
+            print(f"{k:<15} {out.get(k, 0)}")
+        print(f"serving adapter {out['serving_adapter']}")
+        print("adapters        " + (", ".join(f"{a['version']} ({a['status']})"
+                                             for a in out["adapters"]) or "none"))
+    return 0
+
+
+def import_prompts(args, cfgs: dict) -> int:
+    from storage.io import import_prompts as do_import
+
+    store = open_store(cfgs["AppConfig"])
+    n = do_import(store, args.file, max_chars=cfgs["AppConfig"].max_prompt_chars)
+    print(f"imported {n} new prompt(s) from {args.file}")
+    return 0
+
+
+def import_prefs(args, cfgs: dict) -> int:
+    from storage.io import import_prefs as do_import
+
+    store = open_store(cfgs["AppConfig"])
+    counts = do_import(store, args.file)
+    print(f"imported from {args.file}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+    return 0
+
+
+def export(args, cfgs: dict) -> int:
+    from storage.io import export as do_export
+
+    store = open_store(cfgs["AppConfig"])
+    n = do_export(store, args.format, args.out)
+    print(f"wrote {n} row(s) to {args.out}")
+    return 0
+
+
+def add_user(args, cfgs: dict) -> int:
+    from app.auth import add_user as do_add
+
+    path = args.auth_file or cfgs["AppConfig"].auth_file
+    if not path:
+        raise ValueError("add-user needs --auth-file FILE (or env LIVEDPO_AUTH_FILE)")
+    password = args.password
+    if password is None:
+        if not sys.stdin.isatty():
+            password = sys.stdin.readline().rstrip("\n")
+        else:
+            password = getpass.getpass(f"Password for {args.name}: ")
+            if getpass.getpass("Repeat: ") != password:
+                raise ValueError("the two passwords differ; nothing was written")
+    do_add(path, args.name, password, args.role)
+    print(f"user {args.name!r} ({args.role}) written to {path}")
+    return 0
+
+
+def import_adapter(args, cfgs: dict) -> int:
+    from trainer import adapters
+
+    app = cfgs["AppConfig"]
+    store = open_store(app)
+    version = store.next_adapter_version()
+    path = adapters.copy_in(Path(args.dir), Path(app.data_dir) / "adapters", version,
+                            {"version": version, "source": str(Path(args.dir).resolve())})
+    store.add_adapter(version, str(path), parent_version=None, round_id=None, status="ready",
+                      metrics=adapters.read_metadata(path).get("metrics"))
+    if args.serve:
+        store.set_serving_adapter(version)
+    print(f"imported {args.dir} as {version}" + (" (now serving)" if args.serve else ""))
+    return 0
+
+
+def generate(args, cfgs: dict) -> int:
+    from trainer.pool import PlannedPair
+
+    svc = make_service(cfgs)
+    svc.start(background=False, pool=False, trainer=False)
+    svc.require_ready()
+    pid = svc.store.add_prompt(args.prompt, source="user",
+                               max_chars=cfgs["AppConfig"].max_prompt_chars)
+    ids = svc.pool.produce([PlannedPair(pid, args.prompt, False) for _ in range(args.n)], None)
+    pairs = [svc.store.get_pair(i) for i in ids]
+    if args.json:
+        print(json.dumps([{k: p[k] for k in ("id", "prompt", "response_a", "response_b",
+                                             "version_a", "version_b", "seed")}
+                          for p in pairs], indent=2))
+    else:
+        for p in pairs:
+            print(f"--- pair {p['id']} ({p['version_a']}) ---\n[A] {p['response_a']}\n"
+                  f"[B] {p['response_b']}\n")
+    return 0
+
+
+def train(args, cfgs: dict) -> int:
+    svc = make_service(cfgs)
+    svc.start(background=False, pool=False, trainer=False)
+    svc.require_ready()
+    worst = 0
+    for i in range(args.rounds):
+        outcome = svc.trainer.run_one("cli")
+        acc = outcome.metrics.get("heldout_after", {}).get("accuracy")
+        print(f"round {outcome.round_id} ({i + 1}/{args.rounds}): {outcome.status}"
+              + (f" -> {outcome.version}" if outcome.version else "")
+              + (f", held-out accuracy {acc:.3f}" if acc is not None else "")
+              + (f"\n  {outcome.error}" if outcome.error else ""))
+        worst = max(worst, 1 if outcome.status == "failed" else 0)
+    return worst
+
+
+def serve(args, cfgs: dict) -> int:
+    from app.ui import launch
+
+    svc = make_service(cfgs)
+    svc.start(background=True)
+    launch(svc, cfgs["AppConfig"])
+    return 0

@@ -1,0 +1,88 @@
+"""Training examples from stored votes: held-out split and cached reference log-probs.
+
+Votes become (prompt, chosen, rejected) pairs in storage (see Store.training_pairs) and
+unpaired (prompt, completion, desirable) rows for KTO (Store.kto_rows). Here they get
+their template-formatted prompt, a deterministic held-out split, and reference
+log-probs, which depend only on (pair, reference version) and so are computed once
+and cached in the DB.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from trainer.scoring import score, text_hash
+
+
+@dataclass
+class Example:
+    """One row the trainer sees: paired (chosen/rejected) or unpaired (completion/label)."""
+
+    key: str
+    pair_id: int | None
+    prompt: str  # already formatted with the template
+    chosen: str
+    rejected: str | None = None  # None for unpaired rows
+    desirable: bool = True  # unpaired rows only
+    ref: dict[str, tuple[float, int]] = field(default_factory=dict)  # text -> (logp, n)
+
+
+def is_heldout(key: str, fraction: float) -> bool:
+    """Deterministic split by key hash: the same vote is always on the same side."""
+    h = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
+    return h % 10_000 < fraction * 10_000
+
+
+def paired_examples(rows: list[dict], fmt) -> list[Example]:
+    return [Example(key=r["key"], pair_id=r["pair_id"], prompt=fmt(r["prompt"]),
+                    chosen=r["chosen"], rejected=r["rejected"]) for r in rows]
+
+
+def unpaired_examples(rows: list[dict], fmt) -> list[Example]:
+    out = []
+    for i, r in enumerate(rows):
+        key = f"kto:{r.get('pair_id')}:{i}:{text_hash(r['prompt'], r['completion'])[:8]}"
+        out.append(Example(key=key, pair_id=r.get("pair_id"), prompt=fmt(r["prompt"]),
+                           chosen=r["completion"], desirable=bool(r["label"])))
+    return out
+
+
+def split(examples: list[Example], fraction: float) -> tuple[list[Example], list[Example]]:
+    train = [e for e in examples if not is_heldout(e.key, fraction)]
+    held = [e for e in examples if is_heldout(e.key, fraction)]
+    return train, held
+
+
+def texts_of(e: Example) -> list[str]:
+    return [e.chosen] + ([e.rejected] if e.rejected is not None else [])
+
+
+def attach_reference(examples: list[Example], policy, store, ref_version: str,
+                     max_length: int, batch_size: int = 8) -> int:
+    """Fill ``e.ref`` for every response from the DB cache, computing what is missing.
+
+    Cache key: (pair_id, ref_version, hash(prompt, response)). Rows without a pair id
+    (imported KTO labels) are computed but not cached. Returns how many were computed.
+    """
+    wanted = [(e, t) for e in examples for t in texts_of(e)]
+    keys = [(e.pair_id, text_hash(e.prompt, t)) for e, t in wanted if e.pair_id is not None]
+    cached = store.get_ref_logps(ref_version, keys) if keys else {}
+    missing = []
+    for e, t in wanted:
+        hit = cached.get((e.pair_id, text_hash(e.prompt, t))) if e.pair_id is not None else None
+        if hit is not None:
+            e.ref[t] = (float(hit[0]), int(hit[1]))
+        else:
+            missing.append((e, t))
+    if missing:
+        sums, counts = score(policy, [e.prompt for e, _ in missing], [t for _, t in missing],
+                             ref_version, max_length, batch_size)
+        rows = []
+        for (e, t), s, n in zip(missing, sums, counts):
+            e.ref[t] = (s, n)
+            if e.pair_id is not None:
+                rows.append((e.pair_id, text_hash(e.prompt, t), s, n))
+        if rows:
+            store.put_ref_logps(ref_version, rows)
+    return len(missing)

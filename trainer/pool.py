@@ -1,0 +1,205 @@
+"""The ready-pair pool: a background producer that keeps pairs queued in the DB.
+
+Pairs are sampled from the CURRENT serving policy (on-policy, iterated DPO), several
+prompts per batched generate call, least-served prompts first. A share of pairs are
+"arena" pairs: the serving adapter against base (or the previous version), sides
+shuffled, versions recorded per side and revealed only after the vote. After a
+hot-swap, queued pairs from older versions are retired so annotators judge the
+current policy. Errors are logged, counted, shown in status and retried with backoff;
+they never kill the producer.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass
+
+from trainer.config import PoolConfig
+from trainer.generate import Sampler
+from trainer.policy import BASE
+from trainer.scoring import implicit_rewards
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PlannedPair:
+    prompt_id: int
+    prompt: str
+    arena: bool
+
+
+class PairPool:
+    """Producer thread plus the on-demand path for user-typed prompts."""
+
+    def __init__(self, policy, store, sampler: Sampler, cfg: PoolConfig, *,
+                 reference, beta: float, max_length: int, seed: int = 0) -> None:
+        self.policy, self.store, self.sampler, self.cfg = policy, store, sampler, cfg
+        self.reference = reference  # callable: serving version -> reference version
+        self.beta, self.max_length = beta, max_length
+        self.rng = random.Random(seed)
+        self._seed = seed
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.produced = 0
+        self.errors = 0
+        self.last_error: str | None = None
+        self.last_batch: dict = {}
+
+    # --- thread -------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="pair-pool", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        backoff = 1.0
+        while not self._stop.is_set():
+            try:
+                need = self.cfg.ready_pairs - self.store.ready_pair_count()
+                if need <= 0:
+                    self._wake.wait(5.0)
+                    self._wake.clear()
+                    continue
+                self.fill_once(min(need, self.cfg.batch_prompts))
+                backoff = 1.0
+            except Exception as e:  # noqa: BLE001 - the producer must survive anything
+                self.errors += 1
+                self.last_error = f"{type(e).__name__}: {e}"
+                log.exception("pair generation failed; retrying in %.0f s", backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 60.0)
+
+    def status(self) -> dict:
+        return {"running": bool(self._thread and self._thread.is_alive()),
+                "produced": self.produced, "errors": self.errors,
+                "last_error": self.last_error, "last_batch": self.last_batch}
+
+    # --- production -----------------------------------------------------------------
+    def opponent(self) -> str | None:
+        """The arena opponent of the serving version, or None (serving is base)."""
+        serving = self.policy.serving
+        if serving == BASE:
+            return None
+        if self.cfg.arena_opponent == "previous":
+            row = self.store.get_adapter(serving) or {}
+            parent = row.get("parent_version") or BASE
+            if parent != BASE:
+                prev = self.store.get_adapter(parent)
+                if not prev:
+                    return BASE
+                self.policy.load_version(parent, prev["path"])
+            return parent
+        return BASE
+
+    def fill_once(self, k: int) -> list[int]:
+        """Generate pairs for up to ``k`` least-served prompts in batched calls."""
+        prompts = self.store.least_served_prompts(k)
+        if not prompts:
+            return []
+        opp = self.opponent()
+        plan = [PlannedPair(p["id"], p["text"], opp is not None
+                            and self.rng.random() < self.cfg.arena_fraction) for p in prompts]
+        return self.produce(plan, opp)
+
+    def produce(self, plan: list[PlannedPair], opponent: str | None,
+                status: str = "queued") -> list[int]:
+        """Sample and store one pair per planned prompt; returns the new pair ids."""
+        serving = self.policy.serving
+        t0 = time.perf_counter()
+        seed = self._next_seed()
+        sides = self._sample_sides(plan, serving, opponent, seed)
+        ids = []
+        for item, (a, b, va, vb) in zip(plan, sides):
+            if a is None:
+                log.warning("prompt %d gave identical/empty samples; skipped", item.prompt_id)
+                continue
+            ra, rb = self._rewards(item.prompt, a, b, va, vb)
+            ids.append(self.store.record_pair(
+                item.prompt_id, a, b, va, vb, gen_config=self._gen_config(ra, rb),
+                seed=seed, arena=item.arena, status=status))
+        dt = time.perf_counter() - t0
+        self.produced += len(ids)
+        self.last_batch = {"pairs": len(ids), "seconds": round(dt, 2),
+                           **{k: round(v, 2) for k, v in self.sampler.last_stats.items()}}
+        return ids
+
+    def _next_seed(self) -> int:
+        self._seed += 1
+        return self._seed * 7919 + int(time.time()) % 100_000
+
+    def _sample_sides(self, plan, serving, opponent, seed, retries: int = 2):
+        """(a, b, version_a, version_b) per plan item; a is None if no distinct pair."""
+        regular = [i for i, p in enumerate(plan) if not p.arena]
+        arena = [i for i, p in enumerate(plan) if p.arena]
+        out: list = [None] * len(plan)
+        todo = regular
+        for attempt in range(retries + 1):
+            if not todo:
+                break
+            texts = self.sampler.sample([plan[i].prompt for i in todo for _ in range(2)],
+                                        serving, seed + attempt)
+            again = []
+            for j, i in enumerate(todo):
+                a, b = texts[2 * j].text, texts[2 * j + 1].text
+                if a and b and a != b:
+                    out[i] = (a, b, serving, serving)
+                else:
+                    again.append(i)
+            todo = again
+        for i in todo:
+            out[i] = (None, None, serving, serving)
+        if arena:
+            mine = self.sampler.sample([plan[i].prompt for i in arena], serving, seed + 101)
+            theirs = self.sampler.sample([plan[i].prompt for i in arena], opponent, seed + 102)
+            for i, m, t in zip(arena, mine, theirs):
+                if not m.text or not t.text or m.text == t.text:
+                    out[i] = (None, None, serving, opponent)
+                elif self.rng.random() < 0.5:
+                    out[i] = (m.text, t.text, serving, opponent)
+                else:
+                    out[i] = (t.text, m.text, opponent, serving)
+        return out
+
+    def _rewards(self, prompt: str, a: str, b: str, va: str, vb: str):
+        """Implicit rewards of both sides under the serving policy (None for arena/base)."""
+        serving = self.policy.serving
+        ref = self.reference(serving)
+        if va != vb or serving == ref:
+            return None, None
+        fmt = self.sampler.format(prompt)
+        ra, rb = implicit_rewards(self.policy, [fmt, fmt], [a, b], serving, ref, self.beta,
+                                  self.max_length)
+        return ra, rb
+
+    def _gen_config(self, reward_a, reward_b) -> dict:
+        c = self.sampler.cfg
+        return {"max_new_tokens": c.max_new_tokens, "temperature": c.temperature,
+                "top_p": c.top_p, "top_k": c.top_k, "template": c.template,
+                "reward_a": reward_a, "reward_b": reward_b, "beta": self.beta}
+
+    # --- after a hot-swap --------------------------------------------------------------
+    def retire_stale(self) -> int:
+        """Expire queued pairs not produced by the serving version (or within staleness)."""
+        keep = {self.policy.serving}
+        if self.cfg.staleness:
+            versions = [a["version"] for a in self.store.list_adapters()
+                        if a["status"] == "ready"]
+            keep |= set(sorted(versions, key=lambda v: int(v[1:]))[-self.cfg.staleness - 1:])
+        n = self.store.retire_pairs(keep)
+        self.wake()
+        return n

@@ -1,0 +1,267 @@
+"""One DPO round: votes -> a new adapter version, accepted only if it does not hurt.
+
+A round (1) turns the stored votes into examples with a deterministic held-out slice,
+(2) fills reference log-probs from the DB cache (reference = base with adapters
+disabled, or the serving version for sDPO), (3) starts the draft adapter from the
+serving version and trains it with AdamW for E epochs of micro-batches with gradient
+accumulation, holding the model lock one micro-batch at a time so generation can cut
+in, (4) scores held-out reward accuracy before and after, and (5) if the losses were
+finite and held-out accuracy did not drop by more than the tolerance, saves the draft
+atomically as the next version and hot-swaps it into serving.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from trainer import adapters
+from trainer.config import TrainConfig
+from trainer.data import Example, attach_reference, paired_examples, split, unpaired_examples
+from trainer.logprobs import build_batch, sequence_logps
+from trainer.losses import kto_kl_estimate, kto_loss, needs_length_normalisation, preference_loss
+from trainer.policy import BASE, TRAIN
+from trainer.progress import NullProgress, Progress
+from trainer.scoring import score
+
+log = logging.getLogger(__name__)
+MIN_TRAIN_EXAMPLES = 2
+
+
+class RoundError(RuntimeError):
+    """A round could not run or diverged; the message says why and what to change."""
+
+
+@dataclass
+class RoundOutcome:
+    round_id: int
+    status: str  # accepted | rejected | failed
+    version: str | None
+    metrics: dict
+    error: str | None = None
+
+
+def reference_version(cfg: TrainConfig, serving: str) -> str:
+    """base (adapters disabled), or the serving version for sDPO (--reference previous)."""
+    return serving if cfg.reference == "previous" else BASE
+
+
+def heldout_accuracy(policy, held: list[Example], version: str, cfg: TrainConfig) -> dict:
+    """Implicit-reward accuracy on held-out pairs: does beta*log(pi/pi_ref) rank chosen first?
+
+    Ties (equal rewards, e.g. policy == reference) count half.
+    """
+    paired = [e for e in held if e.rejected is not None]
+    if not paired:
+        return {"accuracy": None, "n": 0, "margin": None}
+    prompts = [e.prompt for e in paired for _ in range(2)]
+    texts = [t for e in paired for t in (e.chosen, e.rejected)]
+    sums, counts = score(policy, prompts, texts, version, cfg.max_length, cfg.micro_batch * 2)
+    hits, margins = 0.0, []
+    for i, e in enumerate(paired):
+        pc, pr = _norm(cfg, sums[2 * i], counts[2 * i]), _norm(cfg, sums[2 * i + 1],
+                                                                counts[2 * i + 1])
+        rc, rr = _norm(cfg, *e.ref[e.chosen]), _norm(cfg, *e.ref[e.rejected])
+        margin = cfg.beta * ((pc - rc) - (pr - rr))
+        margins.append(margin)
+        hits += 1.0 if margin > 1e-9 else 0.5 if abs(margin) <= 1e-9 else 0.0
+    return {"accuracy": hits / len(paired), "n": len(paired),
+            "margin": sum(margins) / len(margins)}
+
+
+def _norm(cfg: TrainConfig, logp: float, n: int) -> float:
+    return logp / max(n, 1) if needs_length_normalisation(cfg.loss) else logp
+
+
+def _micro_step(policy, batch: list[Example], cfg: TrainConfig, ref_version: str) -> tuple:
+    """Forward + backward of one micro-batch of the draft adapter; returns (loss, stats)."""
+    tok = policy.tokenizer
+    if cfg.loss == "kto":
+        return _kto_micro_step(policy, batch, cfg, ref_version)
+    prompts = [e.prompt for e in batch] * 2
+    texts = [e.chosen for e in batch] + [e.rejected for e in batch]
+    enc = {k: v.to(policy.device) for k, v in
+           build_batch(tok, prompts, texts, cfg.max_length, tok.pad_token_id).items()}
+    with policy.lock.hold(), policy.active(TRAIN, train=True):
+        sums, n = sequence_logps(policy.model, enc["input_ids"], enc["attention_mask"],
+                                 enc["response_mask"])  # (2B,), (2B,)
+        ref = torch.tensor([e.ref[t][0] for t, e in zip(texts, batch * 2)], device=sums.device)
+        ref_n = torch.tensor([e.ref[t][1] for t, e in zip(texts, batch * 2)], device=sums.device)
+        if needs_length_normalisation(cfg.loss):
+            sums, ref = sums / n.clamp(min=1), ref / ref_n.clamp(min=1)
+        b = len(batch)
+        losses, cr, rr = preference_loss(cfg.loss, sums[:b], sums[b:], ref[:b], ref[b:],
+                                         cfg.beta, cfg.label_smoothing)
+        loss = losses.mean()
+        if not torch.isfinite(loss):
+            raise RoundError(f"non-finite loss ({loss.item()}); the round is aborted. Lower "
+                             f"--lr (now {cfg.lr}) or --beta (now {cfg.beta}).")
+        (loss / cfg.grad_accum).backward()
+    stats = {"loss": loss.item(), "rewards/chosen": cr.mean().item(),
+             "rewards/rejected": rr.mean().item(), "rewards/margins": (cr - rr).mean().item(),
+             "rewards/accuracies": (cr > rr).float().mean().item(),
+             "logps/chosen": sums[:b].mean().item(), "logps/rejected": sums[b:].mean().item(),
+             "tokens": int(enc["attention_mask"].sum())}
+    return loss, stats
+
+
+def _kto_micro_step(policy, batch: list[Example], cfg: TrainConfig, ref_version: str):
+    """KTO (unpaired): matched rows plus mismatched ones (completion of the next row) for
+    the KL reference point z0."""
+    tok = policy.tokenizer
+    shifted = batch[1:] + batch[:1]
+    kl_prompts, kl_texts = [e.prompt for e in batch], [s.chosen for s in shifted]
+    ref_kl, _ = score(policy, kl_prompts, kl_texts, ref_version, cfg.max_length)
+    prompts = [e.prompt for e in batch] + kl_prompts
+    texts = [e.chosen for e in batch] + kl_texts
+    enc = {k: v.to(policy.device) for k, v in
+           build_batch(tok, prompts, texts, cfg.max_length, tok.pad_token_id).items()}
+    b = len(batch)
+    with policy.lock.hold(), policy.active(TRAIN, train=True):
+        sums, _ = sequence_logps(policy.model, enc["input_ids"], enc["attention_mask"],
+                                 enc["response_mask"])  # (2B,)
+        ref = torch.tensor([e.ref[e.chosen][0] for e in batch], device=sums.device)
+        z0 = kto_kl_estimate(sums[b:], torch.tensor(ref_kl, device=sums.device))
+        desirable = torch.tensor([e.desirable for e in batch], device=sums.device)
+        losses, rewards = kto_loss(sums[:b], ref, desirable, z0, cfg.beta,
+                                   cfg.desirable_weight, cfg.undesirable_weight)
+        loss = losses.mean()
+        if not torch.isfinite(loss):
+            raise RoundError(f"non-finite KTO loss ({loss.item()}); lower --lr (now {cfg.lr}).")
+        (loss / cfg.grad_accum).backward()
+    good, bad = rewards[desirable], rewards[~desirable]
+    stats = {"loss": loss.item(), "kl": float(z0),
+             "rewards/chosen": good.mean().item() if len(good) else 0.0,
+             "rewards/rejected": bad.mean().item() if len(bad) else 0.0,
+             "tokens": int(enc["attention_mask"].sum())}
+    stats["rewards/margins"] = stats["rewards/chosen"] - stats["rewards/rejected"]
+    return loss, stats
+
+
+def train_draft(policy, store, train: list[Example], cfg: TrainConfig, round_id: int,
+                ref_version: str, progress: Progress) -> dict:
+    """AdamW over the draft adapter for ``cfg.epochs``; records per-step metrics."""
+    params = policy.train_parameters()
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    rng = random.Random(cfg.seed + round_id)
+    per_epoch = math.ceil(len(train) / (cfg.micro_batch * cfg.grad_accum))
+    total, step, t_start, seen = per_epoch * cfg.epochs, 0, time.perf_counter(), 0
+    last: dict = {}
+    for epoch in range(cfg.epochs):
+        order = train[:]
+        rng.shuffle(order)
+        micro = [order[i:i + cfg.micro_batch] for i in range(0, len(order), cfg.micro_batch)]
+        for g in range(0, len(micro), cfg.grad_accum):
+            t0 = time.perf_counter()
+            group = micro[g:g + cfg.grad_accum]
+            stats = [_micro_step(policy, mb, cfg, ref_version)[1] for mb in group]
+            with policy.lock.hold():
+                norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            step += 1
+            seen += sum(len(mb) for mb in group)
+            dt = time.perf_counter() - t0
+            last = _mean_stats(stats)
+            last.update({"grad_norm": float(norm), "lr": cfg.lr, "epoch": epoch,
+                         "tokens_per_s": last.pop("tokens") * len(stats) / dt,
+                         "pairs_per_s": sum(len(mb) for mb in group) / dt})
+            store.record_step(round_id, step, last)
+            progress.update(step, total, f"Round {round_id}: training")
+    elapsed = time.perf_counter() - t_start
+    return {"steps": step, "train_seconds": round(elapsed, 2),
+            "pairs_per_s": seen / elapsed if elapsed else 0.0, "final": last}
+
+
+def _mean_stats(stats: list[dict]) -> dict:
+    keys = stats[0].keys()
+    return {k: (sum(s[k] for s in stats) if k == "tokens" else
+                sum(s[k] for s in stats) / len(stats)) for k in keys}
+
+
+def load_examples(store, cfg: TrainConfig, fmt) -> tuple[list[Example], list[Example], dict]:
+    """(train, held-out, counts) from the votes stored so far."""
+    max_vote = store.last_vote_id()
+    paired = paired_examples(store.training_pairs(max_vote_id=max_vote, window=cfg.window), fmt)
+    train, held = split(paired, cfg.heldout_fraction)
+    if cfg.loss == "kto":
+        held_pairs = {e.pair_id for e in held}
+        rows = [r for r in store.kto_rows(max_vote_id=max_vote)
+                if r.get("pair_id") is None or r["pair_id"] not in held_pairs]
+        train = unpaired_examples(rows, fmt)
+    counts = {"max_vote_id": max_vote, "train": len(train), "heldout": len(held),
+              "pairs": len(paired)}
+    return train, held, counts
+
+
+def run_round(policy, store, cfg: TrainConfig, *, fmt, adapters_dir: Path,
+              trigger: str = "auto", progress: Progress | None = None,
+              on_accept=None) -> RoundOutcome:
+    """Run one full round; never raises for training problems (they are recorded)."""
+    progress = progress or NullProgress()
+    serving = policy.serving
+    round_id = store.start_round(config=dataclasses.asdict(cfg), trigger=trigger)
+    counts: dict = {}
+    try:
+        progress.update(0, 1, f"Round {round_id}: preparing data")
+        train, held, counts = load_examples(store, cfg, fmt)
+        if len(train) < MIN_TRAIN_EXAMPLES:
+            raise RoundError(f"only {len(train)} usable training examples (need at least "
+                             f"{MIN_TRAIN_EXAMPLES}); collect more A/B votes first.")
+        ref_version = reference_version(cfg, serving)
+        progress.update(0, 1, f"Round {round_id}: reference log-probs ({ref_version})")
+        counts["ref_computed"] = attach_reference(train + held, policy, store, ref_version,
+                                                  cfg.max_length, cfg.micro_batch * 2)
+        before = heldout_accuracy(policy, held, serving, cfg)
+        policy.reset_train_adapter(serving)
+        fit = train_draft(policy, store, train, cfg, round_id, ref_version, progress)
+        after = heldout_accuracy(policy, held, TRAIN, cfg)
+        metrics = {"heldout_before": before, "heldout_after": after, **fit}
+        if not _accepted(before, after, cfg):
+            store.finish_round(round_id, "rejected", counts=counts, metrics=metrics,
+                               error=f"held-out accuracy fell from {before['accuracy']:.3f} to "
+                                     f"{after['accuracy']:.3f} (tolerance "
+                                     f"{cfg.accept_tolerance}); serving stays {serving}")
+            return RoundOutcome(round_id, "rejected", None, metrics)
+        version = store.next_adapter_version()
+        meta = {"version": version, "parent_version": serving, "round": round_id,
+                "loss": cfg.loss, "beta": cfg.beta, "reference": ref_version,
+                "counts": counts, "metrics": metrics, "created": time.time()}
+        path = adapters.write_version(adapters_dir, version,
+                                      lambda d: policy.save_train_adapter(d, meta))
+        store.add_adapter(version, str(path), parent_version=serving, round_id=round_id,
+                          status="ready", metrics=metrics)
+        policy.swap(version, path)
+        store.set_serving_adapter(version)
+        store.finish_round(round_id, "accepted", counts=counts, metrics=metrics,
+                           adapter_version=version)
+        if on_accept:
+            on_accept(version)
+        progress.update(1, 1, f"Round {round_id}: accepted as {version}")
+        return RoundOutcome(round_id, "accepted", version, metrics)
+    except Exception as e:  # noqa: BLE001 - any failure is recorded; serving stays
+        msg = _explain(e)
+        log.exception("round %d failed", round_id)
+        store.finish_round(round_id, "failed", counts=counts, error=msg)
+        return RoundOutcome(round_id, "failed", None, {}, msg)
+
+
+def _accepted(before: dict, after: dict, cfg: TrainConfig) -> bool:
+    if before["accuracy"] is None or after["accuracy"] is None:
+        return True  # nothing held out (tiny data): accept on finite losses alone
+    return after["accuracy"] >= before["accuracy"] - cfg.accept_tolerance
+
+
+def _explain(e: Exception) -> str:
+    text = f"{type(e).__name__}: {e}"
+    if isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower():
+        return (f"{text} -- out of memory: lower --micro-batch (try 1) and raise --grad-accum, "
+                "or lower --max-length.")
+    return text

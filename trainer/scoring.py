@@ -1,0 +1,50 @@
+"""Per-sequence log-probs of (prompt, response) texts under a policy version.
+
+Used for DPO's implicit reward r(x, y) = beta * log(pi(y|x) / pi_ref(y|x)) (the paper's
+"your language model is secretly a reward model", Eq. 5), for reference log-probs that
+the trainer caches, and for KL estimates of samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from trainer.logprobs import build_batch, sequence_logps
+
+
+def text_hash(prompt: str, response: str) -> str:
+    """Stable key of a (formatted prompt, response) pair for the reference-logp cache."""
+    return hashlib.sha256(f"{prompt}\x00{response}".encode()).hexdigest()[:32]
+
+
+def score(policy, prompts: list[str], responses: list[str], version: str, max_length: int,
+          batch_size: int = 8, priority: bool = False) -> tuple[list[float], list[int]]:
+    """Summed log-prob and token count of each response given its (formatted) prompt.
+
+    Runs under the model lock, one micro-batch at a time, without gradients.
+    """
+    sums: list[float] = []
+    counts: list[int] = []
+    tok = policy.tokenizer
+    for i in range(0, len(prompts), batch_size):
+        batch = build_batch(tok, prompts[i:i + batch_size], responses[i:i + batch_size],
+                            max_length, tok.pad_token_id)
+        batch = {k: v.to(policy.device) for k, v in batch.items()}
+        with policy.lock.hold(priority=priority), policy.active(version), torch.no_grad():
+            s, n = sequence_logps(policy.model, batch["input_ids"], batch["attention_mask"],
+                                  batch["response_mask"])
+        sums.extend(float(x) for x in s)
+        counts.extend(int(x) for x in n)
+    return sums, counts
+
+
+def implicit_rewards(policy, prompts: list[str], responses: list[str], version: str,
+                     ref_version: str, beta: float, max_length: int) -> list[float]:
+    """beta * (log pi_version(y|x) - log pi_ref(y|x)) for each row (0 when version == ref)."""
+    if version == ref_version:
+        return [0.0] * len(prompts)
+    pol, _ = score(policy, prompts, responses, version, max_length, priority=True)
+    ref, _ = score(policy, prompts, responses, ref_version, max_length, priority=True)
+    return [beta * (p - r) for p, r in zip(pol, ref)]

@@ -1,0 +1,251 @@
+"""LiveDPO's service: the one object the web UI and the CLI talk to.
+
+It owns the store, the policy (behind its lock), the pair pool and the trainer thread.
+The model loads in a background thread (the default model converts on first start),
+so the web page can show progress instead of a dead port; calls that need the model
+before it is ready raise ``NotReady`` with the loading progress.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from pathlib import Path
+
+from trainer import adapters
+from trainer import config as C
+from trainer.generate import Sampler
+from trainer.policy import BASE, Policy
+from trainer.pool import PairPool, PlannedPair
+from trainer.progress import ProgressState, Tee, TqdmProgress
+from trainer.rounds import reference_version
+from trainer.trainloop import TrainerThread
+
+log = logging.getLogger(__name__)
+SETTINGS_KEY = "settings"
+# Settings an admin may change at run time, by area.
+EDITABLE = {"train": ("loss", "beta", "lr", "epochs", "votes_per_round", "reference",
+                      "label_smoothing", "window", "micro_batch", "grad_accum"),
+            "pool": ("arena_fraction", "arena_opponent", "ready_pairs", "overlap"),
+            "sampling": ("temperature", "top_p", "top_k", "max_new_tokens")}
+
+
+class NotReady(RuntimeError):
+    """The model is still loading (or failed to load); the message says which."""
+
+
+class Service:
+    def __init__(self, store, data_dir: Path, model_cfg: C.ModelConfig,
+                 sampling: C.SamplingConfig, pool_cfg: C.PoolConfig, train_cfg: C.TrainConfig,
+                 app_cfg: C.AppConfig, *, terminal_progress: bool = True) -> None:
+        self.store = store
+        self.data_dir = Path(data_dir)
+        self.adapters_dir = self.data_dir / "adapters"
+        self.model_cfg, self.app_cfg = model_cfg, app_cfg
+        self.sampling, self.pool_cfg, self.train_cfg = sampling, pool_cfg, train_cfg
+        self._apply_saved_settings()
+        self.policy: Policy | None = None
+        self.sampler: Sampler | None = None
+        self.pool: PairPool | None = None
+        self.trainer = TrainerThread(self, terminal_progress=terminal_progress)
+        self.loading = ProgressState()
+        self.load_error: str | None = None
+        self._terminal = terminal_progress
+        self._ready = threading.Event()
+        self._settings_lock = threading.Lock()
+
+    # --- start-up --------------------------------------------------------------------
+    def start(self, background: bool = True, pool: bool = True, trainer: bool = True) -> None:
+        """Recover from a crash, then load the model and start the threads."""
+        adapters.clean_temp_dirs(self.adapters_dir)
+        failed = self.store.fail_interrupted_rounds()
+        if failed:
+            log.warning("%d round(s) were interrupted by a stop; marked failed", failed)
+        target = lambda: self._load(pool, trainer)  # noqa: E731
+        if background:
+            threading.Thread(target=target, name="model-loader", daemon=True).start()
+        else:
+            target()
+
+    def _load(self, pool: bool, trainer: bool) -> None:
+        bar = TqdmProgress("step") if self._terminal else None
+        sink = Tee(self.loading, bar) if bar else self.loading
+        try:
+            self.loading.update(0, 1, "Loading model")
+            self.policy = Policy.load(self.model_cfg, progress=sink)
+            self.sampler = Sampler(self.policy, self.sampling)
+            self._restore_serving()
+            self.pool = PairPool(self.policy, self.store, self.sampler, self.pool_cfg,
+                                 reference=lambda v: reference_version(self.train_cfg, v),
+                                 beta=self.train_cfg.beta, max_length=self.train_cfg.max_length)
+            self.loading.update(1, 1, "Model ready")
+            self._ready.set()
+            if pool:
+                self.pool.start()
+            if trainer:
+                self.trainer.start()
+        except Exception as e:  # noqa: BLE001 - shown on the page and in status
+            self.load_error = f"{type(e).__name__}: {e}"
+            log.exception("model load failed")
+        finally:
+            if bar:
+                bar.close()
+
+    def _restore_serving(self) -> None:
+        """Serve the stored serving version if its directory is complete, else base."""
+        version = self.store.serving_adapter()
+        if version == BASE:
+            return
+        row = self.store.get_adapter(version)
+        if row and adapters.is_complete(Path(row["path"])):
+            self.policy.swap(version, row["path"])
+        else:
+            log.error("serving adapter %s is missing or incomplete; serving base", version)
+            self.store.set_serving_adapter(BASE)
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        return self._ready.wait(timeout)
+
+    def require_ready(self) -> None:
+        if self.load_error:
+            raise NotReady(f"The model failed to load: {self.load_error}")
+        if not self._ready.is_set():
+            snap = self.loading.snapshot()
+            raise NotReady(f"The model is loading: {snap['desc']} "
+                           f"({snap['fraction']:.0%}, {snap['elapsed_s']} s)")
+
+    def stop(self) -> None:
+        if self.pool:
+            self.pool.stop()
+        self.trainer.stop()
+
+    # --- annotating ---------------------------------------------------------------------
+    def next_pair(self, annotator: str) -> dict | None:
+        """The next pair for this annotator (None when the pool is empty right now)."""
+        pair = self.store.take_pair(annotator, overlap=self.pool_cfg.overlap)
+        if self.pool:
+            self.pool.wake()
+        return pair
+
+    def vote(self, annotator: str, pair_id: int, choice: str, better_answer: str | None = None,
+             decide_ms: int | None = None) -> dict:
+        """Commit a vote, then reveal the versions and the implicit-reward prediction."""
+        self.store.record_vote(pair_id, annotator, choice, better_answer or None, decide_ms)
+        pair = self.store.get_pair(pair_id)
+        gen = pair.get("gen_config") or {}
+        ra, rb = gen.get("reward_a"), gen.get("reward_b")
+        predicted = None if ra is None or rb is None or ra == rb else ("a" if ra > rb else "b")
+        return {"pair_id": pair_id, "choice": choice, "version_a": pair["version_a"],
+                "version_b": pair["version_b"], "arena": bool(pair["arena"]),
+                "reward_a": ra, "reward_b": rb, "predicted": predicted,
+                "prediction_correct": None if predicted is None or choice not in ("a", "b")
+                else predicted == choice}
+
+    def ask(self, annotator: str, prompt: str) -> dict:
+        """Generate a pair for the annotator's own prompt at once and hand it to them."""
+        self.require_ready()
+        prompt_id = self.store.add_prompt(prompt, source="user",
+                                          max_chars=self.app_cfg.max_prompt_chars)
+        ids = self.pool.produce([PlannedPair(prompt_id, prompt.strip(), False)], None,
+                                status="queued")
+        if not ids:
+            raise ValueError("The model gave two identical (or empty) answers to that prompt "
+                             "three times; try rephrasing it.")
+        self.store.assign_pair(ids[0], annotator)
+        return self.store.get_pair(ids[0])
+
+    # --- training ------------------------------------------------------------------------
+    def train_now(self) -> None:
+        self.require_ready()
+        self.trainer.ask()
+
+    def on_new_version(self, version: str) -> None:
+        """Called by a round after a hot-swap: refresh the pool, free old adapters."""
+        if self.pool:
+            self.pool.retire_stale()
+        keep = {version}
+        opp = self.pool.opponent() if self.pool else None
+        if opp:
+            keep.add(opp)
+        self.policy.keep_only(keep)
+
+    def rollback(self, version: str) -> str:
+        """Serve an earlier version (or 'base'); later rounds branch from it."""
+        self.require_ready()
+        if version != BASE:
+            row = self.store.get_adapter(version)
+            if not row or row["status"] != "ready" or not adapters.is_complete(Path(row["path"])):
+                known = ", ".join(a["version"] for a in self.store.list_adapters()
+                                  if a["status"] == "ready") or "none"
+                raise ValueError(f"Cannot roll back to {version!r}: not a complete accepted "
+                                 f"version. Choose 'base' or one of: {known}.")
+            self.policy.swap(version, row["path"])
+        else:
+            self.policy.swap(BASE)
+        self.store.set_serving_adapter(version)
+        self.on_new_version(version)
+        return version
+
+    # --- settings ----------------------------------------------------------------------------
+    def settings(self) -> dict:
+        return {area: {k: getattr(self._area(area), k) for k in keys}
+                for area, keys in EDITABLE.items()}
+
+    def update_settings(self, changes: dict[str, dict]) -> dict:
+        """Validate and apply admin changes ({area: {field: value}}); persisted in the DB.
+
+        Raises ValueError listing every bad value; nothing changes then.
+        """
+        with self._settings_lock:
+            new, errors = {}, []
+            for area, fields in changes.items():
+                bad = [k for k in fields if k not in EDITABLE.get(area, ())]
+                if bad:
+                    errors.append(f"{area}: cannot change {', '.join(bad)} at run time")
+                    continue
+                try:
+                    new[area] = C.replace(self._area(area), **fields)
+                except ValueError as e:
+                    errors.append(str(e).replace("Invalid settings:\n  - ", ""))
+            if errors:
+                raise ValueError("Invalid settings:\n  - " + "\n  - ".join(errors))
+            self._set_areas(new)
+            self.store.set_state(SETTINGS_KEY, self.settings())
+            return self.settings()
+
+    def _area(self, area: str):
+        return {"train": self.train_cfg, "pool": self.pool_cfg, "sampling": self.sampling}[area]
+
+    def _set_areas(self, new: dict) -> None:
+        self.train_cfg = new.get("train", self.train_cfg)
+        self.pool_cfg = new.get("pool", self.pool_cfg)
+        self.sampling = new.get("sampling", self.sampling)
+        if self.sampler:
+            self.sampler.cfg = self.sampling
+        if self.pool:
+            self.pool.cfg, self.pool.beta = self.pool_cfg, self.train_cfg.beta
+
+    def _apply_saved_settings(self) -> None:
+        saved = self.store.get_state(SETTINGS_KEY) or {}
+        try:
+            self._set_areas({a: C.replace(self._area(a), **{k: v for k, v in f.items()
+                                                            if k in EDITABLE[a]})
+                             for a, f in saved.items() if a in EDITABLE})
+        except ValueError as e:
+            log.error("ignoring saved settings: %s", e)
+
+    # --- status -------------------------------------------------------------------------
+    def status(self) -> dict:
+        counts = self.store.counts()
+        out = {**counts, "serving_adapter": self.store.serving_adapter(),
+               "adapters": [a["version"] for a in self.store.list_adapters()],
+               "model": self.model_cfg.model, "ready": self._ready.is_set(),
+               "loading": self.loading.snapshot(), "load_error": self.load_error,
+               "trainer": self.trainer.status(), "settings": self.settings()}
+        if self.policy:
+            out["device"] = dataclasses.asdict(self.policy.placement) | {
+                "dtype": str(self.policy.placement.dtype)}
+        if self.pool:
+            out["pool"] = self.pool.status()
+        return out

@@ -1,0 +1,99 @@
+"""The background trainer thread: starts a DPO round when enough new votes exist.
+
+A round starts when ``votes_per_round`` new usable votes arrived since the last round
+(or when an admin asks). Whatever happens inside a round is recorded on the round;
+the thread itself never dies, and serving stays on the last accepted version.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from trainer.progress import ProgressState, Tee, TqdmProgress
+from trainer.rounds import RoundOutcome, run_round
+
+log = logging.getLogger(__name__)
+TRAINED_THROUGH = "trained_through_vote"
+
+
+class TrainerThread:
+    def __init__(self, service, poll_s: float = 2.0, terminal_progress: bool = True) -> None:
+        self.service = service
+        self.poll_s = poll_s
+        self.progress = ProgressState()
+        self._terminal = terminal_progress
+        self._asked = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.state = "idle"
+        self.last_outcome: RoundOutcome | None = None
+        self.last_error: str | None = None
+
+    def start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="trainer", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 60.0) -> None:
+        self._stop.set()
+        self._asked.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def ask(self) -> None:
+        """Start a round as soon as possible (admin's "Train now")."""
+        self._asked.set()
+
+    def votes_needed(self) -> int:
+        store, cfg = self.service.store, self.service.train_cfg
+        new = store.usable_votes_since(int(store.get_state(TRAINED_THROUGH, 0)))
+        return max(cfg.votes_per_round - new, 0)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                asked = self._asked.is_set()
+                if not asked and self.votes_needed() > 0:
+                    self.state = "waiting"
+                    self._asked.wait(self.poll_s)
+                    continue
+                self._asked.clear()
+                self.run_one("admin" if asked else "auto")
+            except Exception as e:  # noqa: BLE001 - the trainer thread must survive
+                self.last_error = f"{type(e).__name__}: {e}"
+                log.exception("trainer loop error")
+                self._stop.wait(self.poll_s)
+
+    def run_one(self, trigger: str) -> RoundOutcome:
+        """Run one round now (also used headless by `app.py train`)."""
+        svc = self.service
+        self.state = "training"
+        sinks = [self.progress] + ([TqdmProgress("step")] if self._terminal else [])
+        try:
+            outcome = run_round(svc.policy, svc.store, svc.train_cfg, fmt=svc.sampler.format,
+                                adapters_dir=svc.adapters_dir, trigger=trigger,
+                                progress=Tee(*sinks), on_accept=svc.on_new_version)
+        finally:
+            for s in sinks[1:]:
+                s.close()
+            self.state = "idle"
+        max_vote = (svc.store.get_round(outcome.round_id).get("counts") or {}).get(
+            "max_vote_id", svc.store.last_vote_id())
+        svc.store.set_state(TRAINED_THROUGH, max_vote)
+        self.last_outcome = outcome
+        self.last_error = outcome.error
+        return outcome
+
+    def status(self) -> dict:
+        snap = self.progress.snapshot()
+        out = {"state": self.state, "progress": snap, "last_error": self.last_error,
+               "running": bool(self._thread and self._thread.is_alive())}
+        if self.state != "training":
+            out["votes_needed"] = self.votes_needed()
+        if self.last_outcome:
+            out["last_round"] = {"id": self.last_outcome.round_id,
+                                 "status": self.last_outcome.status,
+                                 "version": self.last_outcome.version}
+        return out
