@@ -27,3 +27,12 @@ def tiny_model_dir(tmp_path_factory):
 def tiny_chat_model_dir(tmp_path_factory):
     """The same tiny model with a tokenizer that has a chat template."""
     return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-chat"), chat=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_policy(tiny_model_dir):
+    """A Policy (base + LoRA draft) on the tiny plain model, fp32 on CPU."""
+    from trainer.config import ModelConfig
+    from trainer.policy import Policy
+
+    return Policy.load(ModelConfig(model=str(tiny_model_dir)))

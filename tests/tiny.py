@@ -1,8 +1,9 @@
 """Tiny models built from a config with random weights and a locally trained tokenizer.
 
 Nothing is downloaded: the tokenizer is a byte-level BPE trained in milliseconds on a few
-sentences, the model a 2-layer Gemma 3 text model. Saved as an ordinary HF directory so
-the product loads it exactly as it would load any local model (``--model DIR``).
+sentences, the model a 2-layer Gemma 3 text model. Sizes are the smallest that
+bitsandbytes' CPU 4-bit kernels accept: every linear layer has an input width that is a
+multiple of the NF4 block size (64) and an output width that is a multiple of 32. Saved as an ordinary HF directory so the product loads it exactly as it would load any local model (``--model DIR``).
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ def make_tiny_model_dir(path: Path, chat: bool = False, seed: int = 0) -> Path:
     tok = make_tokenizer(chat=chat)
     torch.manual_seed(seed)
     cfg = Gemma3TextConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=1024,
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=1024,
         sliding_window=64, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
         bos_token_id=tok.bos_token_id, tie_word_embeddings=True,
     )

@@ -91,7 +91,8 @@ class PoolConfig:
     """The background producer that keeps pairs ready for annotators."""
 
     ready_pairs: int = _f(8, "How many unserved pairs to keep ready.")
-    batch_prompts: int = _f(4, "Prompts per batched generate call (2 samples each).")
+    batch_prompts: int = _f(8, "Prompts per batched sampling call (2 samples each); 8 is the "
+                            "measured sweet spot on 2 CPU cores (bench/generation.py).")
     arena_fraction: float = _f(0.2, "Share of pairs that put the serving adapter against "
                                "base (or the previous version), sides hidden.")
     arena_opponent: str = _f("base", "Opponent of arena pairs.", ("base", "previous"))

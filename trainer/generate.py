@@ -3,8 +3,8 @@
 The default model is a BASE model with no chat template, so prompts use a documented
 plain template, ``Question: {prompt}\\nAnswer:``; a model whose tokenizer has a chat
 template gets that instead. Sampling is batched: many (prompt, sample) rows in ONE
-left-padded ``generate`` call, which on a CPU is several times faster per token than
-one prompt at a time (see bench/generation.py).
+left-padded decode loop (trainer/decode.py), which on a CPU is several times faster
+per token than one prompt at a time (see bench/generation.py).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from trainer.config import SamplingConfig
+from trainer.decode import sample_batch
 
 PLAIN_TEMPLATE = "Question: {prompt}\nAnswer:"
 PLAIN_STOPS = ("\nQuestion:", "\nAnswer:")
@@ -23,28 +24,6 @@ PLAIN_STOPS = ("\nQuestion:", "\nAnswer:")
 # emits them: never let the model produce them.
 _MEDIA_MARKER = re.compile(r"^(<(start|end)_of_(image|audio|video)>|\[multimodal\])$")
 _TURN_END = ("<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|end|>")
-
-
-class TopKTopP:
-    """Top-k then nucleus (top-p) filtering without sorting the whole vocabulary.
-
-    HF's TopPLogitsWarper sorts all V logits every step (V = 262,144 for Gemma): on a CPU
-    that sort costs as much as the LM head. Taking the k best with ``torch.topk`` first
-    (Gemma's recommended sampling uses top_k=64, top_p=0.95) makes the nucleus step O(k).
-    """
-
-    def __init__(self, top_k: int, top_p: float) -> None:
-        self.top_k, self.top_p = top_k, top_p
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        k = min(self.top_k, scores.shape[-1])
-        vals, idx = torch.topk(scores, k, dim=-1)  # (N, k), sorted descending
-        probs = torch.softmax(vals, dim=-1)
-        # drop a candidate once the mass BEFORE it already reaches top_p (keeps >= 1)
-        drop = (probs.cumsum(-1) - probs) >= self.top_p  # (N, k)
-        vals = vals.masked_fill(drop, float("-inf"))
-        out = torch.full_like(scores, float("-inf"))
-        return out.scatter_(-1, idx, vals)
 
 
 @dataclass(frozen=True)
@@ -99,6 +78,16 @@ def clean_response(text: str, stops: tuple[str, ...]) -> str:
     return text.strip()
 
 
+def _length(row: torch.Tensor, eos_ids: list[int], pad_id: int) -> int:
+    """Tokens a row generated: through its EOS, or up to the padding after a stop string."""
+    for i, t in enumerate(row.tolist()):
+        if t in eos_ids:
+            return i + 1
+        if t == pad_id:
+            return i
+    return len(row)
+
+
 class Sampler:
     """Batched sampling with the settings of one ``SamplingConfig``; needs the model lock."""
 
@@ -112,13 +101,18 @@ class Sampler:
         self.suppress = suppressed_token_ids(tok)
         self.last_stats: dict = {}
 
+    def _hit_stop(self, row: int, tokens: torch.Tensor) -> bool:
+        """True once a row's text contains a stop string (checked on its last tokens)."""
+        tail = self.policy.tokenizer.decode(tokens[-8:], skip_special_tokens=True)
+        return any(s in tail for s in self.stops)
+
     def format(self, prompt: str) -> str:
         return format_prompt(self.policy.tokenizer, prompt, self.cfg.template)
 
     def sample(self, prompts: list[str], version: str, seed: int) -> list[Sample]:
         """One response per entry of ``prompts`` (repeat a prompt for more), as ``version``.
 
-        All rows go through ONE generate call. Holds the model lock at high priority.
+        All rows go through ONE batched decode loop. Holds the model lock at high priority.
         """
         tok, model = self.policy.tokenizer, self.policy.model
         texts = [self.format(p) for p in prompts]
@@ -127,19 +121,15 @@ class Sampler:
                   max_length=self.cfg.max_prompt_tokens,
                   add_special_tokens=not self.chat).to(self.policy.device)
         t0 = time.perf_counter()
-        with self.policy.lock.hold(priority=True), self.policy.active(version), \
-                torch.inference_mode():
-            torch.manual_seed(seed)
-            out = model.generate(
-                **enc, do_sample=True, temperature=self.cfg.temperature, top_p=1.0, top_k=0,
-                logits_processor=[TopKTopP(self.cfg.top_k, self.cfg.top_p)], max_new_tokens=self.cfg.max_new_tokens, eos_token_id=self.eos_ids,
-                pad_token_id=tok.pad_token_id, suppress_tokens=self.suppress or None,
-                stop_strings=list(self.stops) or None, tokenizer=tok if self.stops else None)
-        new = out[:, enc["input_ids"].shape[1]:]  # (N, T_new)
-        finished = torch.isin(new, torch.tensor(self.eos_ids + [tok.pad_token_id],
-                                                device=new.device))
-        n_tokens = [int(row.nonzero()[0]) + 1 if row.any() else new.shape[1]
-                    for row in finished]
+        gen = torch.Generator(device=self.policy.device).manual_seed(seed)
+        with self.policy.lock.hold(priority=True), self.policy.active(version):
+            new = sample_batch(
+                model, enc["input_ids"], enc["attention_mask"],
+                max_new_tokens=self.cfg.max_new_tokens, temperature=self.cfg.temperature,
+                top_k=self.cfg.top_k, top_p=self.cfg.top_p, eos_ids=self.eos_ids,
+                pad_id=tok.pad_token_id, suppress_ids=self.suppress,
+                stopped=self._hit_stop if self.stops else None, generator=gen)  # (N, T_new)
+        n_tokens = [_length(row, self.eos_ids, tok.pad_token_id) for row in new]
         samples = [Sample(clean_response(tok.decode(row[:n], skip_special_tokens=True),
                                          self.stops), n)
                    for row, n in zip(new, n_tokens)]

@@ -1,0 +1,69 @@
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from trainer.config import SamplingConfig
+from trainer.decode import filter_top_k_top_p
+from trainer.generate import (
+    PLAIN_STOPS,
+    Sampler,
+    clean_response,
+    format_prompt,
+    stop_token_ids,
+    suppressed_token_ids,
+)
+
+
+@pytest.fixture(scope="module")
+def plain_tok(tiny_model_dir):
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def chat_tok(tiny_chat_model_dir):
+    return AutoTokenizer.from_pretrained(tiny_chat_model_dir)
+
+
+def test_plain_template_when_no_chat_template(plain_tok):
+    assert format_prompt(plain_tok, "  Why is the sky blue? ") == (
+        "Question: Why is the sky blue?\nAnswer:")
+    with pytest.raises(ValueError, match="no chat template"):
+        format_prompt(plain_tok, "hi", "chat")
+
+
+def test_chat_template_used_when_present(chat_tok):
+    assert format_prompt(chat_tok, "hi") == "<|user|>hi<|end|><|assistant|>"
+    assert format_prompt(chat_tok, "hi", "plain") == "Question: hi\nAnswer:"
+
+
+def test_stop_and_suppressed_tokens(chat_tok):
+    stops = stop_token_ids(chat_tok)
+    assert chat_tok.eos_token_id in stops
+    assert chat_tok.convert_tokens_to_ids("<|end|>") in stops  # end-of-turn marker stops
+    banned = suppressed_token_ids(chat_tok)
+    assert chat_tok.pad_token_id in banned and chat_tok.bos_token_id in banned
+    assert not set(stops) & set(banned)
+
+
+def test_clean_response_cuts_at_stop_strings():
+    assert clean_response(" Paris.\nQuestion: next?", PLAIN_STOPS) == "Paris."
+    assert clean_response("a\nAnswer: b", PLAIN_STOPS) == "a"
+    assert clean_response("  fine  ", PLAIN_STOPS) == "fine"
+
+
+def test_top_k_top_p_keeps_the_nucleus_only():
+    scores = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    vals, idx = filter_top_k_top_p(scores, top_k=3, top_p=0.8)
+    assert idx.tolist() == [[0, 1, 2]]  # top-k first
+    assert torch.isfinite(vals)[0].tolist() == [True, True, False]  # 0.5 + 0.3 reaches 0.8
+    vals, _ = filter_top_k_top_p(scores, top_k=4, top_p=1e-6)
+    assert torch.isfinite(vals).sum() == 1  # always keeps the best token
+
+
+def test_sampler_batches_and_seeds(tiny_policy):
+    s = Sampler(tiny_policy, SamplingConfig(max_new_tokens=6))
+    a = s.sample(["hello", "world", "hello"], "base", seed=3)
+    b = s.sample(["hello", "world", "hello"], "base", seed=3)
+    assert len(a) == 3 and [x.text for x in a] == [x.text for x in b]  # seed reproduces
+    assert all(1 <= x.n_tokens <= 6 for x in a)
+    assert s.last_stats["rows"] == 3 and s.last_stats["tokens_per_s"] > 0

@@ -1,0 +1,43 @@
+import threading
+import time
+
+from trainer.locks import PriorityLock
+
+
+def test_reentrant_for_owner():
+    lock = PriorityLock()
+    with lock.hold(), lock.hold(priority=True):
+        pass
+    with lock.hold():  # released fully
+        pass
+
+
+def test_priority_waiter_goes_first():
+    lock = PriorityLock()
+    order = []
+    started = threading.Event()
+
+    def holder():
+        with lock.hold():
+            started.set()
+            time.sleep(0.3)
+
+    def low():
+        with lock.hold():
+            order.append("train")
+
+    def high():
+        with lock.hold(priority=True):
+            order.append("generate")
+
+    t0 = threading.Thread(target=holder)
+    t0.start()
+    started.wait()
+    t_low = threading.Thread(target=low)
+    t_low.start()
+    time.sleep(0.05)  # the low-priority waiter is queued first...
+    t_high = threading.Thread(target=high)
+    t_high.start()
+    for t in (t0, t_low, t_high):
+        t.join(5)
+    assert order == ["generate", "train"]  # ...but generation is served first

@@ -1,0 +1,95 @@
+import pytest
+import torch
+
+from trainer.config import ModelConfig, SamplingConfig
+from trainer.generate import Sampler
+from trainer.modelcache import ModelNotFound, resolve_model
+from trainer.policy import BASE, TRAIN, Policy
+
+
+def _randomise_draft(policy, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in policy.train_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+
+
+def test_bad_model_path_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelNotFound, match="no such directory"):
+        resolve_model(str(tmp_path / "nope"), tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotFound, match="no config.json"):
+        resolve_model(str(tmp_path / "empty"), tmp_path)
+    assert resolve_model("org/model", tmp_path) == "org/model"  # a hub id passes through
+
+
+def test_unfetchable_hub_id_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelNotFound, match="local Hugging Face model directory"):
+        Policy.load(ModelConfig(model="no-such-org/no-such-model", cache_dir=str(tmp_path)))
+
+
+def test_adapter_disabled_equals_base(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    policy = Policy.load(ModelConfig(model=str(tiny_model_dir)))
+    _randomise_draft(policy)
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    with torch.no_grad():
+        want = plain(input_ids=ids).logits
+        with policy.active(BASE):
+            base = policy.model(input_ids=ids).logits
+        with policy.active(TRAIN):
+            tuned = policy.model(input_ids=ids).logits
+    torch.testing.assert_close(base, want)
+    assert not torch.allclose(tuned, want)
+
+
+def test_swap_changes_generation_without_reloading_base(tiny_model_dir, tmp_path):
+    policy = Policy.load(ModelConfig(model=str(tiny_model_dir)))
+    base_weight = policy.model.get_base_model().model.layers[0].mlp.up_proj.base_layer.weight
+    sampler = Sampler(policy, SamplingConfig(max_new_tokens=8))
+    before = [s.text for s in sampler.sample(["hello"] * 4, BASE, seed=1)]
+    _randomise_draft(policy, seed=1)
+    policy.save_train_adapter(tmp_path / "v1", {"version": "v1"})
+    policy.swap("v1", tmp_path / "v1")
+    assert policy.serving == "v1"
+    after = [s.text for s in sampler.sample(["hello"] * 4, "v1", seed=1)]
+    assert after != before
+    same_base = policy.model.get_base_model().model.layers[0].mlp.up_proj.base_layer.weight
+    assert same_base is base_weight  # the base model was not reloaded
+    policy.swap(BASE)
+    policy.keep_only(set())
+    assert policy.loaded_versions == []
+
+
+def test_reset_draft_from_version_copies_its_weights(tiny_model_dir, tmp_path):
+    policy = Policy.load(ModelConfig(model=str(tiny_model_dir)))
+    _randomise_draft(policy, seed=2)
+    saved = [p.detach().clone() for p in policy.train_parameters()]
+    policy.save_train_adapter(tmp_path / "v1", {})
+    policy.load_version("v1", tmp_path / "v1")
+    policy.reset_train_adapter(BASE)  # fresh: LoRA B is zero again
+    assert any(not torch.equal(a, b) for a, b in zip(saved, policy.train_parameters()))
+    policy.reset_train_adapter("v1")
+    for a, b in zip(saved, policy.train_parameters()):
+        torch.testing.assert_close(a, b)
+        assert b.requires_grad
+
+
+def test_4bit_nf4_lora_forward_backward_on_cpu(tiny_model_dir):
+    import bitsandbytes as bnb
+
+    policy = Policy.load(ModelConfig(model=str(tiny_model_dir), quantize="4bit"))
+    assert policy.placement.quantize == "4bit" and policy.device == "cpu"
+    layer = policy.model.get_base_model().model.layers[0].self_attn.q_proj.base_layer
+    assert isinstance(layer, bnb.nn.Linear4bit)
+    assert layer.weight.quant_state.quant_type == "nf4"
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    with policy.active(TRAIN, train=True):
+        policy.model(input_ids=ids).logits.float().pow(2).mean().backward()
+    grads = [p.grad for p in policy.train_parameters()]
+    assert grads and all(g is not None for g in grads)
+    # and it still generates (the inference path of the 4-bit kernels)
+    out = Sampler(policy, SamplingConfig(max_new_tokens=4)).sample(["hi"], BASE, seed=0)
+    assert out[0].n_tokens >= 1
