@@ -65,6 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s = cmd("train", "Run DPO rounds headless on the stored votes.", True)
     s.add_argument("--rounds", type=int, default=1)
+    s = cmd("simulate", "Run the real loop with a scripted annotator; plot the learning "
+            "curve (win rate vs base and KL per round).", True)
+    s.add_argument("--oracle", required=True, help="shorter | keyword | positive | "
+                   "package.module:function (func(prompt, a, b) -> a|b|tie|both_bad)")
+    s.add_argument("--keyword", default="because", help="Keyword for --oracle keyword.")
+    s.add_argument("--rounds", type=int, default=5)
+    s.add_argument("--pairs-per-round", dest="pairs_per_round", type=int, default=32)
+    s.add_argument("--eval-prompts", dest="eval_prompts", type=int, default=12,
+                   help="Default prompts held out from voting, used to measure win rate.")
+    s.add_argument("--samples-per-prompt", dest="samples_per_prompt", type=int, default=2)
+    s.add_argument("--out", default=None, help="Output dir (default: DATA_DIR/simulate).")
     s = cmd("add-user", "Add (or update) a user in the auth file.")
     s.add_argument("name")
     s.add_argument("--role", choices=("annotator", "admin"), default="annotator")

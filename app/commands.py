@@ -14,7 +14,7 @@ def run(args, cfgs: dict) -> int:
     handler = {"serve": serve, "status": status, "import-prompts": import_prompts,
                "import-prefs": import_prefs, "export": export, "generate": generate,
                "train": train, "add-user": add_user,
-               "import-adapter": import_adapter}[args.command or "serve"]
+               "import-adapter": import_adapter, "simulate": simulate}[args.command or "serve"]
     return handler(args, cfgs)
 
 
@@ -143,4 +143,44 @@ def serve(args, cfgs: dict) -> int:
     svc = make_service(cfgs)
     svc.start(background=True)
     launch(svc, cfgs["AppConfig"])
+    return 0
+
+
+def simulate(args, cfgs: dict) -> int:
+    """The real loop (pool, DB, trainer thread, hot-swap) with a scripted annotator."""
+    import dataclasses
+
+    from storage.db import Store
+    from storage.seed import DEFAULT_PROMPTS, SEEDED_KEY
+    from trainer import simulate as sim
+    from trainer.oracles import checked, load_oracle
+    from trainer.service import Service
+
+    oracle = checked(load_oracle(args.oracle, args.keyword))
+    app = cfgs["AppConfig"]
+    data_dir = Path(app.data_dir)
+    if (data_dir / "livedpo.db").exists():
+        raise ValueError(f"--data-dir {data_dir} already has a database; simulate needs a "
+                         "fresh one (e.g. --data-dir data-sim-1) so the oracle's votes do "
+                         "not mix with real ones")
+    prompts = [t.strip() for t in DEFAULT_PROMPTS.read_text().splitlines() if t.strip()]
+    held_out, voted = prompts[-args.eval_prompts:], prompts[:-args.eval_prompts]
+    store = Store.open(data_dir)
+    store.add_prompts(voted, source="default")
+    store.set_state(SEEDED_KEY, True)
+    train = dataclasses.replace(cfgs["TrainConfig"], votes_per_round=args.pairs_per_round)
+    svc = Service(store, data_dir, cfgs["ModelConfig"], cfgs["SamplingConfig"],
+                  cfgs["PoolConfig"], train, app)
+    svc.start(background=False)
+    svc.require_ready()
+    try:
+        result = sim.run(svc, oracle, rounds=args.rounds, pairs_per_round=args.pairs_per_round,
+                         eval_prompts=held_out, samples=args.samples_per_prompt,
+                         out_dir=Path(args.out) if args.out else data_dir / "simulate",
+                         seed=train.seed)
+    finally:
+        svc.stop()
+    for r in result["rounds"]:
+        print(f"round {r['round']}: serving {r['serving']:<5} win rate {r['win_rate']:.0%}  "
+              f"KL/token {r['kl_per_token']:.4f}  {r.get('round_status', '')}")
     return 0

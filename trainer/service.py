@@ -44,10 +44,10 @@ class Service:
         self.adapters_dir = self.data_dir / "adapters"
         self.model_cfg, self.app_cfg = model_cfg, app_cfg
         self.sampling, self.pool_cfg, self.train_cfg = sampling, pool_cfg, train_cfg
-        self._apply_saved_settings()
         self.policy: Policy | None = None
         self.sampler: Sampler | None = None
         self.pool: PairPool | None = None
+        self._apply_saved_settings()  # an admin's changes in the UI survive a restart
         self.trainer = TrainerThread(self, terminal_progress=terminal_progress)
         self.loading = ProgressState()
         self.load_error: str | None = None
