@@ -225,11 +225,12 @@ def run_round(policy, store, cfg: TrainConfig, *, fmt, adapters_dir: Path,
         after = heldout_accuracy(policy, held, TRAIN, cfg)
         metrics = {"heldout_before": before, "heldout_after": after, **fit}
         if not _accepted(before, after, cfg):
+            reason = (f"held-out accuracy fell from {before['accuracy']:.3f} to "
+                      f"{after['accuracy']:.3f} (tolerance {cfg.accept_tolerance}); serving "
+                      f"stays {serving}")
             store.finish_round(round_id, "rejected", counts=counts, metrics=metrics,
-                               error=f"held-out accuracy fell from {before['accuracy']:.3f} to "
-                                     f"{after['accuracy']:.3f} (tolerance "
-                                     f"{cfg.accept_tolerance}); serving stays {serving}")
-            return RoundOutcome(round_id, "rejected", None, metrics)
+                               error=reason)
+            return RoundOutcome(round_id, "rejected", None, metrics, reason)
         version = store.next_adapter_version()
         meta = {"version": version, "parent_version": serving, "round": round_id,
                 "loss": cfg.loss, "beta": cfg.beta, "reference": ref_version,

@@ -1,0 +1,27 @@
+"""Build a real Service on the tiny model in a fresh data dir (nothing downloaded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from app.cli import build_parser, make_service, resolve
+
+
+def tiny_service(data_dir: Path, model_dir: Path, *flags: str, start: bool = True):
+    args = build_parser().parse_args(
+        ["serve", "--data-dir", str(data_dir), "--model", str(model_dir), "--max-new-tokens",
+         "10", "--ready-pairs", "4", "--batch-prompts", "4", "--lr", "1e-2", *flags])
+    svc = make_service(resolve(args), terminal_progress=False)
+    if start:
+        svc.start(background=False, pool=False, trainer=False)
+    return svc
+
+
+def vote_all(svc, annotator: str = "alice", prefer: str = "shorter") -> int:
+    """Vote on every available pair (shorter answer wins). Returns the number of votes."""
+    n = 0
+    while (pair := svc.next_pair(annotator)) is not None:
+        a, b = pair["response_a"], pair["response_b"]
+        svc.vote(annotator, pair["id"], "a" if len(a) <= len(b) else "b", decide_ms=10)
+        n += 1
+    return n

@@ -1,0 +1,91 @@
+import pytest
+
+from tests.svc_fixtures import tiny_service, vote_all
+from trainer.pool import PlannedPair
+
+
+@pytest.fixture
+def svc(tmp_path, tiny_model_dir):
+    return tiny_service(tmp_path / "data", tiny_model_dir)
+
+
+def test_fill_records_pairs_with_versions_seed_and_config(svc):
+    ids = svc.pool.fill_once(4)
+    assert len(ids) == 4 and svc.store.ready_pair_count() == 4
+    pair = svc.store.get_pair(ids[0])
+    assert pair["version_a"] == pair["version_b"] == "base" and not pair["arena"]
+    assert pair["response_a"] != pair["response_b"] and pair["response_a"]
+    assert isinstance(pair["seed"], int)
+    assert pair["gen_config"]["max_new_tokens"] == 10 and pair["gen_config"]["top_p"] == 0.95
+    # least-served first: four different prompts
+    assert len({svc.store.get_pair(i)["prompt_id"] for i in ids}) == 4
+
+
+def test_identical_samples_are_resampled_never_shown(svc, monkeypatch):
+    from trainer.generate import Sample
+
+    calls = []
+
+    def fake_sample(prompts, version, seed):  # first try: identical pair; then distinct
+        calls.append(len(prompts))
+        if len(calls) == 1:
+            return [Sample("same", 1) for _ in prompts]
+        return [Sample(f"text {i}", 2) for i in range(len(prompts))]
+
+    monkeypatch.setattr(svc.sampler, "sample", fake_sample)
+    ids = svc.pool.produce([PlannedPair(1, "q", False)], None)
+    assert calls == [2, 2]  # resampled once
+    pair = svc.store.get_pair(ids[0])
+    assert pair["response_a"] != pair["response_b"]
+    monkeypatch.setattr(svc.sampler, "sample",
+                        lambda p, v, s: [Sample("", 0) for _ in p])
+    assert svc.pool.produce([PlannedPair(1, "q", False)], None) == []  # never stored
+
+
+def test_arena_pairs_after_a_round(svc):
+    svc.pool.fill_once(4)
+    vote_all(svc)
+    assert svc.trainer.run_one("test").status == "accepted"
+    svc.pool.cfg = type(svc.pool.cfg)(**{**svc.pool.cfg.__dict__, "arena_fraction": 1.0})
+    ids = svc.pool.fill_once(4)
+    pairs = [svc.store.get_pair(i) for i in ids]
+    assert all(p["arena"] for p in pairs)
+    assert all({p["version_a"], p["version_b"]} == {"v1", "base"} for p in pairs)
+    reveal = svc.vote("bob", pairs[0]["id"], "a")
+    assert reveal["arena"] and {reveal["version_a"], reveal["version_b"]} == {"v1", "base"}
+
+
+def test_hot_swap_retires_stale_pairs_and_pool_refills(svc):
+    svc.pool.fill_once(4)
+    vote_all(svc)
+    old = svc.pool.fill_once(3)  # queued from base
+    assert svc.trainer.run_one("test").status == "accepted"  # hot-swap to v1
+    assert all(svc.store.get_pair(i)["status"] == "expired" for i in old)
+    assert svc.store.ready_pair_count() == 0
+    new = svc.pool.fill_once(2)
+    assert all(svc.store.get_pair(i)["version_a"] == "v1" for i in new)
+    reveal = svc.vote("alice", svc.next_pair("alice")["id"], "a")
+    assert reveal["reward_a"] is not None  # the implicit reward of the serving policy
+
+
+def test_producer_thread_fills_and_survives_errors(svc, monkeypatch):
+    import time
+
+    real = svc.pool.fill_once
+    failures = iter([RuntimeError("injected generation failure")])
+
+    def flaky(k):
+        err = next(failures, None)
+        if err:
+            raise err
+        return real(k)
+
+    monkeypatch.setattr(svc.pool, "fill_once", flaky)
+    svc.pool.start()
+    deadline = time.time() + 60
+    while svc.store.ready_pair_count() < 4 and time.time() < deadline:
+        time.sleep(0.2)
+    svc.pool.stop()
+    st = svc.pool.status()
+    assert svc.store.ready_pair_count() >= 4
+    assert st["errors"] == 1 and "injected generation failure" in st["last_error"]

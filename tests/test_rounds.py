@@ -1,0 +1,152 @@
+import math
+
+import pytest
+import torch
+
+from tests.svc_fixtures import tiny_service, vote_all
+from trainer import rounds
+from trainer.config import LOSS_TYPES
+from trainer.policy import BASE
+
+
+def _trained_svc(tmp_path, tiny_model_dir, *flags):
+    """A service with 8 voted pairs. The tiny random model's held-out accuracy is noise,
+    so the acceptance gate is opened (tolerance 1) except where a test checks the gate."""
+    svc = tiny_service(tmp_path / "data", tiny_model_dir, "--accept-tolerance", "1", *flags)
+    svc.pool.fill_once(8)
+    vote_all(svc)
+    return svc
+
+
+def test_round_creates_v1_and_swap_changes_generation(tmp_path, tiny_model_dir):
+    svc = _trained_svc(tmp_path, tiny_model_dir)
+    before = [s.text for s in svc.sampler.sample(["hello there"] * 4, BASE, seed=5)]
+    out = svc.trainer.run_one("test")
+    assert out.status == "accepted" and out.version == "v1", out.error
+    assert svc.policy.serving == "v1" and svc.store.serving_adapter() == "v1"
+    after = [s.text for s in svc.sampler.sample(["hello there"] * 4, "v1", seed=5)]
+    assert after != before
+    row = svc.store.get_adapter("v1")
+    assert row["parent_version"] == "base" and row["status"] == "ready"
+    steps = svc.store.train_steps(out.round_id)
+    assert steps and {"loss", "rewards/margins", "grad_norm", "tokens_per_s"} <= set(
+        steps[0]["metrics"])
+    meta = (tmp_path / "data" / "adapters" / "v1" / "metadata.json").read_text()
+    assert '"parent_version": "base"' in meta and '"loss": "sigmoid"' in meta
+    assert all(math.isfinite(s["metrics"]["loss"]) for s in steps)
+
+
+@pytest.mark.parametrize("loss", [x for x in LOSS_TYPES if x != "sigmoid"])
+def test_every_loss_type_runs_a_round(tmp_path, tiny_model_dir, loss):
+    svc = _trained_svc(tmp_path, tiny_model_dir, "--loss", loss, "--label-smoothing",
+                       "0.1" if loss == "robust" else "0")
+    out = svc.trainer.run_one("test")
+    assert out.status in ("accepted", "rejected"), out.error
+    assert svc.store.train_steps(out.round_id)
+
+
+def test_nan_loss_keeps_serving_and_next_round_runs(tmp_path, tiny_model_dir, monkeypatch):
+    svc = _trained_svc(tmp_path, tiny_model_dir)
+    real = rounds.preference_loss
+
+    def nan_loss(*a, **k):
+        losses, c, r = real(*a, **k)
+        return losses * float("nan"), c, r
+
+    monkeypatch.setattr(rounds, "preference_loss", nan_loss)
+    out = svc.trainer.run_one("test")
+    assert out.status == "failed" and "non-finite loss" in out.error
+    assert svc.policy.serving == BASE and svc.store.list_adapters() == []
+    assert svc.store.get_round(out.round_id)["error"] == out.error
+    assert svc.trainer.status()["last_error"] == out.error
+    monkeypatch.setattr(rounds, "preference_loss", real)
+    assert svc.trainer.run_one("test").status == "accepted"
+
+
+def test_failing_adapter_write_keeps_serving(tmp_path, tiny_model_dir, monkeypatch):
+    svc = _trained_svc(tmp_path, tiny_model_dir)
+
+    def disk_full(out_dir, metadata):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(svc.policy, "save_train_adapter", disk_full)
+    out = svc.trainer.run_one("test")
+    assert out.status == "failed" and "No space left" in out.error
+    assert svc.policy.serving == BASE and svc.store.list_adapters() == []
+    assert [p.name for p in (tmp_path / "data" / "adapters").iterdir()] == []
+
+
+def test_rejected_round_when_heldout_accuracy_drops(tmp_path, tiny_model_dir, monkeypatch):
+    svc = _trained_svc(tmp_path, tiny_model_dir, "--accept-tolerance", "0.05")
+    scores = iter([{"accuracy": 0.9, "n": 4, "margin": 0.1},
+                   {"accuracy": 0.5, "n": 4, "margin": -0.1}])
+    monkeypatch.setattr(rounds, "heldout_accuracy", lambda *a: next(scores))
+    out = svc.trainer.run_one("test")
+    assert out.status == "rejected" and out.version is None
+    assert "fell from 0.900 to 0.500" in svc.store.get_round(out.round_id)["error"]
+    assert svc.policy.serving == BASE
+
+
+def test_rollback_and_branching(tmp_path, tiny_model_dir):
+    svc = _trained_svc(tmp_path, tiny_model_dir)
+    assert svc.trainer.run_one("test").version == "v1"
+    svc.pool.fill_once(8)
+    vote_all(svc, "bob")
+    assert svc.trainer.run_one("test").version == "v2"
+    assert svc.store.get_adapter("v2")["parent_version"] == "v1"
+    assert svc.rollback("v1") == "v1" and svc.policy.serving == "v1"
+    assert svc.store.serving_adapter() == "v1"
+    with pytest.raises(ValueError, match="Cannot roll back to 'v7'.*base.*v1, v2"):
+        svc.rollback("v7")
+    svc.pool.fill_once(4)
+    vote_all(svc, "carol")
+    out = svc.trainer.run_one("test")
+    assert out.version == "v3" and svc.store.get_adapter("v3")["parent_version"] == "v1"
+    svc.rollback("base")
+    assert svc.policy.serving == BASE
+
+
+def test_sdpo_reference_is_the_previous_version(tmp_path, tiny_model_dir):
+    svc = _trained_svc(tmp_path, tiny_model_dir, "--reference", "previous")
+    assert svc.trainer.run_one("test").version == "v1"  # first round: previous == base
+    svc.pool.fill_once(8)
+    vote_all(svc, "bob")
+    out = svc.trainer.run_one("test")
+    assert out.version == "v2"
+    refs = svc.store.query("select distinct ref_version from ref_logps")
+    assert {r["ref_version"] for r in refs} == {"base", "v1"}
+    # the cached v1 log-probs are v1's, not base's
+    row = svc.store.one("select pair_id, text_hash, logp from ref_logps where ref_version='v1'")
+    base_row = svc.store.one("select logp from ref_logps where ref_version='base' and "
+                             "pair_id=? and text_hash=?", [row["pair_id"], row["text_hash"]])
+    assert base_row is None or base_row["logp"] != pytest.approx(row["logp"])
+
+
+def test_reference_logps_are_cached_between_rounds(tmp_path, tiny_model_dir):
+    svc = _trained_svc(tmp_path, tiny_model_dir)
+    out1 = svc.trainer.run_one("test")
+    svc.pool.fill_once(2)
+    vote_all(svc, "bob")
+    out2 = svc.trainer.run_one("test")
+    c1 = svc.store.get_round(out1.round_id)["counts"]["ref_computed"]
+    c2 = svc.store.get_round(out2.round_id)["counts"]["ref_computed"]
+    assert c1 > 0 and c2 < c1  # only the new pairs' reference passes were computed
+
+
+def test_qlora_4bit_round_on_cpu(tmp_path, tiny_model_dir):
+    svc = _trained_svc(tmp_path, tiny_model_dir, "--quantize", "4bit")
+    assert svc.policy.placement.quantize == "4bit"
+    out = svc.trainer.run_one("test")
+    assert out.status == "accepted", out.error
+    assert svc.sampler.sample(["hi"], "v1", seed=0)[0].n_tokens >= 1
+
+
+def test_too_few_votes_is_a_clear_failure(tmp_path, tiny_model_dir):
+    svc = tiny_service(tmp_path / "data", tiny_model_dir)
+    out = svc.trainer.run_one("test")
+    assert out.status == "failed" and "collect more A/B votes" in out.error
+
+
+def test_out_of_memory_message_suggests_smaller_micro_batch():
+    msg = rounds._explain(torch.OutOfMemoryError("CUDA out of memory"))
+    assert "--micro-batch" in msg
