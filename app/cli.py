@@ -123,6 +123,7 @@ def make_service(cfgs: dict, terminal_progress: bool = True):
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                         "%(message)s")
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # CPU-kernel notices
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["serve", *argv]

@@ -5,10 +5,13 @@ dpo --out prefs.jsonl``), train the same losses here with data parallelism (DDP;
 or DeepSpeed through ``accelerate config``), then add the adapter back as a version:
 
     accelerate launch -m trainer.offline --data prefs.jsonl --out adapter-dir
-    accelerate launch --cpu --num_processes 2 -m trainer.offline --data prefs.jsonl ...
+    accelerate launch --multi_gpu --num_processes 2 -m trainer.offline ...   # 2 CPU procs
     python app.py import-adapter adapter-dir --serve
 
 The reference policy is the base model with the adapter disabled, as in the app.
+On a machine without a GPU, accelerate 1.x's ``--cpu`` launcher starts ONE process
+(its multi-CPU mode needs MPI); ``--multi_gpu --num_processes N`` (or torchrun) starts N
+processes, and this trainer then runs them on CPU with the gloo backend.
 """
 
 from __future__ import annotations
@@ -77,10 +80,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _logps(model, tok, prompts, texts, max_length, device):
+class SequenceLogps(torch.nn.Module):
+    """The policy as a module whose forward returns per-sequence log-probs, so DDP/FSDP
+    wrap the whole computation (their gradient hooks need their own forward called)."""
+
+    def __init__(self, peft_model) -> None:
+        super().__init__()
+        self.inner = peft_model
+
+    def forward(self, input_ids, attention_mask, response_mask):
+        return sequence_logps(self.inner, input_ids, attention_mask, response_mask)
+
+
+def _logps(module, tok, prompts, texts, max_length, device):
     enc = {k: v.to(device) for k, v in
            build_batch(tok, prompts, texts, max_length, tok.pad_token_id).items()}
-    return sequence_logps(model, enc["input_ids"], enc["attention_mask"], enc["response_mask"])
+    return module(enc["input_ids"], enc["attention_mask"], enc["response_mask"])
 
 
 def main(argv=None) -> None:
@@ -91,7 +106,10 @@ def main(argv=None) -> None:
     from trainer.policy import _lora_config, load_base, resolve_placement
 
     args = parse_args(argv)
-    acc = Accelerator(gradient_accumulation_steps=args.grad_accum)
+    # Without a GPU, processes started by a multi-process launcher (accelerate launch
+    # --multi_gpu, torchrun) train on CPU over gloo.
+    acc = Accelerator(gradient_accumulation_steps=args.grad_accum,
+                      cpu=not torch.cuda.is_available())
     torch.manual_seed(args.seed)
     mcfg = C.ModelConfig(model=args.model, cache_dir=args.cache_dir, quantize="none",
                          device="cuda" if acc.device.type == "cuda" else "cpu",
@@ -99,7 +117,7 @@ def main(argv=None) -> None:
                          lora_dropout=args.lora_dropout)
     with acc.main_process_first():  # converts the default model once
         tok, base = load_base(mcfg, resolve_placement(mcfg))
-    model = get_peft_model(base, _lora_config(mcfg))
+    model = SequenceLogps(get_peft_model(base, _lora_config(mcfg)))
     rows = read_dpo_jsonl(args.data)
     for r in rows:
         r["prompt"] = format_prompt(tok, r["prompt"], args.template)
@@ -114,7 +132,7 @@ def main(argv=None) -> None:
             prompts = [r["prompt"] for r in batch] * 2
             texts = [r["chosen"] for r in batch] + [r["rejected"] for r in batch]
             inner = acc.unwrap_model(model)
-            with torch.no_grad(), inner.disable_adapter():
+            with torch.no_grad(), inner.inner.disable_adapter():
                 ref, ref_n = _logps(inner, tok, prompts, texts, args.max_length, acc.device)
             with acc.accumulate(model):
                 pol, n = _logps(model, tok, prompts, texts, args.max_length, acc.device)
@@ -138,7 +156,7 @@ def main(argv=None) -> None:
                                   "margin": round((cr - rr).mean().item(), 4)}), flush=True)
     acc.wait_for_everyone()
     if acc.is_main_process:
-        inner = acc.unwrap_model(model)
+        inner = acc.unwrap_model(model).inner
         state = {k: v.detach().to("cpu", torch.float32).contiguous()
                  for k, v in get_peft_model_state_dict(inner).items()}
         meta = {"source": "trainer.offline", "data": str(args.data), "loss": args.loss,

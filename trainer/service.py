@@ -62,13 +62,13 @@ class Service:
         failed = self.store.fail_interrupted_rounds()
         if failed:
             log.warning("%d round(s) were interrupted by a stop; marked failed", failed)
-        target = lambda: self._load(pool, trainer)  # noqa: E731
         if background:
-            threading.Thread(target=target, name="model-loader", daemon=True).start()
+            threading.Thread(target=self._load, args=(pool, trainer), name="model-loader",
+                             daemon=True).start()
         else:
-            target()
+            self._load(pool, trainer, reraise=True)
 
-    def _load(self, pool: bool, trainer: bool) -> None:
+    def _load(self, pool: bool, trainer: bool, reraise: bool = False) -> None:
         bar = TqdmProgress("step") if self._terminal else None
         sink = Tee(self.loading, bar) if bar else self.loading
         try:
@@ -87,7 +87,9 @@ class Service:
                 self.trainer.start()
         except Exception as e:  # noqa: BLE001 - shown on the page and in status
             self.load_error = f"{type(e).__name__}: {e}"
-            log.exception("model load failed")
+            log.error("model load failed: %s", self.load_error)
+            if reraise:
+                raise
         finally:
             if bar:
                 bar.close()
