@@ -146,11 +146,13 @@ class Store(VotesMixin, RunsMixin):
             raise BadInput(f"no prompt with id {prompt_id}")
         return row
 
-    def least_served_prompts(self, k: int, exclude_ids: Collection[int] = ()) -> list[dict]:
+    def least_served_prompts(self, k: int, exclude_ids: Collection[int] = (),
+                             rng: random.Random | None = None) -> list[dict]:
         """Up to k prompts, least served first (random among equals); no user one-offs."""
-        rows = self.query("select id, text, served_count from prompts where source != 'user'")
+        rows = self.query("select id, text, served_count from prompts where source != 'user' "
+                          "order by id")
         rows = [r for r in rows if r["id"] not in set(exclude_ids)]
-        random.shuffle(rows)
+        (rng or random).shuffle(rows)
         rows.sort(key=lambda r: r["served_count"])
         return [{"id": r["id"], "text": r["text"]} for r in rows[:k]]
 

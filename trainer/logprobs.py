@@ -1,101 +1,256 @@
 """Response-only per-sequence log-probs for causal LMs, without full-vocabulary logits.
 
-The default model's vocabulary has 262,144 tokens, so a (B, T, V) fp32 logits tensor for
-a batch of 8 x 256 tokens is 2 GB: full logits dominate DPO's time and memory. Here the
-transformer body runs once, hidden states are kept only at the positions that PREDICT
-response tokens, and the LM head + log-softmax + gather run over those rows in chunks,
-so at most (chunk, V) logits exist at a time. Works for a plain HF CausalLM and for a
-PEFT model wrapping one; gradients flow (policy pass) or not (reference pass).
+The default model's vocabulary has 262,144 tokens: fp32 logits for 8 rows x 256 tokens
+are 2 GB, and autograd would keep them (and a log-softmax copy) alive until backward. So
+the transformer body runs once, hidden states are kept only at the positions that
+PREDICT a response token, and the LM head, log-softmax and gather run over those rows
+in chunks: at most (chunk_size, V) logits exist at any time, in the forward and in the
+backward (see ``_FrozenHeadLogps``). Works for a plain HF CausalLM and for a PEFT model
+wrapping one; gradients flow for the policy pass, and under ``torch.no_grad`` (the
+reference pass) nothing is kept.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+Tensor = torch.Tensor
+
+
+def _leading_specials(ids: list[int], special: set[int]) -> int:
+    """How many ids at the start of a prompt are special tokens (e.g. BOS)."""
+    n = 0
+    while n < len(ids) and ids[n] in special:
+        n += 1
+    return n
+
+
+def _fit(p: list[int], r: list[int], max_length: int, keep_prefix: int
+         ) -> tuple[list[int], list[int]]:
+    """Cut (prompt, response) ids to max_length tokens in all.
+
+    The prompt loses tokens from the left first, just after its leading special tokens
+    (BOS stays: Gemma degrades badly without it) and keeping at least one token so the
+    first response token has a position that predicts it; then the response loses
+    tokens from the right, keeping at least one.
+    """
+    over = len(p) + len(r) - max_length
+    if over <= 0:
+        return p, r
+    keep = min(len(p), max(keep_prefix, 1), max_length - 1)  # prompt tokens never cut
+    cut = min(over, len(p) - keep)
+    if cut > 0:
+        head = min(keep_prefix, keep)
+        p = p[:head] + p[head + cut:]
+        over -= cut
+    if over > 0:  # the prompt is down to `keep` <= max_length - 1 tokens
+        r = r[:max(len(r) - over, 1)]
+    return p, r
 
 
 def build_batch(tokenizer, prompts: list[str], responses: list[str], max_length: int,
-                pad_id: int) -> dict[str, torch.Tensor]:
-    """Tokenise (prompt, response) rows, RIGHT-padded to the longest row of this batch.
+                pad_id: int) -> dict[str, Tensor]:
+    """Tokenise (prompt, response) rows, RIGHT-padded to the longest row of THIS batch.
 
-    The prompt gets the tokenizer's default special tokens (e.g. BOS), the response none
-    but a final EOS. Too long: the prompt is cut from the left first, then the response
-    from the right, keeping at least one response token.
-    Returns input_ids, attention_mask and response_mask, each (B, T).
+    Prompts are already formatted strings (any chat template was applied upstream). The
+    prompt is tokenised with the tokenizer's default special tokens (e.g. BOS), the
+    response separately without them, then the tokenizer's EOS is appended to the
+    response and the two are concatenated (separate tokenisation matches generation,
+    where the response tokens were sampled after the prompt's). Rows longer than
+    ``max_length`` are cut by ``_fit``: prompt from the left first (after BOS), then the
+    response from the right, keeping at least one response token.
+
+    Returns input_ids (B, T) long, attention_mask (B, T) long, response_mask (B, T) bool
+    (the response tokens, i.e. the loss positions), with T the longest row's length.
     """
-    rows, masks = [], []
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    for prompt, response in zip(prompts, responses):
-        p = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-        r = tokenizer(response, add_special_tokens=False)["input_ids"] + eos
-        over = len(p) + len(r) - max_length
-        if over > 0:
-            cut = min(over, max(len(p) - 1, 0))
-            p = p[cut:]
-            over -= cut
-        if over > 0:
-            r = r[:max(len(r) - over, 1)]
-        rows.append(p + r)
-        masks.append([0] * len(p) + [1] * len(r))
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(rows), width), dtype=torch.long)
-    resp = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, (r, m) in enumerate(zip(rows, masks)):
-        ids[i, :len(r)] = torch.tensor(r)
-        attn[i, :len(r)] = 1
-        resp[i, :len(m)] = torch.tensor(m, dtype=torch.bool)
+    if len(prompts) != len(responses) or not prompts:
+        raise ValueError(f"build_batch needs as many prompts as responses, at least one; "
+                         f"got {len(prompts)} prompts and {len(responses)} responses")
+    if max_length < 2:
+        raise ValueError(f"max_length={max_length}: must be >= 2 (one prompt token to "
+                         "condition on, one response token to score)")
+    if pad_id is None:
+        raise ValueError("pad_id is None: pass the tokenizer's pad id (or its eos id)")
+    eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    special = set(tokenizer.all_special_ids)
+    p_ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+    r_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
+    rows = [_fit(p, r + eos, max_length, _leading_specials(p, special))
+            for p, r in zip(p_ids, r_ids)]
+    width = max(len(p) + len(r) for p, r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (B, T)
+    attn = torch.zeros((len(rows), width), dtype=torch.long)  # (B, T)
+    resp = torch.zeros((len(rows), width), dtype=torch.bool)  # (B, T)
+    for i, (p, r) in enumerate(rows):
+        n = len(p) + len(r)
+        ids[i, :n] = torch.tensor(p + r, dtype=torch.long)
+        attn[i, :n] = 1
+        resp[i, len(p):n] = True
     return {"input_ids": ids, "attention_mask": attn, "response_mask": resp}
 
 
-def _body_and_head(model):
-    """(transformer body, LM head, final-logit softcap) of a CausalLM or PEFT model."""
-    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
-    softcap = getattr(causal.config, "final_logit_softcapping", None)
-    return causal.model, causal.get_output_embeddings(), softcap
+def _body_head_softcap(model) -> tuple[torch.nn.Module, torch.nn.Module, float | None]:
+    """(transformer body, LM head, final-logit softcap) of a CausalLM or a PeftModel.
 
-
-def sequence_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   response_mask: torch.Tensor, chunk_size: int = 1024
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log p(response tokens | prefix) per row, and the response token counts.
-
-    input_ids, attention_mask, response_mask: (B, T). Returns (B,) float, (B,) long.
-    Only rows of hidden states that predict a response token reach the LM head, in
-    chunks of ``chunk_size`` rows: the full (B, T, V) logits are never materialised.
+    PeftModel.get_base_model() is the CausalLM with the adapter layers injected in place,
+    so its body and head still run the adapter (and honour ``disable_adapter()``).
+    ``get_decoder()`` (transformers >= 4.x PreTrainedModel) returns the body (e.g.
+    Gemma3TextModel). Gemma 2 sets ``final_logit_softcapping`` (30.0); Gemma 3's config
+    has the field, None by default; it is applied whenever set.
     """
-    body, head, softcap = _body_and_head(model)
-    hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    # position t predicts token t+1: targets are response tokens at t+1
-    targets_mask = response_mask[:, 1:]  # (B, T-1)
-    rows, cols = targets_mask.nonzero(as_tuple=True)  # (R,), (R,)
-    h = hidden[:, :-1][rows, cols]  # (R, H)
-    targets = input_ids[:, 1:][rows, cols]  # (R,)
-    token_logps = []
-    for start in range(0, h.shape[0], chunk_size):
-        logits = head(h[start:start + chunk_size]).float()  # (c, V)
-        if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
-        logz = torch.logsumexp(logits, dim=-1)  # (c,)
-        picked = logits.gather(-1, targets[start:start + chunk_size, None]).squeeze(-1)
-        token_logps.append(picked - logz)
-    flat = torch.cat(token_logps) if token_logps else hidden.new_zeros(0)
-    sums = torch.zeros(input_ids.shape[0], dtype=flat.dtype, device=flat.device)
-    sums = sums.index_add(0, rows, flat)  # (B,)
-    counts = targets_mask.sum(-1)  # (B,)
-    return sums, counts
+    get_base = getattr(model, "get_base_model", None)
+    causal = get_base() if callable(get_base) else model
+    head = causal.get_output_embeddings()
+    if head is None:
+        raise ValueError(f"{type(causal).__name__} has no output embeddings (LM head)")
+    softcap = getattr(causal.config, "final_logit_softcapping", None)
+    return causal.get_decoder(), head, softcap
 
 
-def naive_sequence_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                         response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The textbook way (full (B, T, V) logits, then gather): the benchmark's baseline
-    and the tests' oracle."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+def _head_logps(head, h: Tensor, targets: Tensor, softcap: float | None) -> Tensor:
+    """log softmax(head(h))[target] for a chunk of rows, via autograd. h: (c, H) -> (c,)."""
+    logits = head(h).float()  # (c, V)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    picked = logits.gather(-1, targets[:, None]).squeeze(-1)  # (c,)
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+def _linear_logps(h: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor,
+                  softcap: float | None, want_grad: bool) -> tuple[Tensor, Tensor | None]:
+    """Token log-probs of a chunk through a linear head, and d logp / d h if asked.
+
+    h: (c, H), weight: (V, H), targets: (c,). With z = h W^T (+ b) and logits
+    s(z) = cap * tanh(z / cap) (or z), d log p_t / d z = (onehot(t) - softmax) * s'(z),
+    so d log p_t / d h = that (c, V) row times W: an (c, H) result. Works in place.
+    """
+    z = F.linear(h, weight, bias).float()  # (c, V)
+    th = None
+    if softcap:
+        th = torch.tanh(z / softcap)  # (c, V)
+        z = th * softcap
+    picked = z.gather(-1, targets[:, None])  # (c, 1)
+    top = z.amax(dim=-1, keepdim=True)  # (c, 1)
+    e = z.sub_(top).exp_()  # exp(z - max) (c, V), in place: no second (c, V) buffer
+    total = e.sum(dim=-1, keepdim=True)  # (c, 1)
+    logp = (picked - top - total.log()).squeeze(-1)  # (c,)
+    if not want_grad:
+        return logp, None
+    g = e.div_(total).neg_()  # -softmax (c, V)
+    g.scatter_add_(-1, targets[:, None], torch.ones_like(picked))  # onehot - softmax
+    if th is not None:
+        g.mul_(th.square_().neg_().add_(1))  # s'(z) = 1 - tanh^2
+    return logp, g.to(weight.dtype) @ weight  # (c,), (c, H)
+
+
+class _FrozenHeadLogps(torch.autograd.Function):
+    """Chunked token log-probs through a FROZEN linear LM head (LoRA / QLoRA training).
+
+    Autograd through ``_head_logps`` keeps every chunk's (c, V) fp32 logits until
+    backward, i.e. (R, V) for R response tokens: the full-logits cost again. Since the
+    head is frozen, only d logp / d h is needed; it is (R, H), so the forward computes
+    it chunk by chunk while the logits are at hand and backward merely scales it by the
+    incoming gradient. Same FLOPs as autograd (one head matmul each way), no recompute,
+    and peak memory of one chunk.
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, targets, softcap, chunk_size):  # h: (R, H)
+        logps, grads = [], []
+        for s in range(0, h.shape[0], chunk_size):
+            lp, dh = _linear_logps(h[s:s + chunk_size], weight, bias,
+                                   targets[s:s + chunk_size], softcap, want_grad=True)
+            logps.append(lp)
+            grads.append(dh)
+        ctx.save_for_backward(torch.cat(grads))  # (R, H)
+        ctx.h_dtype = h.dtype
+        return torch.cat(logps)  # (R,)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # grad_out: (R,)
+        (dlogp_dh,) = ctx.saved_tensors
+        grad_h = (grad_out[:, None] * dlogp_dh.float()).to(ctx.h_dtype)  # (R, H)
+        return grad_h, None, None, None, None, None
+
+
+def _is_plain_linear(head) -> bool:
+    """A plain nn.Linear head, not behind an accelerate hook (offloaded weights) nor
+    quantised (bitsandbytes layers subclass nn.Linear): F.linear on its weight is its
+    forward."""
+    return type(head) is torch.nn.Linear and not hasattr(head, "_hf_hook")
+
+
+def _token_logps(head, h: Tensor, targets: Tensor, softcap: float | None,
+                 chunk_size: int) -> Tensor:
+    """log p(targets | h) of R rows through the LM head, chunked. h: (R, H) -> (R,) fp32.
+
+    No graph needed (reference pass): plain chunks, each freed at once. Frozen linear
+    head (LoRA): ``_FrozenHeadLogps``. Trainable or exotic head (full fine-tuning, LoRA
+    on lm_head): each chunk is checkpointed, so its logits are rebuilt in backward
+    rather than kept.
+    """
+    if h.shape[0] == 0:
+        return h.sum(-1).float()  # (0,), still attached to the graph
+    trainable = any(p.requires_grad for p in head.parameters())
+    graph = torch.is_grad_enabled() and (h.requires_grad or trainable)
+    plain = _is_plain_linear(head)
+    if graph and plain and not trainable:
+        return _FrozenHeadLogps.apply(h, head.weight, head.bias, targets, softcap, chunk_size)
+    out = []
+    for s in range(0, h.shape[0], chunk_size):
+        hc, tc = h[s:s + chunk_size], targets[s:s + chunk_size]  # (c, H), (c,)
+        if graph:
+            out.append(checkpoint(_head_logps, head, hc, tc, softcap, use_reentrant=False))
+        elif plain:
+            out.append(_linear_logps(hc, head.weight, head.bias, tc, softcap, False)[0])
+        else:
+            out.append(_head_logps(head, hc, tc, softcap))
+    return torch.cat(out)  # (R,)
+
+
+def sequence_logps(model, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor,
+                   chunk_size: int = 256) -> tuple[Tensor, Tensor]:
+    """Summed log p(response tokens | prefix) per row, and the number of tokens scored.
+
+    input_ids, attention_mask, response_mask: (B, T), right-padded (``build_batch``).
+    Position t predicts token t + 1, so a response token at t + 1 is scored from the
+    hidden state at t (a response token at position 0 has no predictor and is skipped).
+    Only those R hidden rows reach the LM head, ``chunk_size`` rows at a time: the full
+    (B, T, V) logits never exist. With V = 262,144, 256 rows are 256 MB of fp32 logits
+    per chunk, large enough for an efficient matmul.
+    Returns (B,) fp32 sums (differentiable unless under no_grad) and (B,) long counts.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size}: must be >= 1")
+    body, head, softcap = _body_head_softcap(model)
+    out = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    hidden = out[0]  # (B, T, H) last_hidden_state, after the final norm
+    predicts = response_mask[:, 1:].bool() & attention_mask[:, :-1].bool()  # (B, T-1)
+    rows, cols = predicts.nonzero(as_tuple=True)  # (R,), (R,)
+    h = hidden[rows, cols]  # (R, H)
+    targets = input_ids[rows, cols + 1]  # (R,)
+    token_logps = _token_logps(head, h, targets, softcap, chunk_size)  # (R,)
+    sums = token_logps.new_zeros(input_ids.shape[0]).index_add(0, rows, token_logps)  # (B,)
+    return sums, predicts.sum(-1)
+
+
+def naive_sequence_logps(model, input_ids: Tensor, attention_mask: Tensor,
+                         response_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """The textbook way: full (B, T, V) logits from ``model(...)``, log-softmax, gather.
+
+    The benchmark's naive baseline and the tests' oracle; same outputs as
+    ``sequence_logps``.
+    """
+    logits = model(input_ids=input_ids, attention_mask=attention_mask,
+                   use_cache=False).logits.float()  # (B, T, V)
     logps = torch.log_softmax(logits[:, :-1], dim=-1)  # (B, T-1, V)
     picked = logps.gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # (B, T-1)
-    mask = response_mask[:, 1:]
+    mask = response_mask[:, 1:].bool() & attention_mask[:, :-1].bool()  # (B, T-1)
     return (picked * mask).sum(-1), mask.sum(-1)
 
 
-def mean_logps(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """Per-token mean log-prob (length normalisation, e.g. for IPO)."""
+def mean_logps(sums: Tensor, counts: Tensor) -> Tensor:
+    """Per-token mean log-prob (length normalisation, e.g. for IPO). (B,), (B,) -> (B,)."""
     return sums / counts.clamp(min=1)

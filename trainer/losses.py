@@ -1,13 +1,16 @@
 """Preference losses: pure functions of per-sequence log-prob tensors of shape (B,).
 
-Notation (DPO paper, Rafailov et al. 2023, arXiv 2305.18290): for a prompt x with a
-chosen response y_w and a rejected y_l, pi = log pi_theta(y|x) and r = log pi_ref(y|x),
+Notation (DPO, Rafailov et al. 2023, arXiv 2305.18290). For a prompt x with a chosen
+response y_c and a rejected y_r, let pi = log pi_theta(y | x) and ref = log pi_ref(y | x)
+(summed over response tokens, or per-token means for IPO), and
 
-    Delta = (pi_c - r_c) - (pi_r - r_r),     rho_c = beta (pi_c - r_c),  rho_r = beta (pi_r - r_r)
+    a = pi_c - ref_c,   b = pi_r - ref_r          (log-ratios, (B,))
+    Delta = a - b,      rho_c = beta a,  rho_r = beta b
 
-rho is DPO's implicit reward (Eq. 5). Every paired loss returns (losses (B,),
-chosen_rewards (B,), rejected_rewards (B,)) with the rewards detached. Pick one by name
-with ``preference_loss(loss_type, ...)``; ``LOSSES`` is the registry.
+rho is DPO's implicit reward (Eq. 5). Every paired variant is a function
+``(a, b, beta, eps) -> losses (B,)`` registered in ``LOSSES``; ``preference_loss`` picks
+one by name and also returns the detached rewards. Variants that have no label-noise
+parameter ignore eps. ``kto_loss`` covers unpaired (thumbs up / down) rows.
 """
 
 from __future__ import annotations
@@ -18,101 +21,130 @@ import torch
 import torch.nn.functional as F
 
 Tensor = torch.Tensor
-logsig = F.logsigmoid
 
 
-def dpo_sigmoid(delta: Tensor, rc: Tensor, rr: Tensor, beta: float, eps: float) -> Tensor:
-    """DPO, Rafailov et al. 2023 Eq. 7: -log sigma(beta Delta).
+def sigmoid_loss(a: Tensor, b: Tensor, beta: float, eps: float) -> Tensor:
+    """DPO, Rafailov et al. 2023 (arXiv 2305.18290) Eq. 7: -log sigma(beta Delta).
 
-    With label smoothing eps > 0 this is conservative DPO (cDPO, Mitchell 2023): the
-    label is assumed flipped with probability eps,
-    -(1 - eps) log sigma(beta Delta) - eps log sigma(-beta Delta).
+    With label smoothing eps > 0 it is conservative DPO (cDPO; Mitchell 2023, "A note on
+    DPO with noisy preferences"): the label is taken as flipped with probability eps,
+    -(1 - eps) log sigma(beta Delta) - eps log sigma(-beta Delta). eps = 0 gives DPO.
     """
-    z = beta * delta
-    return -(1 - eps) * logsig(z) - eps * logsig(-z)
+    z = beta * (a - b)  # (B,)
+    return -(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)
 
 
-def ipo(delta: Tensor, rc: Tensor, rr: Tensor, beta: float, eps: float) -> Tensor:
-    """IPO, Azar et al. 2023 (arXiv 2310.12036) Eq. 17: (Delta - 1/(2 beta))^2.
+def ipo_loss(a: Tensor, b: Tensor, beta: float, eps: float) -> Tensor:
+    """IPO, Azar et al. 2023 (arXiv 2310.12036) Eq. 17: (Delta - 1 / (2 beta))^2.
 
-    The caller passes per-token MEAN log-probs (length-normalised), as the IPO authors
-    and TRL do; see ``needs_length_normalisation``. Here beta is IPO's tau.
+    beta plays IPO's tau. The CALLER passes per-token MEAN log-probs (length-normalised,
+    ``logprobs.mean_logps``), as TRL does; ``needs_length_normalisation("ipo")`` is True.
+    A squared loss with a target margin 1/(2 beta): past it, the gradient pushes the
+    chosen log-prob back down (not monotone in a).
     """
-    return (delta - 1 / (2 * beta)) ** 2
+    return (a - b - 1 / (2 * beta)) ** 2
 
 
-def hinge(delta: Tensor, rc: Tensor, rr: Tensor, beta: float, eps: float) -> Tensor:
-    """SLiC-HF calibration loss, Zhao et al. 2023 (arXiv 2305.10425) Eq. 1 with the
-    reference log-ratio of DPO: max(0, 1 - beta Delta)."""
-    return torch.relu(1 - beta * delta)
+def hinge_loss(a: Tensor, b: Tensor, beta: float, eps: float) -> Tensor:
+    """SLiC-HF, Zhao et al. 2023 (arXiv 2305.10425): its rank-calibration hinge loss
+    with margin 1, on reference-normalised log-ratios (as TRL's "hinge"):
+    max(0, 1 - beta Delta).
+    Zero loss and zero gradient once beta Delta >= 1."""
+    return torch.relu(1 - beta * (a - b))
 
 
-def robust(delta: Tensor, rc: Tensor, rr: Tensor, beta: float, eps: float) -> Tensor:
-    """Robust DPO (rDPO), Chowdhury et al. 2024 (arXiv 2403.00409) Eq. 8: an unbiased
-    loss under label-flip rate eps,
-    [-(1 - eps) log sigma(beta Delta) + eps log sigma(-beta Delta)] / (1 - 2 eps)."""
-    z = beta * delta
-    return (-(1 - eps) * logsig(z) + eps * logsig(-z)) / (1 - 2 * eps)
+def robust_loss(a: Tensor, b: Tensor, beta: float, eps: float) -> Tensor:
+    """Robust DPO (rDPO), Chowdhury et al. 2024 (arXiv 2403.00409): the DPO loss
+    de-biased for labels flipped at rate eps < 1/2,
+    [-(1 - eps) log sigma(beta Delta) + eps log sigma(-beta Delta)] / (1 - 2 eps).
+    eps = 0 gives DPO."""
+    z = beta * (a - b)  # (B,)
+    return (-(1 - eps) * F.logsigmoid(z) + eps * F.logsigmoid(-z)) / (1 - 2 * eps)
 
 
-def bco_pair(delta: Tensor, rc: Tensor, rr: Tensor, beta: float, eps: float) -> Tensor:
-    """Binary Classifier Optimization, Jung et al. 2024 (arXiv 2404.04656) Eq. 9, paired:
+def bco_pair_loss(a: Tensor, b: Tensor, beta: float, eps: float) -> Tensor:
+    """Binary Classifier Optimization, Jung et al. 2024 (arXiv 2404.04656), paired form
+    as in TRL's "bco_pair": each reward is classified against a shift delta,
     -log sigma(rho_c - delta) - log sigma(-(rho_r - delta)).
 
-    The reward shift delta is a running mean of rewards in the paper and TRL; to stay a
-    pure function we use the mean of this batch's chosen and rejected rewards (detached).
+    The paper and TRL take delta as a RUNNING mean of past rewards (trainer state). To
+    stay pure, delta here is the mean of this batch's chosen and rejected rewards,
+    detached (a constant for the gradient).
     """
-    shift = torch.cat([rc, rr]).mean().detach()
-    return -logsig(rc - shift) - logsig(-(rr - shift))
+    rho_c, rho_r = beta * a, beta * b  # (B,), (B,)
+    delta = torch.cat([rho_c, rho_r]).mean().detach()  # ()
+    return -F.logsigmoid(rho_c - delta) - F.logsigmoid(-(rho_r - delta))
 
 
-def nca_pair(delta: Tensor, rc: Tensor, rr: Tensor, beta: float, eps: float) -> Tensor:
-    """Noise Contrastive Alignment, Chen et al. 2024 (arXiv 2402.05369) Eq. 12, paired:
-    -log sigma(rho_c) - 1/2 log sigma(-rho_c) - 1/2 log sigma(-rho_r)."""
-    return -logsig(rc) - 0.5 * logsig(-rc) - 0.5 * logsig(-rr)
+def nca_pair_loss(a: Tensor, b: Tensor, beta: float, eps: float) -> Tensor:
+    """Noise Contrastive Alignment, Chen et al. 2024 (arXiv 2402.05369), the paired
+    (K = 2 responses) NCA loss as in TRL's "nca_pair":
+    -log sigma(rho_c) - 1/2 log sigma(-rho_c) - 1/2 log sigma(-rho_r).
+    It raises rho_c only while sigma(rho_c) < 2/3, i.e. rho_c < log 2."""
+    rho_c, rho_r = beta * a, beta * b  # (B,), (B,)
+    return -F.logsigmoid(rho_c) - 0.5 * F.logsigmoid(-rho_c) - 0.5 * F.logsigmoid(-rho_r)
 
 
-def sppo_hard(delta: Tensor, rc: Tensor, rr: Tensor, beta: float, eps: float) -> Tensor:
-    """Self-Play Preference Optimization, Wu et al. 2024 (arXiv 2405.00675) Eq. 4.8 with
-    hard labels (winner prob 1, loser 0): (a - 1/(2 beta))^2 + (b + 1/(2 beta))^2 with
-    a = pi_c - r_c, b = pi_r - r_r (the log-ratios, i.e. rewards / beta)."""
-    a, b = rc / beta, rr / beta
-    return (a - 1 / (2 * beta)) ** 2 + (b + 1 / (2 * beta)) ** 2
+def sppo_hard_loss(a: Tensor, b: Tensor, beta: float, eps: float) -> Tensor:
+    """Self-Play Preference Optimization, Wu et al. 2024 (arXiv 2405.00675), the
+    squared loss of Algorithm 1 (the update of Eq. 4.7) with hard win probabilities (1 for the chosen,
+    0 for the rejected), as TRL's "sppo_hard": (a - 1/(2 beta))^2 + (b + 1/(2 beta))^2.
+    Targets are absolute log-ratios: a is pushed up only while a < 1/(2 beta)."""
+    half = 1 / (2 * beta)
+    return (a - half) ** 2 + (b + half) ** 2
 
 
-LOSSES: dict[str, Callable[..., Tensor]] = {
-    "sigmoid": dpo_sigmoid, "ipo": ipo, "hinge": hinge, "robust": robust,
-    "bco_pair": bco_pair, "nca_pair": nca_pair, "sppo_hard": sppo_hard,
+LOSSES: dict[str, Callable[[Tensor, Tensor, float, float], Tensor]] = {
+    "sigmoid": sigmoid_loss,
+    "ipo": ipo_loss,
+    "hinge": hinge_loss,
+    "robust": robust_loss,
+    "bco_pair": bco_pair_loss,
+    "nca_pair": nca_pair_loss,
+    "sppo_hard": sppo_hard_loss,
 }
 
 
 def needs_length_normalisation(loss_type: str) -> bool:
-    """True when the caller must pass per-token mean log-probs (IPO)."""
+    """True when the caller must pass per-token MEAN log-probs instead of sums (IPO)."""
     return loss_type == "ipo"
+
+
+def _check(loss_type: str, beta: float, label_smoothing: float) -> None:
+    if loss_type not in LOSSES:
+        raise ValueError(f"unknown loss type {loss_type!r}: use one of "
+                         f"{', '.join(LOSSES)} (or kto_loss for unpaired rows)")
+    if beta <= 0:
+        raise ValueError(f"beta={beta}: must be > 0 (try 0.1)")
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing={label_smoothing}: must be in [0, 0.5)")
 
 
 def preference_loss(loss_type: str, policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
                     ref_chosen_logps: Tensor, ref_rejected_logps: Tensor, beta: float,
                     label_smoothing: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
-    """(losses, chosen_rewards, rejected_rewards), all (B,); rewards are detached."""
-    fn = LOSSES.get(loss_type)
-    if fn is None:
-        raise ValueError(f"unknown loss type {loss_type!r}: use one of "
-                         f"{', '.join(LOSSES)} (or kto for unpaired data)")
-    chosen = policy_chosen_logps - ref_chosen_logps  # (B,)
-    rejected = policy_rejected_logps - ref_rejected_logps  # (B,)
-    rc, rr = beta * chosen, beta * rejected
-    losses = fn(chosen - rejected, rc, rr, beta, label_smoothing)
-    return losses, rc.detach(), rr.detach()
+    """Per-pair loss of variant ``loss_type`` and the implicit rewards.
+
+    All inputs (B,). Returns (losses (B,), chosen_rewards (B,), rejected_rewards (B,))
+    with rewards = beta * (policy - ref), DETACHED (for logging and reward accuracy).
+    ``label_smoothing`` is the assumed label-flip rate eps of cDPO ("sigmoid") and
+    rDPO ("robust"); the other variants ignore it.
+    """
+    _check(loss_type, beta, label_smoothing)
+    a = policy_chosen_logps - ref_chosen_logps  # (B,)
+    b = policy_rejected_logps - ref_rejected_logps  # (B,)
+    losses = LOSSES[loss_type](a, b, beta, label_smoothing)  # (B,)
+    return losses, (beta * a).detach(), (beta * b).detach()
 
 
 def kto_kl_estimate(policy_kl_logps: Tensor, ref_kl_logps: Tensor) -> Tensor:
-    """KTO's reference point z0: KL(pi || pi_ref) estimated on MISMATCHED pairs.
+    """KTO's reference point z0 (Ethayarajh et al. 2024, arXiv 2402.01306).
 
-    The trainer pairs each prompt with the completion of another row of the batch (a
-    shift by one), so z0 measures how far the policy drifts on text it was not asked
-    to prefer. Mean of (policy - ref), clamped at 0, detached (Ethayarajh et al. 2024,
-    arXiv 2402.01306, section 4.1).
+    z0 estimates KL(pi_theta || pi_ref) from MISMATCHED (prompt, completion) rows, whose
+    log-probs are given here ((B,) each): the trainer pairs each prompt x_i with the
+    completion of the next row, y_{(i+1) mod B} (a shift by one within the batch), so
+    the policy is measured on text it was not asked to prefer. Returns the scalar
+    mean(policy - ref), clamped at >= 0, detached (no gradient flows through z0).
     """
     return (policy_kl_logps - ref_kl_logps).mean().clamp(min=0).detach()
 
@@ -122,17 +154,23 @@ def kto_loss(policy_logps: Tensor, ref_logps: Tensor, desirable: Tensor, kl_ref_
              ) -> tuple[Tensor, Tensor]:
     """KTO, Ethayarajh et al. 2024 (arXiv 2402.01306) Eq. 8, for unpaired rows.
 
-    r = log pi/pi_ref of each (prompt, completion); desirable rows lose
-    lambda_D (1 - sigma(beta (r - z0))), undesirable rows lambda_U (1 - sigma(beta (z0 - r))).
-    Returns (losses (B,), rewards beta * r detached (B,)).
+    r = log pi_theta(y|x) - log pi_ref(y|x) per row (B,); z0 = ``kl_ref_point`` (a scalar,
+    see ``kto_kl_estimate``), detached and clamped at >= 0 here as well. Desirable rows
+    (``desirable`` (B,) bool) lose lambda_D (1 - sigma(beta (r - z0))), undesirable rows
+    lambda_U (1 - sigma(beta (z0 - r))). Returns (losses (B,), rewards beta r detached (B,)).
     """
+    if beta <= 0:
+        raise ValueError(f"beta={beta}: must be > 0 (try 0.1)")
     r = policy_logps - ref_logps  # (B,)
-    z0 = kl_ref_point.detach()
-    good = desirable_weight * (1 - torch.sigmoid(beta * (r - z0)))
-    bad = undesirable_weight * (1 - torch.sigmoid(beta * (z0 - r)))
+    z0 = kl_ref_point.detach().clamp(min=0)  # ()
+    good = desirable_weight * (1 - torch.sigmoid(beta * (r - z0)))  # (B,)
+    bad = undesirable_weight * (1 - torch.sigmoid(beta * (z0 - r)))  # (B,)
     return torch.where(desirable.bool(), good, bad), (beta * r).detach()
 
 
 def reward_accuracy(chosen_rewards: Tensor, rejected_rewards: Tensor) -> float:
-    """Share of pairs whose implicit reward ranks the chosen response first."""
+    """Share of pairs whose implicit reward ranks the chosen response first (ties count
+    as wrong); nan for an empty batch."""
+    if chosen_rewards.numel() == 0:
+        return float("nan")
     return (chosen_rewards > rejected_rewards).float().mean().item()

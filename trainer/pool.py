@@ -108,7 +108,7 @@ class PairPool:
 
     def fill_once(self, k: int) -> list[int]:
         """Generate pairs for up to ``k`` least-served prompts in batched calls."""
-        prompts = self.store.least_served_prompts(k)
+        prompts = self.store.least_served_prompts(k, rng=self.rng)
         if not prompts:
             return []
         opp = self.opponent()
@@ -139,8 +139,8 @@ class PairPool:
         return ids
 
     def _next_seed(self) -> int:
-        self._seed += 1
-        return self._seed * 7919 + int(time.time()) % 100_000
+        """Deterministic per batch: the base seed and how many pairs exist so far."""
+        return self._seed * 1_000_003 + self.store.counts()["pairs"] * 16
 
     def _sample_sides(self, plan, serving, opponent, seed, retries: int = 2):
         """(a, b, version_a, version_b) per plan item; a is None if no distinct pair."""

@@ -78,7 +78,8 @@ class Service:
             self._restore_serving()
             self.pool = PairPool(self.policy, self.store, self.sampler, self.pool_cfg,
                                  reference=lambda v: reference_version(self.train_cfg, v),
-                                 beta=self.train_cfg.beta, max_length=self.train_cfg.max_length)
+                                 beta=self.train_cfg.beta, max_length=self.train_cfg.max_length,
+                                 seed=self.train_cfg.seed)
             self.loading.update(1, 1, "Model ready")
             self._ready.set()
             if pool:
