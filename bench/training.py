@@ -1,0 +1,152 @@
+"""Training benchmark: a naive DPO loop vs LiveDPO's, same data, same model, one run.
+
+  (a) naive: full (B, T, V) logits + log_softmax, the reference recomputed every step,
+      every batch padded to --max-length;
+  (b) ours: response-only chunked log-probs (trainer/logprobs.py), reference log-probs
+      computed once and reused across epochs (the app caches them in the DB), dynamic
+      padding to the longest row of each micro-batch.
+Each variant runs in its own process so peak RSS is its own. Both do the same AdamW
+steps (micro-batch x grad-accum) over the same pairs for the same epochs.
+
+    python bench/training.py [--pairs 8] [--epochs 2] [--max-length 320]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import machine, matmul_gflops, peak_rss_mb, run_child, table, write_json  # noqa: E402
+
+WORDS = ("the a model answer helps people learn because it explains each step clearly and "
+         "gives short examples that are easy to follow while a long answer may ramble about "
+         "unrelated things and repeat itself").split()
+
+
+def make_pairs(n: int, seed: int = 0) -> list[dict]:
+    """Deterministic (prompt, chosen, rejected) rows with varied response lengths."""
+    prompts = [p for p in (Path(__file__).resolve().parent.parent / "storage" /
+                           "default_prompts.txt").read_text().splitlines() if p.strip()]
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        def resp():
+            return " " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(15, 110))) + "."
+        rows.append({"prompt": f"Question: {prompts[i % len(prompts)]}\nAnswer:",
+                     "chosen": resp(), "rejected": resp()})
+    return rows
+
+
+def child(variant: str, n: int, epochs: int, max_length: int, micro: int, accum: int,
+          cache_dir: str) -> dict:
+    import torch
+
+    from trainer.config import ModelConfig
+    from trainer.logprobs import build_batch, naive_sequence_logps, sequence_logps
+    from trainer.losses import preference_loss
+    from trainer.policy import BASE, TRAIN, Policy
+
+    policy = Policy.load(ModelConfig(cache_dir=cache_dir))
+    tok, model = policy.tokenizer, policy.model
+    rows = make_pairs(n)
+    params = policy.train_parameters()
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    naive = variant == "naive"
+
+    def batch_of(rs):
+        b = build_batch(tok, [r["prompt"] for r in rs] * 2,
+                        [r["chosen"] for r in rs] + [r["rejected"] for r in rs],
+                        max_length, tok.pad_token_id)
+        if naive:  # fixed padding to max_length
+            pad = max_length - b["input_ids"].shape[1]
+            b = {k: torch.nn.functional.pad(v, (0, pad), value=tok.pad_token_id if
+                                            k == "input_ids" else 0) for k, v in b.items()}
+        return b
+
+    logps = naive_sequence_logps if naive else sequence_logps
+    ref_cache: dict[int, torch.Tensor] = {}
+    tokens, t0 = 0, time.perf_counter()
+    for _ in range(epochs):
+        for g in range(0, n, micro * accum):
+            for m in range(g, min(g + micro * accum, n), micro):
+                rs = rows[m:m + micro]
+                b = batch_of(rs)
+                if naive or m not in ref_cache:
+                    with torch.no_grad(), policy.active(BASE):
+                        ref_cache[m] = logps(model, **b)[0]
+                with policy.active(TRAIN, train=True):
+                    pol, _ = logps(model, **b)
+                    k = len(rs)
+                    ref = ref_cache[m]
+                    loss, _, _ = preference_loss("sigmoid", pol[:k], pol[k:], ref[:k], ref[k:],
+                                                 0.1)
+                    (loss.mean() / accum).backward()
+                tokens += int(b["attention_mask"].sum())
+            opt.step()
+            opt.zero_grad()
+    dt = time.perf_counter() - t0
+    base = model.get_base_model()
+    p_head = base.get_output_embeddings().weight.numel()
+    p_body = sum(p.numel() for p in base.model.parameters()) - p_head  # tied embeddings
+    return {"variant": variant, "pairs": n, "epochs": epochs, "seconds": dt,
+            "pairs_per_s": n * epochs / dt, "tokens": tokens, "peak_rss_mb": peak_rss_mb(),
+            "p_body": p_body, "p_head": p_head}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pairs", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--max-length", type=int, default=320)
+    ap.add_argument("--micro-batch", type=int, default=2)
+    ap.add_argument("--grad-accum", type=int, default=2)
+    ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--child", default=None)
+    args = ap.parse_args()
+    from trainer.config import default_cache_dir
+
+    cache = args.cache_dir or default_cache_dir()
+    sizes = (args.pairs, args.epochs, args.max_length, args.micro_batch, args.grad_accum)
+    if args.child:
+        print(json.dumps(child(args.child, *sizes, cache)))
+        return
+    me = str(Path(__file__).resolve())
+    common = ["--pairs", str(args.pairs), "--epochs", str(args.epochs), "--max-length",
+              str(args.max_length), "--micro-batch", str(args.micro_batch), "--grad-accum",
+              str(args.grad_accum), "--cache-dir", cache]
+    naive = run_child(me, "naive", *common)
+    ours = run_child(me, "ours", *common)
+    gflops = matmul_gflops()
+    rows = [naive, ours]
+    for r in rows:
+        # useful work: policy forward + input-grad backward (4 x body params per token),
+        # reference forward once per pair (2 x), LM head for response tokens only (ours)
+        flops = 6 * r["p_body"] * r["tokens"]
+        r["gflop_s"] = flops / r["seconds"] / 1e9
+        r["pct_of_matmul_roofline"] = 100 * r["gflop_s"] / gflops
+    try:
+        import trl  # noqa: F401
+        trl_note = "TRL installed but its DPOTrainer column is not wired up in this bench"
+    except ImportError:
+        trl_note = "TRL not installed (optional bench extra): no third column"
+    speed = ours["pairs_per_s"] / naive["pairs_per_s"]
+    mem = ours["peak_rss_mb"] / naive["peak_rss_mb"]
+    print(table(rows, ["variant", "pairs", "epochs", "seconds", "pairs_per_s", "peak_rss_mb",
+                       "gflop_s", "pct_of_matmul_roofline"]))
+    print(f"\nours / naive pairs/s: {speed:.2f}x (target >= 3); peak RSS ratio {mem:.2f} "
+          f"(target <= 0.33); measured matmul rate {gflops:.0f} GFLOP/s\n{trl_note}")
+    path = write_json("training.json", {"machine": machine(), "settings": vars(args),
+                                        "naive": naive, "ours": ours,
+                                        "speedup_pairs_per_s": speed, "peak_rss_ratio": mem,
+                                        "matmul_gflops": gflops, "trl": trl_note})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
