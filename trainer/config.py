@@ -122,10 +122,11 @@ class TrainConfig:
     loss: str = _f("sigmoid", "Preference loss (see README: loss variants).", LOSS_TYPES)
     beta: float = _f(0.1, "beta: strength of the KL tie to the reference policy.")
     label_smoothing: float = _f(0.0, "epsilon for cDPO / robust DPO (assumed label noise).")
-    lr: float = _f(2e-4, "AdamW learning rate of the LoRA weights.")
+    lr: float = _f(5e-5, "AdamW learning rate of the LoRA weights.")
     epochs: int = _f(2, "Passes over the round's training votes.")
     votes_per_round: int = _f(16, "A round starts once this many new usable votes exist.")
-    window: int = _f(0, "Train on at most this many most recent pairs (0 = all).")
+    window: int = _f(64, "Train on at most this many most recent voted pairs (0 = all); "
+                     "caps a round at a few minutes on CPU.")
     micro_batch: int = _f(2, "Pairs per forward pass.")
     grad_accum: int = _f(2, "Micro-batches per optimizer step.")
     max_length: int = _f(320, "Prompt + response tokens kept per example.")
@@ -146,7 +147,7 @@ class TrainConfig:
         if not 0.0 <= self.label_smoothing < 0.5:
             out.append(f"label_smoothing={self.label_smoothing}: must be in [0, 0.5)")
         if not 0 < self.lr < 1:
-            out.append(f"lr={self.lr}: must be in (0, 1) (try 2e-4)")
+            out.append(f"lr={self.lr}: must be in (0, 1) (try 5e-5)")
         if not 1 <= self.epochs <= 100:
             out.append(f"epochs={self.epochs}: must be in 1..100")
         if self.votes_per_round < 1:

@@ -231,6 +231,7 @@ def run_round(policy, store, cfg: TrainConfig, *, fmt, adapters_dir: Path,
             store.finish_round(round_id, "rejected", counts=counts, metrics=metrics,
                                error=reason)
             return RoundOutcome(round_id, "rejected", None, metrics, reason)
+        t_save = time.perf_counter()
         version = store.next_adapter_version()
         meta = {"version": version, "parent_version": serving, "round": round_id,
                 "loss": cfg.loss, "beta": cfg.beta, "reference": ref_version,
@@ -241,6 +242,7 @@ def run_round(policy, store, cfg: TrainConfig, *, fmt, adapters_dir: Path,
                           status="ready", metrics=metrics)
         policy.swap(version, path)
         store.set_serving_adapter(version)
+        metrics["hotswap_seconds"] = round(time.perf_counter() - t_save, 3)  # save -> serving
         store.finish_round(round_id, "accepted", counts=counts, metrics=metrics,
                            adapter_version=version)
         if on_accept:
