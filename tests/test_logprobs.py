@@ -1,8 +1,22 @@
+"""Response-only chunked log-probs against the full-logits oracle, on the tiny Gemma 3."""
+
+import copy
+
 import pytest
 import torch
+from tokenizers.processors import TemplateProcessing
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from trainer.logprobs import build_batch, mean_logps, naive_sequence_logps, sequence_logps
+from trainer.logprobs import (
+    _FrozenHeadLogps,
+    build_batch,
+    mean_logps,
+    naive_sequence_logps,
+    sequence_logps,
+)
+
+PROMPTS = ["Question: What is the capital of France?\nAnswer:", "Question: hi\nAnswer:"]
+RESPONSES = [" Paris is the capital.", " Plants turn light into sugar, water and air."]
 
 
 @pytest.fixture(scope="module")
@@ -11,70 +25,213 @@ def tok(tiny_model_dir):
 
 
 @pytest.fixture(scope="module")
+def bos_tok(tok):
+    """The same tokenizer, adding BOS to every text like Gemma's."""
+    t = copy.deepcopy(tok)
+    t._tokenizer.post_processor = TemplateProcessing(
+        single="<bos> $A", special_tokens=[("<bos>", t.bos_token_id)])
+    assert t("hi")["input_ids"][0] == t.bos_token_id
+    return t
+
+
+@pytest.fixture(scope="module")
 def model(tiny_model_dir):
-    torch.manual_seed(0)
     return AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
 
 
-PROMPTS = ["Question: What is the capital of France?\nAnswer:", "Question: hi\nAnswer:"]
-RESPONSES = [" Paris is the capital.", " Plants turn light into sugar, water and air."]
+def batch(tok, prompts=PROMPTS, responses=RESPONSES, max_length=256):
+    return build_batch(tok, prompts, responses, max_length, tok.pad_token_id)
 
 
-def test_build_batch_masks_and_dynamic_padding(tok):
-    b = build_batch(tok, PROMPTS, RESPONSES, 256, tok.pad_token_id)
-    lens = [len(tok(p)["input_ids"]) + len(tok(r, add_special_tokens=False)["input_ids"]) + 1
-            for p, r in zip(PROMPTS, RESPONSES)]
-    assert b["input_ids"].shape == (2, max(lens))  # padded to the longest row only
+def n_ids(tok, text, special=False):
+    return len(tok(text, add_special_tokens=special)["input_ids"])
+
+
+# ---------------------------------------------------------------- build_batch
+
+
+@pytest.mark.parametrize("use_bos", [False, True])
+def test_build_batch_masks_eos_and_dynamic_padding(tok, bos_tok, use_bos):
+    tk = bos_tok if use_bos else tok
+    b = batch(tk)
+    n_resp = [n_ids(tk, r) + 1 for r in RESPONSES]  # + EOS
+    lens = [n_ids(tk, p, special=True) + n for p, n in zip(PROMPTS, n_resp)]
+    assert b["input_ids"].shape == (2, max(lens))  # the longest row, not max_length
     assert b["attention_mask"].sum(-1).tolist() == lens
-    for i, r in enumerate(RESPONSES):
-        n_resp = len(tok(r, add_special_tokens=False)["input_ids"]) + 1
-        assert int(b["response_mask"][i].sum()) == n_resp
+    assert b["response_mask"].sum(-1).tolist() == n_resp
+    assert b["response_mask"].dtype == torch.bool
+    for i in range(2):
         last = lens[i] - 1
-        assert b["input_ids"][i, last] == tok.eos_token_id and b["response_mask"][i, last]
+        assert b["input_ids"][i, last] == tk.eos_token_id and b["response_mask"][i, last]
+        assert (b["input_ids"][i, lens[i]:] == tk.pad_token_id).all()
+        assert not b["response_mask"][i, lens[i]:].any()
+        first = lens[i] - n_resp[i]  # response starts right after the prompt
+        assert b["response_mask"][i, first:lens[i]].all()
+        assert not b["response_mask"][i, :first].any()
+        assert (b["input_ids"][i, 0] == tk.bos_token_id) == use_bos
+    # the row's response tokens are the response tokenised alone (no BOS), then EOS
+    want = tk(RESPONSES[0], add_special_tokens=False)["input_ids"] + [tk.eos_token_id]
+    assert b["input_ids"][0][b["response_mask"][0]].tolist() == want
 
 
-def test_truncation_cuts_prompt_from_the_left_first(tok):
+def test_truncation_cuts_the_prompt_from_the_left_first(tok):
     long_prompt = "Question: " + "word " * 50 + "\nAnswer:"
-    b = build_batch(tok, [long_prompt], [" Paris."], 12, tok.pad_token_id)
-    assert b["input_ids"].shape[1] == 12
-    n_resp = len(tok(" Paris.", add_special_tokens=False)["input_ids"]) + 1
+    b = batch(tok, [long_prompt], [" Paris."], max_length=12)
+    n_resp = n_ids(tok, " Paris.") + 1
+    assert b["input_ids"].shape == (1, 12)
     assert int(b["response_mask"].sum()) == n_resp  # the response survived intact
     ids = tok(long_prompt)["input_ids"]
-    assert b["input_ids"][0, : 12 - n_resp].tolist() == ids[-(12 - n_resp):]  # left cut
-    b = build_batch(tok, ["Q"], [" a b c d e f g h i j k l m n o p"], 6, tok.pad_token_id)
-    assert b["input_ids"].shape[1] == 6 and int(b["response_mask"].sum()) >= 1
+    assert b["input_ids"][0, :12 - n_resp].tolist() == ids[-(12 - n_resp):]  # its tail
 
 
-@pytest.mark.parametrize("chunk", [1, 3, 1024])
+def test_truncation_keeps_bos(bos_tok):
+    long_prompt = "Question: " + "word " * 50 + "\nAnswer:"
+    b = batch(bos_tok, [long_prompt], [" Paris."], max_length=12)
+    n_resp = n_ids(bos_tok, " Paris.") + 1
+    ids = bos_tok(long_prompt)["input_ids"]
+    kept = 12 - n_resp - 1
+    assert b["input_ids"][0, 0] == bos_tok.bos_token_id
+    assert b["input_ids"][0, 1:1 + kept].tolist() == ids[-kept:]
+    assert int(b["response_mask"].sum()) == n_resp
+
+
+@pytest.mark.parametrize("use_bos", [False, True])
+def test_then_the_response_is_cut_from_the_right(tok, bos_tok, use_bos):
+    tk = bos_tok if use_bos else tok
+    resp = " a b c d e f g h i j k l m n o p"
+    r_ids = tk(resp, add_special_tokens=False)["input_ids"]
+    b = batch(tk, ["Question: what?"], [resp], max_length=6)
+    ids, mask = b["input_ids"][0], b["response_mask"][0]
+    assert ids.shape == (6,) and int(mask.sum()) == 5  # one prompt token (BOS or last)
+    assert ids[mask].tolist() == r_ids[:5]  # the response's head, EOS cut off
+    assert ids[0] == (tk.bos_token_id if use_bos else tk("Question: what?")["input_ids"][-1])
+    b = batch(tk, ["Question: what?"], [resp], max_length=2)  # the minimum
+    assert b["input_ids"].shape == (1, 2) and int(b["response_mask"].sum()) == 1
+
+
+def test_build_batch_rejects_bad_input(tok):
+    with pytest.raises(ValueError, match="as many prompts as responses"):
+        build_batch(tok, ["a", "b"], ["c"], 32, tok.pad_token_id)
+    with pytest.raises(ValueError, match="max_length"):
+        build_batch(tok, ["a"], ["c"], 1, tok.pad_token_id)
+
+
+# ---------------------------------------------------------------- sequence_logps
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 4096])
 def test_chunked_equals_full_log_softmax(model, tok, chunk):
-    b = build_batch(tok, PROMPTS, RESPONSES, 256, tok.pad_token_id)
+    b = batch(tok)
     with torch.no_grad():
         s, n = sequence_logps(model, **b, chunk_size=chunk)
         ws, wn = naive_sequence_logps(model, **b)
+    assert s.shape == n.shape == (2,) and s.grad_fn is None
     torch.testing.assert_close(s, ws, atol=1e-5, rtol=1e-5)
-    assert n.tolist() == wn.tolist()
+    assert n.tolist() == wn.tolist() == b["response_mask"].sum(-1).tolist()
     torch.testing.assert_close(mean_logps(s, n), ws / wn)
 
 
 def test_padding_does_not_change_a_rows_logp(model, tok):
-    alone = build_batch(tok, PROMPTS[:1], RESPONSES[:1], 256, tok.pad_token_id)
-    both = build_batch(tok, PROMPTS, RESPONSES, 256, tok.pad_token_id)
     with torch.no_grad():
-        a, _ = sequence_logps(model, **alone)
-        b, _ = sequence_logps(model, **both)
-    torch.testing.assert_close(a[0], b[0], atol=1e-5, rtol=1e-5)
+        alone, _ = sequence_logps(model, **batch(tok, PROMPTS[:1], RESPONSES[:1]))
+        both, _ = sequence_logps(model, **batch(tok))
+        short, _ = sequence_logps(model, **batch(tok, PROMPTS[1:], RESPONSES[1:]))
+    torch.testing.assert_close(alone[0], both[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(short[0], both[1], atol=1e-5, rtol=1e-5)
 
 
-def test_gradients_reach_lora_weights_through_peft(tiny_model_dir, tok):
+def _grads(model, fn, b, **kw):
+    model.zero_grad()
+    s, _ = fn(model, **b, **kw)
+    (s * torch.tensor([1.0, -0.5])).sum().backward()  # rows weighted, as a loss would
+    return s.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                        if p.requires_grad}
+
+
+def _assert_same_grads(model, b, chunk):
+    s, got = _grads(model, sequence_logps, b, chunk_size=chunk)
+    ws, want = _grads(model, naive_sequence_logps, b)
+    torch.testing.assert_close(s, ws, atol=1e-5, rtol=1e-5)
+    assert got.keys() == want.keys() and got
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], atol=1e-5, rtol=1e-4, msg=name)
+    return got
+
+
+def _lora(tiny_model_dir, softcap=None):
     from peft import LoraConfig, get_peft_model
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    peft_model = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear"))
-    b = build_batch(tok, PROMPTS, RESPONSES, 256, tok.pad_token_id)
-    s, _ = sequence_logps(peft_model, **b, chunk_size=4)
-    s.sum().backward()
-    lora = [p for n, p in peft_model.named_parameters() if "lora_" in n]
-    assert lora and all(p.grad is not None for p in lora)
-    # LoRA B starts at zero, so the first gradient lands on B (A's is B^T-scaled, zero)
-    lora_b = [p for n, p in peft_model.named_parameters() if "lora_B" in n]
-    assert all(p.grad.abs().sum() > 0 for p in lora_b)
+    base.config.final_logit_softcapping = softcap
+    torch.manual_seed(0)  # init_lora_weights=False: B is random, so A gets gradients too
+    return get_peft_model(base, LoraConfig(r=4, target_modules="all-linear",
+                                           init_lora_weights=False))
+
+
+@pytest.mark.parametrize("softcap", [None, 2.0])
+def test_peft_lora_gradients_equal_the_full_logits_ones(tiny_model_dir, tok, softcap):
+    peft_model = _lora(tiny_model_dir, softcap)
+    grads = _assert_same_grads(peft_model, batch(tok), chunk=4)
+    assert all("lora_" in n for n in grads)
+    assert all(g.abs().sum() > 0 for g in grads.values())
+
+
+def test_lora_policy_pass_keeps_no_vocabulary_sized_tensor_for_backward(tiny_model_dir, tok):
+    """The point of the chunking: autograd saves no (rows, V) logits for backward."""
+    peft_model, b = _lora(tiny_model_dir), batch(tok)
+    vocab = peft_model.get_output_embeddings().weight.shape[0]
+    saved = []
+
+    def pack(x):
+        saved.append(tuple(x.shape))
+        return x
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        s, _ = sequence_logps(peft_model, **b, chunk_size=4)
+    assert saved and not [shape for shape in saved if vocab in shape]
+    assert type(s.grad_fn).__name__ == "IndexAddBackward0"
+    assert "_FrozenHeadLogps" in type(s.grad_fn.next_functions[1][0]).__name__
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        naive_sequence_logps(peft_model, **b)
+    assert [shape for shape in saved if vocab in shape]  # the oracle does keep them
+
+
+def test_trainable_head_gradients_equal_the_full_logits_ones(tiny_model_dir, tok):
+    full = AutoModelForCausalLM.from_pretrained(tiny_model_dir)  # everything trainable
+    grads = _assert_same_grads(full, batch(tok), chunk=5)
+    assert grads["model.embed_tokens.weight"].abs().sum() > 0  # tied LM head
+
+
+def test_softcap_is_applied(tiny_model_dir, tok):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    b = batch(tok)
+    with torch.no_grad():
+        plain, _ = sequence_logps(model, **b)
+        model.config.final_logit_softcapping = 0.5
+        capped, _ = sequence_logps(model, **b, chunk_size=3)
+        want, _ = naive_sequence_logps(model, **b)
+    torch.testing.assert_close(capped, want, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(capped, plain)
+
+
+def test_reference_pass_through_disabled_adapter_matches_the_base(tiny_model_dir, tok):
+    peft_model, b = _lora(tiny_model_dir), batch(tok)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        with peft_model.disable_adapter():
+            ref, _ = sequence_logps(peft_model, **b)
+        want, _ = sequence_logps(base, **b)
+        tuned, _ = sequence_logps(peft_model, **b)
+    torch.testing.assert_close(ref, want)
+    assert not torch.allclose(tuned, want)
+
+
+@pytest.mark.parametrize("softcap,bias", [(None, False), (1.5, True)])
+def test_frozen_head_function_gradcheck(softcap, bias):
+    torch.manual_seed(0)
+    h = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(11, 4, dtype=torch.float64)
+    b = torch.randn(11, dtype=torch.float64) if bias else None
+    targets = torch.randint(0, 11, (5,))
+    assert torch.autograd.gradcheck(
+        lambda x: _FrozenHeadLogps.apply(x, w, b, targets, softcap, 2), (h,))

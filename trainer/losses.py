@@ -87,8 +87,9 @@ def nca_pair_loss(a: Tensor, b: Tensor, beta: float, eps: float) -> Tensor:
 
 def sppo_hard_loss(a: Tensor, b: Tensor, beta: float, eps: float) -> Tensor:
     """Self-Play Preference Optimization, Wu et al. 2024 (arXiv 2405.00675), the
-    squared loss of Algorithm 1 (the update of Eq. 4.7) with hard win probabilities (1 for the chosen,
-    0 for the rejected), as TRL's "sppo_hard": (a - 1/(2 beta))^2 + (b + 1/(2 beta))^2.
+    squared loss of Algorithm 1 (the update of Eq. 4.7) with hard win probabilities
+    (1 for the chosen, 0 for the rejected), as TRL's "sppo_hard":
+    (a - 1/(2 beta))^2 + (b + 1/(2 beta))^2.
     Targets are absolute log-ratios: a is pushed up only while a < 1/(2 beta)."""
     half = 1 / (2 * beta)
     return (a - half) ** 2 + (b + half) ** 2
