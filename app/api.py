@@ -1,0 +1,393 @@
+"""Server-side handlers of the web UI and the scripted API: thin calls into the service.
+
+Who is calling comes from ``gr.Request.username`` (the login); what they may do is
+decided HERE, on the server, from their role in the users file, so an annotator who
+calls an admin endpoint directly (any client, any fn_index) is refused too. Without an
+auth file the app runs in local single-user mode: the caller is ``local``, an admin.
+
+Handlers return tuples in the order the UI wires them (see ``ANNOTATE_OUTPUTS``);
+formatting lives in app/views.py. The service is passed in; nothing here imports the
+trainer's model code (app/ imports no torch).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from app import auth, views
+from trainer import config as C
+
+CHOICES = ("a", "b", "tie", "both_bad")
+LOCAL_USER = "local"
+MAX_BETTER_CHARS = 20_000
+EXPORTS = {"dpo": "livedpo-dpo.jsonl", "kto": "livedpo-kto.jsonl", "votes": "livedpo-votes.csv"}
+AREA_CLASSES = {"train": C.TrainConfig, "pool": C.PoolConfig, "sampling": C.SamplingConfig}
+# Order of the values every annotate handler returns.
+# ``shown_id`` is a hidden component holding the id of the pair on the page: a vote sends
+# it back, so a second click or key press that raced the page update is refused.
+ANNOTATE_OUTPUTS = ("state", "prompt", "response_a", "response_b", "reveal", "progress",
+                    "better", "banner", "timer", "shown_id")
+_KEEP = len(ANNOTATE_OUTPUTS) - 3  # outputs a poll tick leaves alone (before banner)
+
+
+def fail(message: str) -> gr.Error:
+    """A user-facing error (shown in the page / returned to API clients; no traceback)."""
+    return gr.Error(message, print_exception=False)
+
+
+def is_not_ready(exc: BaseException) -> bool:
+    """True for the service's NotReady (matched by name: app/ cannot import trainer.service)."""
+    return any(c.__name__ == "NotReady" for c in type(exc).__mro__)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions whose message is meant for the user: bad values, unknown ids."""
+    try:
+        from storage import errors
+    except ImportError:  # a store without named errors: plain bad values only
+        return (ValueError, LookupError)
+    found = tuple(v for v in vars(errors).values()
+                  if isinstance(v, type) and issubclass(v, Exception))
+    return (*found, ValueError, LookupError)
+
+
+def help_table() -> dict[str, dict[str, tuple[str, tuple | None]]]:
+    """(help, choices) of every field of the runtime-editable config areas."""
+    import dataclasses
+
+    return {area: {f.name: (f.metadata.get("help", ""), f.metadata.get("choices"))
+                   for f in dataclasses.fields(cls)} for area, cls in AREA_CLASSES.items()}
+
+
+class Access:
+    """The caller's name and role, from the login and the users file (read per call)."""
+
+    def __init__(self, auth_file: str = "") -> None:
+        self.auth_file = auth_file
+
+    @property
+    def local_mode(self) -> bool:
+        return not self.auth_file
+
+    def user(self, request: gr.Request | None) -> str:
+        if self.local_mode:
+            return LOCAL_USER
+        name = getattr(request, "username", None)
+        if not name:
+            raise fail("You are not logged in: reload the page and log in again.")
+        return name
+
+    def role(self, name: str) -> str | None:
+        return "admin" if self.local_mode else auth.role_of(auth.load_users(self.auth_file),
+                                                            name)
+
+    def is_admin(self, request: gr.Request | None) -> bool:
+        return self.role(self.user(request)) == "admin"
+
+    def require_admin(self, request: gr.Request | None, action: str) -> str:
+        """The caller's name if they are an admin; else a clear refusal naming them."""
+        name = self.user(request)
+        role = self.role(name)
+        if role != "admin":
+            what = f"is an {role}" if role else "is not in the users file"
+            raise fail(f"Only admins may {action}; {name!r} {what}. An admin can run "
+                       f"`python app.py add-user {name} --role admin`.")
+        return name
+
+
+class Handlers:
+    """Every callback of the UI and the API, as plain methods (tested without a browser)."""
+
+    def __init__(self, service: Any, app_cfg: C.AppConfig) -> None:
+        self.svc = service
+        self.cfg = app_cfg
+        self.access = Access(app_cfg.auth_file)
+        self._user_errors = _user_errors()
+
+    @property
+    def store(self) -> Any:
+        return self.svc.store
+
+    # --- helpers -----------------------------------------------------------------------
+    def load_state(self) -> dict:
+        """Cheap readiness snapshot (no DB queries) for the banner and the poll timer."""
+        return {"ready": self.svc.wait_ready(0), "loading": self.svc.loading.snapshot(),
+                "load_error": self.svc.load_error}
+
+    def banner(self) -> str:
+        return views.banner_markdown(self.load_state(), self.access.local_mode)
+
+    def progress(self, user: str) -> str:
+        return views.progress_markdown(user, self.store.annotator_progress(user),
+                                       self.store.serving_adapter())
+
+    def _annotate(self, user: str, pair: dict | None, reveal: Any = None,
+                  clear_better: bool = True) -> tuple:
+        """Outputs (ANNOTATE_OUTPUTS order) showing ``pair`` (or the waiting note)."""
+        state = {"id": int(pair["id"]), "shown": time.time()} if pair else None
+        prompt, a, b = views.pair_markdown(pair)
+        ready = self.svc.wait_ready(0)
+        return (state, prompt, a, b, gr.skip() if reveal is None else reveal,
+                self.progress(user), "" if clear_better else gr.skip(), self.banner(),
+                gr.Timer(active=pair is None or not ready), state and state["id"])
+
+    def commit_vote(self, user: str, pair_id: Any, choice: Any, better: str | None,
+                    decide_ms: int | None) -> dict:
+        """Validate, then store the vote; returns the service's reveal dict."""
+        if choice not in CHOICES:
+            raise fail(f"choice {choice!r} is not valid: use one of {', '.join(CHOICES)}.")
+        try:
+            pair_id = int(pair_id)
+        except (TypeError, ValueError):
+            raise fail(f"pair id {pair_id!r} is not a number: pass the id that "
+                       "next_pair returned.") from None
+        better = (better or "").strip() or None
+        if better and len(better) > MAX_BETTER_CHARS:
+            raise fail(f"The better answer is {len(better)} characters long: shorten it to "
+                       f"at most {MAX_BETTER_CHARS}.")
+        try:
+            return self.svc.vote(user, pair_id, choice, better, decide_ms)
+        except self._user_errors as e:
+            raise fail(f"Vote not stored: {e}") from e
+
+    def api_decide_ms(self, pair_id: Any) -> int | None:
+        """Time to decide for API votes: from when the store handed the pair out, if known."""
+        served = getattr(self.store, "pair_served_at", None)
+        try:
+            t = served(int(pair_id)) if served else None
+        except (TypeError, ValueError, LookupError):
+            return None
+        return max(int((time.time() - t) * 1000), 0) if t else None
+
+    # --- annotate tab ------------------------------------------------------------------
+    def on_load(self, request: gr.Request) -> tuple:
+        """Page load: the caller's first pair, the banner, and admin tabs shown or hidden."""
+        user = self.access.user(request)
+        admin = self.access.role(user) == "admin"
+        who = f"Logged in as **{user}** ({'admin' if admin else 'annotator'})."
+        return (*self._annotate(user, self.svc.next_pair(user)), who,
+                gr.Tab(visible=admin), gr.Tab(visible=admin))
+
+    def vote(self, choice: str, better: str, shown_id: float | None, state: dict | None,
+             request: gr.Request) -> tuple:
+        """Commit the vote (before anything moves on), reveal, then show the next pair.
+
+        ``shown_id`` is the pair id the page showed when the button was pressed.
+        """
+        user = self.access.user(request)
+        if not state:
+            raise fail("No pair is shown yet: wait until one appears, then vote.")
+        if shown_id is not None and int(shown_id) != state["id"]:
+            raise fail(f"This vote was meant for pair {int(shown_id)}, which was already "
+                       "answered (a second click or key press?); nothing was stored. Judge "
+                       f"the pair now shown (pair {state['id']}).")
+        decide_ms = max(int((time.time() - state["shown"]) * 1000), 0)
+        reveal = self.commit_vote(user, state["id"], choice, better, decide_ms)
+        return self._annotate(user, self.svc.next_pair(user), views.reveal_markdown(reveal))
+
+    def skip(self, state: dict | None, request: gr.Request) -> tuple:
+        """No vote; release the pair if the store can, and show another."""
+        user = self.access.user(request)
+        release = getattr(self.store, "skip_pair", None)
+        if state and release:
+            release(int(state["id"]), user)
+        pair = self.svc.next_pair(user)
+        note = "*Skipped.*" if state else gr.skip()
+        return self._annotate(user, pair, note, clear_better=False)
+
+    def poll(self, state: dict | None, request: gr.Request) -> tuple:
+        """Timer tick while waiting for a pair or for the model: fetch one if ready."""
+        user = self.access.user(request)
+        ready = self.svc.wait_ready(0)
+        if state:
+            return (*(gr.skip(),) * _KEEP, self.banner(), gr.Timer(active=not ready),
+                    gr.skip())
+        pair = self.svc.next_pair(user)
+        if pair is None:
+            return (*(gr.skip(),) * _KEEP, self.banner(), gr.Timer(active=True), gr.skip())
+        return self._annotate(user, pair, clear_better=False)
+
+    def ask(self, prompt: str, state: dict | None, request: gr.Request) -> tuple:
+        """Generate a pair for the caller's own prompt and show it (the ask box clears)."""
+        user = self.access.user(request)
+        text = (prompt or "").strip()
+        if not text:
+            raise fail("Your prompt is empty: type a question or instruction first.")
+        if len(text) > self.cfg.max_prompt_chars:
+            raise fail(f"Your prompt is {len(text)} characters long: shorten it to at most "
+                       f"{self.cfg.max_prompt_chars} (--max-prompt-chars).")
+        try:
+            pair = self.svc.ask(user, text)
+        except Exception as e:
+            if is_not_ready(e):
+                raise fail(f"{e}. Try again once it is ready.") from e
+            if isinstance(e, self._user_errors):
+                raise fail(str(e)) from e
+            raise
+        return (*self._annotate(user, pair, "*Your prompt:*"), "")
+
+    # --- train tab (admins) --------------------------------------------------------------
+    def train_live(self, request: gr.Request) -> tuple:
+        """Trainer state, progress bar, step plots, held-out and arena plots, rounds."""
+        self.access.require_admin(request, "see the training dashboard")
+        status = self.svc.status()
+        md, frac, label = views.trainer_markdown(status)
+        frames = views.steps_frames(self.store.train_steps())
+        rounds = self.store.list_rounds(100)
+        board = views.leaderboard_frame(self.store.arena_results(), self.store.list_adapters())
+        held, arena = views.heldout_frame(rounds), views.arena_plot_frame(board)
+        return (md, views.progress_bar_html(frac, label), frames["loss"],
+                frames["accuracy"], frames["margins"],
+                gr.BarPlot(value=held, sort=list(held["label"]) or None),
+                gr.BarPlot(value=arena, sort=list(arena["version"]) or None),
+                views.rounds_frame(rounds))
+
+    def train_forms(self, specs: list[dict], request: gr.Request) -> tuple:
+        """Rollback choices and current settings values (on tab open / after saving)."""
+        self.access.require_admin(request, "see the settings")
+        current = self.svc.settings()
+        choices = views.version_choices(self.store.list_adapters())
+        return (gr.Dropdown(choices=choices, value=self.store.serving_adapter()),
+                *(current[s["area"]][s["name"]] for s in specs))
+
+    def train_now(self, request: gr.Request) -> str:
+        user = self.access.require_admin(request, "start a training round")
+        try:
+            self.svc.train_now()
+        except Exception as e:
+            if is_not_ready(e):
+                raise fail(f"{e}. Press Train now again once it is ready.") from e
+            raise
+        return f"Training round requested by {user}; follow it on the Train tab (or in status)."
+
+    def rollback(self, version: str, request: gr.Request) -> str:
+        self.access.require_admin(request, "change the serving version")
+        if not version:
+            raise fail("Choose a version to serve first ('base' or vN).")
+        try:
+            self.svc.rollback(version)
+        except Exception as e:
+            if is_not_ready(e) or isinstance(e, ValueError):
+                raise fail(str(e)) from e
+            raise
+        return f"Now serving `{version}`; new pairs come from it."
+
+    def save_settings(self, specs: list[dict], values: list[Any],
+                      request: gr.Request) -> dict:
+        """Validate the form and apply it; raises one error listing every bad value."""
+        self.access.require_admin(request, "change settings")
+        changes, problems = views.settings_changes(specs, values, self.svc.settings())
+        if problems:
+            raise fail("Settings not saved:\n  - " + "\n  - ".join(problems))
+        if not changes:
+            return {}
+        try:
+            self.svc.update_settings(changes)
+        except ValueError as e:
+            raise fail(f"Settings not saved. {e}") from e
+        return changes
+
+    # --- leaderboard and data ------------------------------------------------------------
+    def leaderboard(self) -> Any:
+        return views.leaderboard_frame(self.store.arena_results(), self.store.list_adapters())
+
+    def data_view(self, request: gr.Request) -> tuple:
+        self.access.require_admin(request, "see the data tab")
+        return (views.counts_markdown(self.store.counts()),
+                views.votes_frame(self.store.recent_votes(50)))
+
+    def export(self, fmt: str, request: gr.Request) -> str:
+        """Write an export to a fresh temp dir and return its path (for gr.File)."""
+        self.access.require_admin(request, "download data")
+        if fmt not in EXPORTS:
+            raise fail(f"export format {fmt!r} is not valid: use one of {', '.join(EXPORTS)}.")
+        from storage.io import export
+
+        out = Path(tempfile.mkdtemp(prefix="livedpo-export-")) / EXPORTS[fmt]
+        export(self.store, fmt, out)
+        return str(out)
+
+    def download_adapter(self, request: gr.Request) -> str:
+        self.access.require_admin(request, "download the adapter")
+        from trainer.adapters import zip_version
+
+        version = self.store.serving_adapter()
+        row = self.store.get_adapter(version) if version != "base" else None
+        if not row:
+            raise fail("The serving version is 'base': there is no adapter to download yet. "
+                       "Train (or import) a version first.")
+        return str(zip_version(Path(row["path"]), Path(tempfile.mkdtemp(prefix="livedpo-"))))
+
+    def import_prompts(self, path: str | None, request: gr.Request) -> str:
+        self.access.require_admin(request, "import prompts")
+        if not path:
+            raise fail("Choose a prompts file first (.txt: one per line, .jsonl with a "
+                        "'prompt' field, or .csv with a 'prompt' column).")
+        from storage.io import import_prompts
+
+        try:
+            n = import_prompts(self.store, path, max_chars=self.cfg.max_prompt_chars)
+        except self._user_errors as e:
+            raise fail(f"Nothing imported from {Path(path).name}: {e}") from e
+        return f"Imported {n} new prompt(s) from {Path(path).name}."
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with anything JSON cannot hold turned into text."""
+    import json
+
+    return json.loads(json.dumps(value, default=str))
+
+
+def register_api(h: Handlers) -> None:
+    """The scripted API (inside a gr.Blocks context): stable names for gradio_client.
+
+    ``next_pair``, ``vote`` and ``status`` for every logged-in user; ``train_now``,
+    ``rollback`` and ``update_settings`` for admins only (checked here, on the server).
+    """
+
+    def next_pair(request: gr.Request) -> tuple[int | None, str, str, str]:
+        """The caller's next pair: (pair_id, prompt, response_a, response_b).
+
+        pair_id is None (and the texts empty) while no pair is ready: retry in a few seconds.
+        """
+        pair = h.svc.next_pair(h.access.user(request))
+        if not pair:
+            return None, "", "", ""
+        return int(pair["id"]), pair["prompt"], pair["response_a"], pair["response_b"]
+
+    def vote(request: gr.Request, pair_id: int, choice: str, better_answer: str = "") -> dict:
+        """Vote on a pair from next_pair: choice is a, b, tie or both_bad; better_answer is
+        optional text stored as preferred over both. Returns the reveal (versions per side,
+        implicit rewards, whether they predicted the choice)."""
+        user = h.access.user(request)
+        return _json_safe(h.commit_vote(user, pair_id, choice, better_answer,
+                                        h.api_decide_ms(pair_id)))
+
+    def status() -> dict:
+        """Counts, serving version, trainer and model-loading state."""
+        return _json_safe(h.svc.status())
+
+    def train_now(request: gr.Request) -> str:
+        """Admins: start a training round as soon as possible."""
+        return h.train_now(request)
+
+    def rollback(request: gr.Request, version: str) -> str:
+        """Admins: serve an earlier version ('base' or vN)."""
+        return h.rollback(version, request)
+
+    def update_settings(request: gr.Request, changes: dict) -> dict:
+        """Admins: change runtime settings, {area: {field: value}}; returns all settings."""
+        h.access.require_admin(request, "change settings")
+        try:
+            return _json_safe(h.svc.update_settings(changes))
+        except ValueError as e:
+            raise fail(f"Settings not saved. {e}") from e
+
+    for fn in (next_pair, vote, status, train_now, rollback, update_settings):
+        gr.api(fn, api_name=fn.__name__, concurrency_limit=None)

@@ -1,0 +1,369 @@
+"""Pure formatting for the web UI: plain data in, Markdown / HTML / DataFrames out.
+
+Nothing here touches the service, the store or Gradio, so every function is tested
+as a plain function. Model outputs and prompts are untrusted: ``safe_markdown``
+escapes raw HTML and neutralises script-like link schemes before Gradio renders them
+(gr.Markdown sanitises too; this is the first of two layers, not the only one).
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pandas as pd
+
+# Link schemes that run code or embed documents; a zero-width space breaks them.
+_BAD_SCHEME = re.compile(r"(?i)\b(java|vb|live)(script)(?=\s*\\?\s*:)|\b(d)(ata)(?=\\?:\S)")
+_FENCE_OPEN = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")
+_ZWSP = "\u200b"
+CHOICE_LABELS = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both bad"}
+STEP_SERIES = {"loss": ("loss",), "accuracy": ("rewards/accuracies",),
+               "margins": ("rewards/chosen", "rewards/rejected", "rewards/margins")}
+
+
+# --------------------------------------------------------------------------- untrusted text
+def _escape_text(text: str) -> str:
+    """Escape HTML (&, <, >), break javascript:/data: schemes, keep images from loading."""
+    out = html.escape(text, quote=False)
+    out = _BAD_SCHEME.sub(lambda m: (m.group(1) or m.group(3)) + _ZWSP
+                          + (m.group(2) or m.group(4)), out)
+    return out.replace("![", "!\\[")
+
+
+def _fence_close(line: str, char: str, length: int) -> bool:
+    m = _FENCE_OPEN.match(line)
+    return bool(m and m.group(1)[0] == char and len(m.group(1)) >= length)
+
+
+def safe_markdown(text: str | None) -> str:
+    """Markdown of untrusted ``text`` with raw HTML shown as text, never run.
+
+    HTML is escaped outside fenced code blocks; inside them Markdown itself shows
+    characters literally (so ``#include <stdio.h>`` stays readable). A fence counts as
+    closed on any line that could close it, so this never treats more text as code than
+    a Markdown renderer does.
+    """
+    if not text:
+        return ""
+    out: list[str] = []
+    fence: tuple[str, int] | None = None
+    for line in text.replace("\r\n", "\n").split("\n"):
+        if fence:
+            out.append(line)
+            if _fence_close(line, *fence):
+                fence = None
+            continue
+        m = _FENCE_OPEN.match(line)
+        if m and not (m.group(1)[0] == "`" and "`" in m.group(2)):
+            fence = (m.group(1)[0], len(m.group(1)))
+            out.append(line[: m.start(2)] + _escape_text(m.group(2)))
+            continue
+        out.append(_escape_text(line))
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- annotate tab
+def pair_markdown(pair: Mapping[str, Any] | None) -> tuple[str, str, str]:
+    """(prompt, response A, response B) as safe Markdown; a waiting note when no pair."""
+    if not pair:
+        return ("*Generating pairs… a new pair appears here as soon as the model has "
+                "written one.*", "", "")
+    return (f"**Prompt** (pair {int(pair['id'])})\n\n{safe_markdown(pair.get('prompt'))}",
+            safe_markdown(pair.get("response_a")) or "*(empty)*",
+            safe_markdown(pair.get("response_b")) or "*(empty)*")
+
+
+def progress_bar_html(fraction: float | None, label: str) -> str:
+    """A small HTML progress bar; ``label`` is escaped."""
+    frac = min(max(float(fraction or 0.0), 0.0), 1.0)
+    return (f'<div class="ldpo-bar" role="progressbar" aria-valuenow="{frac * 100:.0f}" '
+            f'aria-valuemin="0" aria-valuemax="100"><div class="ldpo-fill" '
+            f'style="width:{frac * 100:.1f}%"></div></div>'
+            f'<div class="ldpo-bar-label">{html.escape(label)}</div>')
+
+
+def banner_markdown(status: Mapping[str, Any], local_mode: bool) -> str:
+    """Top-of-page note: local mode, model loading progress or a load failure."""
+    lines = []
+    if local_mode:
+        lines.append("**Local single-user mode**: no login; you annotate as `local` with admin "
+                     "rights. Start with `--auth-file FILE` to require accounts.")
+    if status.get("load_error"):
+        lines.append(f"**The model failed to load**: {html.escape(str(status['load_error']))}."
+                     " Fix the cause (see the server log) and restart.")
+    elif not status.get("ready"):
+        snap = status.get("loading") or {}
+        lines.append(f"**Loading the model**: {html.escape(str(snap.get('desc') or 'starting'))}"
+                     f" ({float(snap.get('fraction') or 0):.0%}, {snap.get('elapsed_s', 0)} s). "
+                     "The first start converts the default model (about a minute); queued "
+                     "pairs can be judged meanwhile.")
+    return "\n\n".join(lines)
+
+
+def _fmt_reward(r: float | None) -> str:
+    return "n/a" if r is None else f"{r:+.3f}"
+
+
+def reveal_markdown(reveal: Mapping[str, Any]) -> str:
+    """What was behind the vote: versions per side and the implicit reward's prediction."""
+    choice = reveal.get("choice")
+    va, vb = reveal.get("version_a"), reveal.get("version_b")
+    head = f"**Your vote on pair {reveal.get('pair_id')}: {CHOICE_LABELS.get(choice, choice)}.**"
+    if reveal.get("arena"):
+        sides = f"Arena pair: **A was `{va}`**, **B was `{vb}`**."
+    else:
+        sides = f"Both answers came from `{va}`."
+    ra, rb, pred = reveal.get("reward_a"), reveal.get("reward_b"), reveal.get("predicted")
+    if pred is None:
+        why = ("both sides come from different versions" if reveal.get("arena") else
+               "the serving policy equals the reference, so both rewards are 0"
+               if ra is None else "the rewards are equal")
+        guess = f"The implicit reward made no prediction here ({why})."
+    else:
+        verdict = {True: "it **agrees** with you", False: "it **disagrees** with you",
+                   None: "your vote was not A or B, so it is not scored"}[
+            reveal.get("prediction_correct")]
+        guess = (f"Implicit reward β·log π/π_ref: A {_fmt_reward(ra)}, B {_fmt_reward(rb)} → "
+                 f"the model predicted **{pred.upper()}**; {verdict}.")
+    return f"{head} {sides}\n\n{guess}"
+
+
+def _pct(x: Any) -> str:
+    return "n/a" if x is None else f"{float(x):.0%}"
+
+
+def progress_markdown(name: str, progress: Mapping[str, Any] | None, serving: str | None) -> str:
+    """This annotator's counts and agreement with others, plus the serving version."""
+    p = progress or {}
+    agree = p.get("agreement")
+    n_agree = p.get("agreement_n", p.get("overlap_votes"))
+    agree_txt = ("n/a (no pair judged by others yet)" if agree is None else
+                 f"{_pct(agree)}" + (f" of {n_agree} shared pairs" if n_agree else ""))
+    return (f"**{html.escape(name)}**: {p.get('today', p.get('votes_today', 0))} votes today, "
+            f"{p.get('total', p.get('votes_total', 0))} in total · agreement with others: "
+            f"{agree_txt} · serving `{serving or 'base'}`")
+
+
+# --------------------------------------------------------------------------- train tab
+def trainer_markdown(status: Mapping[str, Any]) -> tuple[str, float, str]:
+    """(Markdown summary, progress fraction, progress label) of the trainer."""
+    t = status.get("trainer") or {}
+    prog = t.get("progress") or {}
+    state = t.get("state", "idle")
+    lines = [f"**Serving**: `{status.get('serving_adapter', 'base')}` · **trainer**: {state}"]
+    if state != "training" and t.get("votes_needed") is not None:
+        lines.append(f"{t['votes_needed']} more usable vote(s) start the next round "
+                     "(or press *Train now*).")
+    last = t.get("last_round")
+    if last:
+        lines.append(f"Last round {last.get('id')}: {last.get('status')}"
+                     + (f" → `{last['version']}`" if last.get("version") else ""))
+    if t.get("last_error"):
+        lines.append(f"**Last error**: {html.escape(str(t['last_error']))}")
+    label = (f"{prog.get('desc') or state}: {prog.get('done', 0):g}/{prog.get('total', 0):g}"
+             if prog.get("total") else str(prog.get("desc") or state))
+    return "\n\n".join(lines), float(prog.get("fraction") or 0.0), label
+
+
+def steps_frames(rows: Iterable[Mapping[str, Any]]) -> dict[str, pd.DataFrame]:
+    """Long-format frames (step, value, series, round) for the loss/accuracy/margin plots.
+
+    ``step`` runs on across rounds (ordered by round, then step) so the plots read as
+    one training history; ``series`` is the metric name (loss: one series per round).
+    """
+    rows = sorted(rows, key=lambda r: (r.get("round_id") or 0, r.get("step") or 0))
+    out: dict[str, list[dict]] = {k: [] for k in STEP_SERIES}
+    for i, r in enumerate(rows, start=1):
+        metrics = r.get("metrics") or {}
+        for plot, keys in STEP_SERIES.items():
+            for k in keys:
+                v = metrics.get(k)
+                if isinstance(v, (int, float)) and math.isfinite(v):
+                    series = f"round {r.get('round_id')}" if plot == "loss" else k
+                    out[plot].append({"step": i, "value": float(v), "series": series,
+                                      "round": r.get("round_id")})
+    cols = ["step", "value", "series", "round"]
+    return {k: pd.DataFrame(v, columns=cols) for k, v in out.items()}
+
+
+def _heldout(metrics: Mapping[str, Any] | None, key: str) -> float | None:
+    v = ((metrics or {}).get(key) or {}).get("accuracy")
+    return float(v) if isinstance(v, (int, float)) else None
+
+
+def heldout_frame(rounds: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Held-out implicit-reward accuracy after each round, oldest first.
+
+    ``label`` is the version a round produced, or "r<id> (<status>)" for rounds that
+    were rejected; ``before`` is the accuracy of the version it started from.
+    """
+    data = []
+    for r in sorted(rounds, key=lambda r: r.get("id") or 0):
+        after = _heldout(r.get("metrics"), "heldout_after")
+        if after is None:
+            continue
+        label = r.get("adapter_version") or f"r{r.get('id')} ({r.get('status')})"
+        data.append({"label": label, "accuracy": after,
+                     "before": _heldout(r.get("metrics"), "heldout_before"),
+                     "round": r.get("id"), "status": r.get("status")})
+    return pd.DataFrame(data, columns=["label", "accuracy", "before", "round", "status"])
+
+
+def rounds_frame(rounds: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per round: status, result version, data counts, accuracy, error."""
+    data = []
+    for r in rounds:
+        m, c = r.get("metrics") or {}, r.get("counts") or {}
+        data.append({"round": r.get("id"), "status": r.get("status"),
+                     "trigger": r.get("trigger"), "version": r.get("adapter_version") or "",
+                     "train": c.get("train"), "held out": c.get("heldout"),
+                     "acc before": _heldout(m, "heldout_before"),
+                     "acc after": _heldout(m, "heldout_after"),
+                     "steps": m.get("steps"), "seconds": m.get("train_seconds"),
+                     "error": r.get("error") or ""})
+    return pd.DataFrame(data, columns=["round", "status", "trigger", "version", "train",
+                                       "held out", "acc before", "acc after", "steps",
+                                       "seconds", "error"])
+
+
+# --------------------------------------------------------------------------- leaderboard
+def wilson_interval(successes: float, n: float, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion (successes may be fractional: ties = ½)."""
+    if n <= 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def version_number(version: str) -> int:
+    """'v12' -> 12, 'base' -> 0 (for sorting and plotting)."""
+    m = re.fullmatch(r"v(\d+)", str(version))
+    return int(m.group(1)) if m else 0
+
+
+def leaderboard_frame(arena: Iterable[Mapping[str, Any]],
+                      adapters: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Every adapter version: human win rate vs its arena opponent with a 95% Wilson CI.
+
+    Win rate = (wins + ½ ties) / (wins + losses + ties). "Both bad" votes carry no
+    preference between the two sides, so they are left out of the rate (and counted in
+    their own column). Versions without arena votes show an empty rate.
+    """
+    by_version: dict[str, list[Mapping[str, Any]]] = {}
+    for row in arena:
+        by_version.setdefault(str(row.get("version")), []).append(row)
+    data = []
+    for a in sorted(adapters, key=lambda a: version_number(a.get("version", ""))):
+        version = str(a.get("version"))
+        rows = by_version.pop(version, None) or [{"opponent": "base"}]
+        for row in rows:
+            data.append(_leader_row(version, row, a))
+    for version, rows in by_version.items():  # arena rows of versions not listed
+        data.extend(_leader_row(version, row, {}) for row in rows)
+    cols = ["version", "status", "opponent", "win rate", "95% CI", "wins", "losses", "ties",
+            "both bad", "votes", "held-out acc"]
+    return pd.DataFrame(data, columns=cols)
+
+
+def _leader_row(version: str, row: Mapping[str, Any], adapter: Mapping[str, Any]) -> dict:
+    w, lo, t = (int(row.get(k) or 0) for k in ("wins", "losses", "ties"))
+    n = w + lo + t
+    rate, ci = None, ""
+    if n:
+        rate = (w + 0.5 * t) / n
+        low, high = wilson_interval(w + 0.5 * t, n)
+        ci = f"{low:.0%} – {high:.0%}"
+    return {"version": version, "status": adapter.get("status", ""),
+            "opponent": row.get("opponent") or "base",
+            "win rate": None if rate is None else round(rate, 3), "95% CI": ci,
+            "wins": w, "losses": lo, "ties": t, "both bad": int(row.get("both_bad") or 0),
+            "votes": int(row.get("n") or n + int(row.get("both_bad") or 0)),
+            "held-out acc": _heldout(adapter.get("metrics"), "heldout_after")}
+
+
+def arena_plot_frame(board: pd.DataFrame) -> pd.DataFrame:
+    """Win rate per version (oldest first) from ``leaderboard_frame``'s output."""
+    rows = board.dropna(subset=["win rate"])
+    return pd.DataFrame({"version": rows["version"].astype(str),
+                         "win rate": rows["win rate"].astype(float),
+                         "opponent": rows["opponent"].astype(str)}).reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- data tab
+def counts_markdown(counts: Mapping[str, Any]) -> str:
+    """A two-column Markdown table of the store's counts."""
+    rows = "\n".join(f"| {html.escape(str(k))} | {v} |" for k, v in counts.items())
+    return "| what | count |\n|---|---|\n" + rows
+
+
+def votes_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Recent votes as a table (text columns cut to 80 characters)."""
+    data = []
+    for r in rows:
+        row = {}
+        for k, v in r.items():
+            if isinstance(v, (dict, list)):
+                continue
+            row[k] = v[:80] + "…" if isinstance(v, str) and len(v) > 80 else v
+        data.append(row)
+    return pd.DataFrame(data)
+
+
+def version_choices(adapters: Iterable[Mapping[str, Any]]) -> list[str]:
+    """'base' plus every accepted (ready) version, newest first."""
+    ready = [str(a["version"]) for a in adapters if a.get("status") == "ready"]
+    return ["base", *sorted(ready, key=version_number, reverse=True)]
+
+
+# --------------------------------------------------------------------------- settings form
+def settings_specs(settings: Mapping[str, Mapping[str, Any]],
+                   help_of: Mapping[str, Mapping[str, tuple[str, tuple | None]]]
+                   ) -> list[dict[str, Any]]:
+    """One form field per editable setting: area, name, kind, value, choices, help.
+
+    ``settings`` is ``service.settings()``; ``help_of[area][name]`` is (help, choices)
+    from the config dataclasses, so the form documents each field where it is defined.
+    """
+    specs = []
+    for area, fields in settings.items():
+        for name, value in fields.items():
+            help_text, choices = help_of.get(area, {}).get(name, ("", None))
+            kind = "choice" if choices else type(value).__name__
+            specs.append({"area": area, "name": name, "kind": kind, "value": value,
+                          "choices": list(choices) if choices else None, "help": help_text})
+    return specs
+
+
+def settings_changes(specs: list[dict[str, Any]], values: list[Any],
+                     current: Mapping[str, Mapping[str, Any]]
+                     ) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """({area: {field: value}} of the fields that differ from ``current``, problems).
+
+    Catches what the form itself can get wrong (an empty number, a fraction in an
+    integer field); range checks stay with the config classes (service.update_settings).
+    """
+    changes: dict[str, dict[str, Any]] = {}
+    problems = []
+    for spec, value in zip(specs, values):
+        area, name, kind = spec["area"], spec["name"], spec["kind"]
+        label = f"{area}.{name}"
+        if value is None or (isinstance(value, str) and not value.strip()):
+            problems.append(f"{label} is empty: enter a value (it was {spec['value']!r})")
+            continue
+        if kind == "int":
+            if float(value) != int(float(value)):
+                problems.append(f"{label}={value}: must be a whole number")
+                continue
+            value = int(float(value))
+        elif kind == "float":
+            value = float(value)
+        if value != current.get(area, {}).get(name):
+            changes.setdefault(area, {})[name] = value
+    return changes, problems

@@ -1,0 +1,141 @@
+"""The scripted API, driven with gradio_client against the launched app (real service on
+the tiny model, an auth file with an annotator and an admin)."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from gradio_client import Client
+
+from app.auth import add_user
+from tests.ui_fixtures import (
+    ADMIN,
+    ANNOTATOR,
+    PASSWORD,
+    launch_app,
+    real_service,
+    wait_for,
+    write_users,
+)
+
+CAROL = "carol"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_model_dir):
+    pytest.importorskip("storage.db")
+    tmp = tmp_path_factory.mktemp("ui-api")
+    users = write_users(tmp / "users.json")
+    add_user(users, CAROL, PASSWORD, "annotator")
+    svc = real_service(tmp / "data", tiny_model_dir, "--ready-pairs", "6")
+    demo, url = launch_app(svc, tmp, str(users))
+    wait_for(lambda: svc.store.counts().get("pairs_ready", 0) >= 4, timeout=120)
+    yield svc, demo, url
+    demo.close()
+    svc.stop()
+
+
+def client(url: str, name: str) -> Client:
+    return Client(url, auth=(name, PASSWORD), verbose=False)
+
+
+def vote_count(svc) -> int:
+    return svc.store.counts()["votes"]
+
+
+def test_api_surface(served):
+    _, _, url = served
+    names = set(client(url, ANNOTATOR).view_api(print_info=False,
+                                                return_format="dict")["named_endpoints"])
+    assert names == {"/next_pair", "/vote", "/status", "/train_now", "/rollback",
+                     "/update_settings"}
+
+
+def test_annotator_next_pair_vote_status(served):
+    svc, _, url = served
+    c = client(url, ANNOTATOR)
+    pair_id, prompt, a, b = c.predict(api_name="/next_pair")
+    assert isinstance(pair_id, int) and prompt and (a or b)
+    before = vote_count(svc)
+    reveal = c.predict(pair_id, "a", "A clearly better answer.", api_name="/vote")
+    assert reveal["pair_id"] == pair_id and reveal["choice"] == "a"
+    assert {"version_a", "version_b", "arena", "reward_a", "reward_b", "predicted",
+            "prediction_correct"} <= set(reveal)
+    assert vote_count(svc) == before + 1
+    row = svc.store.recent_votes(1)[0]
+    assert row["annotator"] == ANNOTATOR and row["pair_id"] == pair_id
+    status = c.predict(api_name="/status")
+    assert status["votes"] == before + 1 and "trainer" in status
+
+
+def test_bad_votes_give_errors_and_store_nothing(served):
+    svc, _, url = served
+    c = client(url, ANNOTATOR)
+    pair_id, *_ = c.predict(api_name="/next_pair")
+    before = vote_count(svc)
+    with pytest.raises(Exception, match="choice 'c' is not valid: use one of a, b, tie, "
+                                        "both_bad"):
+        c.predict(pair_id, "c", api_name="/vote")
+    with pytest.raises(Exception, match="Vote not stored: .*999999"):
+        c.predict(999999, "a", api_name="/vote")
+    assert vote_count(svc) == before
+
+
+def test_clients_at_once_get_distinct_pairs(served):
+    _, _, url = served
+    clients = [client(url, name) for name in (ANNOTATOR, ADMIN, CAROL)]
+    with ThreadPoolExecutor(3) as ex:
+        ids = list(ex.map(lambda c: c.predict(api_name="/next_pair")[0], clients))
+    assert None not in ids and len(set(ids)) == 3
+
+
+def test_annotator_cannot_use_admin_endpoints(served):
+    svc, demo, url = served
+    c = client(url, ANNOTATOR)
+    settings, serving = svc.settings(), svc.store.serving_adapter()
+    for args, name in (((), "/train_now"), (("base",), "/rollback"),
+                       (({"train": {"beta": 0.5}},), "/update_settings")):
+        with pytest.raises(Exception, match=f"Only admins may .*'{ANNOTATOR}' is an annotator"):
+            c.predict(*args, api_name=name)
+    # The hidden UI callback is refused too when called over raw HTTP by fn_index.
+    idx = next(i for i, fn in demo.fns.items()
+               if getattr(fn.fn, "__name__", "") == "train_now" and fn.api_visibility == "private")
+    msg = raw_call(url, ANNOTATOR, idx)
+    assert msg["success"] is False and "Only admins" in msg["output"]["error"]
+    assert svc.settings() == settings and svc.store.serving_adapter() == serving
+    assert svc.trainer.state != "training"
+
+
+def test_admin_can(served):
+    svc, _, url = served
+    c = client(url, ADMIN)
+    new = c.predict({"train": {"beta": 0.2}}, api_name="/update_settings")
+    assert new["train"]["beta"] == 0.2 and svc.train_cfg.beta == 0.2
+    with pytest.raises(Exception, match="beta=-1.0: must be > 0"):
+        c.predict({"train": {"beta": -1.0}}, api_name="/update_settings")
+    with pytest.raises(Exception, match="cannot change lora_r"):
+        c.predict({"train": {"lora_r": 4}}, api_name="/update_settings")
+    assert svc.train_cfg.beta == 0.2
+    assert "base" in c.predict("base", api_name="/rollback")
+    with pytest.raises(Exception, match="Cannot roll back to 'v99'"):
+        c.predict("v99", api_name="/rollback")
+
+
+def raw_call(url: str, user: str, fn_index: int) -> dict:
+    """Log in and call an event by fn_index over plain HTTP (what gradio_client refuses)."""
+    with httpx.Client(base_url=url, timeout=30) as h:
+        assert h.post("login", data={"username": user, "password": PASSWORD}).status_code == 200
+        session = f"raw-{user}"
+        h.post("gradio_api/queue/join", json={"data": [], "fn_index": fn_index,
+                                              "session_hash": session, "event_data": None,
+                                              "trigger_id": None}).raise_for_status()
+        with h.stream("GET", "gradio_api/queue/data", params={"session_hash": session}) as s:
+            for line in s.iter_lines():
+                if line.startswith("data:"):
+                    msg = json.loads(line[5:])
+                    if msg.get("msg") == "process_completed":
+                        return msg
+    raise AssertionError("no process_completed message")
