@@ -7,7 +7,7 @@ Also: memory bandwidth and matmul rate measured in the same run (decode roofline
 warm start -> first ready pair, and cold start (first conversion of the default model,
 into a temporary cache unless --skip-cold).
 
-    python bench/generation.py [--prompts 8] [--max-new-tokens 64] [--skip-cold]
+    python bench/generation.py [--prompts 16] [--max-new-tokens 64] [--skip-cold]
 """
 
 from __future__ import annotations
@@ -98,7 +98,10 @@ def cold_start() -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--prompts", type=int, default=8)
+    from trainer.config import PoolConfig
+
+    ap.add_argument("--prompts", type=int, default=PoolConfig().batch_prompts,
+                    help="prompts per batch (default: the pool's batch_prompts)")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--skip-cold", action="store_true")
     ap.add_argument("--cache-dir", default=None)
