@@ -1,56 +1,56 @@
 """The SQLite store: one DB file, WAL mode, foreign keys, busy timeout, migrations.
 
 ``Store`` is shared by several threads (web handlers, the pair pool, the trainer).
-File DBs get one sqlite3 connection PER THREAD; every write runs in ``BEGIN IMMEDIATE``
-so concurrent writers queue on the busy timeout instead of failing or deadlocking. An
-in-memory DB (path None, for tests) has one connection guarded by a lock.
+File DBs get one sqlite3 connection PER THREAD (``threading.local``); every write runs
+in ``BEGIN IMMEDIATE`` so concurrent writers queue on the 30 s busy timeout instead of
+failing or deadlocking on a read-to-write lock upgrade. Reads run in autocommit mode and
+see the latest committed data (WAL lets them run beside a writer). An in-memory DB (path
+None, for tests) has one shared connection guarded by a lock.
 
-The API is small named methods grouped by concern: prompts and pairs here, votes in
-storage/votes.py, rounds/adapters/metrics in storage/runs.py.
+The API is small named methods grouped by concern: connections, prompts and pairs here;
+votes and their training-data mapping in storage/votes.py; rounds, adapters, state and
+cached reference log-probs in storage/runs.py. Timestamps: see storage/common.py.
 """
 
 from __future__ import annotations
 
-import json
 import random
 import sqlite3
 import threading
 from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
-from datetime import datetime, timezone
 from pathlib import Path
 
 import sqlite_utils
 
-from storage.errors import BadInput, UnknownPair
+from storage.common import PAIR_STATUSES, dumps, loads, now, require_one_of
+from storage.errors import BadInput, StoreError, UnknownPair
 from storage.runs import RunsMixin
 from storage.schema import migrate
 from storage.votes import VotesMixin
 
+__all__ = ["Store", "DB_NAME", "DEFAULT_PATH", "BUSY_TIMEOUT_S", "now", "dumps", "loads"]
+
 BUSY_TIMEOUT_S = 30.0
 DB_NAME = "livedpo.db"
-
-
-def now() -> str:
-    """UTC timestamp, ISO-8601 with milliseconds (sorts as text)."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def dumps(value) -> str | None:
-    return None if value is None else json.dumps(value, sort_keys=True)
-
-
-def loads(text):
-    return None if text is None else json.loads(text)
+DEFAULT_PATH = Path("data") / DB_NAME
 
 
 class Store(VotesMixin, RunsMixin):
+    """All LiveDPO data in one SQLite DB. ``Store(None)`` is an in-memory DB (tests)."""
+
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = None if path is None else Path(path)
         self._local = threading.local()
         self._shared: sqlite_utils.Database | None = None
         self._mem_lock = threading.RLock() if self.path is None else None
-        migrate(self._db())
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            migrate(self._db(), where=str(self.path or "the in-memory DB"))
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"cannot open {self.path} as a LiveDPO database ({e}): point "
+                             "--data-dir at a new folder, or restore the file") from None
 
     @classmethod
     def open(cls, data_dir: str | Path) -> Store:
@@ -61,8 +61,9 @@ class Store(VotesMixin, RunsMixin):
 
     # --- connections and transactions ---------------------------------------------------
     def _connect(self) -> sqlite_utils.Database:
+        """A new connection with foreign keys, busy timeout and (for files) WAL."""
         conn = sqlite3.connect(":memory:" if self.path is None else str(self.path),
-                               timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+                               timeout=BUSY_TIMEOUT_S, check_same_thread=self.path is not None)
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
         if self.path is not None:
@@ -71,6 +72,7 @@ class Store(VotesMixin, RunsMixin):
         return sqlite_utils.Database(conn)
 
     def _db(self) -> sqlite_utils.Database:
+        """This thread's connection (the shared one for an in-memory DB)."""
         if self.path is None:
             if self._shared is None:
                 self._shared = self._connect()
@@ -80,36 +82,57 @@ class Store(VotesMixin, RunsMixin):
             db = self._local.db = self._connect()
         return db
 
+    def close(self) -> None:
+        """Close this thread's connection (and the in-memory one). Other threads' file
+        connections close when their thread ends; a later call reopens transparently."""
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+        if self._shared is not None:
+            self._shared.close()
+            self._shared = None
+
     @contextmanager
     def write(self) -> Iterator[sqlite_utils.Database]:
-        """A write transaction (BEGIN IMMEDIATE); nested calls join the outer one."""
+        """One write transaction (BEGIN IMMEDIATE); nested calls join the outer one, so
+        composite operations commit or roll back as a whole."""
         with self._mem_lock or nullcontext():
             db = self._db()
-            if db.conn.in_transaction:
+            depth = getattr(self._local, "depth", 0)
+            if depth:
                 yield db
                 return
             db.conn.execute("BEGIN IMMEDIATE")
+            self._local.depth = 1
             try:
                 yield db
+                db.conn.execute("COMMIT")
             except BaseException:
-                db.conn.execute("ROLLBACK")
+                if db.conn.in_transaction:
+                    db.conn.execute("ROLLBACK")
                 raise
-            db.conn.execute("COMMIT")
+            finally:
+                self._local.depth = 0
 
     def query(self, sql: str, params: Iterable | dict = ()) -> list[dict]:
+        """Rows of a read-only SQL query, as dicts."""
         with self._mem_lock or nullcontext():
             return list(self._db().query(sql, params))
 
     def one(self, sql: str, params: Iterable | dict = ()) -> dict | None:
+        """The first row of a query, or None."""
         rows = self.query(sql, params)
         return rows[0] if rows else None
 
     def integrity_check(self) -> str:
+        """SQLite's integrity check: 'ok' when the file is sound."""
         return self.one("pragma integrity_check")["integrity_check"]
 
     # --- prompts ---------------------------------------------------------------------------
     @staticmethod
-    def _clean_prompt(text, max_chars: int, where: str = "prompt") -> str:
+    def _clean_prompt(text: object, max_chars: int, where: str = "prompt") -> str:
+        """The stripped prompt, or BadInput naming it and the limit."""
         if not isinstance(text, str):
             raise BadInput(f"{where}: expected text, got {type(text).__name__}")
         t = text.strip()
@@ -122,18 +145,20 @@ class Store(VotesMixin, RunsMixin):
 
     def add_prompts(self, texts: Iterable[str], source: str = "import",
                     max_chars: int = 4000) -> int:
-        """Add prompts (all or nothing); duplicates are skipped. Returns how many are new."""
+        """Add prompts (all or nothing; stripped); duplicates are skipped. Returns how many
+        are new. An empty or over-long prompt raises BadInput naming its position."""
         clean = [self._clean_prompt(t, max_chars, f"prompt #{i + 1}")
                  for i, t in enumerate(texts)]
         with self.write() as db:
             before = db.execute("select count(*) from prompts").fetchone()[0]
+            t = now()
             db.conn.executemany(
                 "insert or ignore into prompts (text, source, created, served_count) "
-                "values (?, ?, ?, 0)", [(t, source, now()) for t in clean])
+                "values (?, ?, ?, 0)", [(text, source, t) for text in clean])
             return db.execute("select count(*) from prompts").fetchone()[0] - before
 
     def add_prompt(self, text: str, source: str = "user", max_chars: int = 4000) -> int:
-        """The id of this prompt, adding it if new."""
+        """The id of this prompt (stripped), adding it if new."""
         t = self._clean_prompt(text, max_chars)
         with self.write() as db:
             db.execute("insert or ignore into prompts (text, source, created, served_count) "
@@ -141,31 +166,42 @@ class Store(VotesMixin, RunsMixin):
             return db.execute("select id from prompts where text = ?", [t]).fetchone()[0]
 
     def get_prompt(self, prompt_id: int) -> dict:
+        """One prompt row; BadInput if the id is unknown."""
         row = self.one("select * from prompts where id = ?", [prompt_id])
         if row is None:
-            raise BadInput(f"no prompt with id {prompt_id}")
+            raise BadInput(f"no prompt with id {prompt_id!r}: add it with add_prompt first")
         return row
 
     def least_served_prompts(self, k: int, exclude_ids: Collection[int] = (),
                              rng: random.Random | None = None) -> list[dict]:
-        """Up to k prompts, least served first (random among equals); no user one-offs."""
-        rows = self.query("select id, text, served_count from prompts where source != 'user' "
-                          "order by id")
-        rows = [r for r in rows if r["id"] not in set(exclude_ids)]
+        """Up to k prompts ({id, text}), least served first, random among equals (``rng``
+        makes it reproducible). User-typed prompts (source 'user') are one-offs: never."""
+        excluded = set(exclude_ids)
+        rows = [r for r in self.query("select id, text, served_count from prompts where "
+                                      "source != 'user' order by id")
+                if r["id"] not in excluded]
         (rng or random).shuffle(rows)
-        rows.sort(key=lambda r: r["served_count"])
-        return [{"id": r["id"], "text": r["text"]} for r in rows[:k]]
+        rows.sort(key=lambda r: r["served_count"])  # stable: the shuffle breaks ties
+        return [{"id": r["id"], "text": r["text"]} for r in rows[:max(k, 0)]]
 
     # --- pairs -------------------------------------------------------------------------------
     def record_pair(self, prompt_id: int, response_a: str, response_b: str, version_a: str,
                     version_b: str, gen_config: dict, seed: int, arena: bool = False,
                     status: str = "queued") -> int:
+        """Store a freshly sampled pair and count the prompt as served; returns its id."""
+        require_one_of(status, PAIR_STATUSES, "pair status")
+        if not version_a or not version_b:
+            raise BadInput(f"pair versions {version_a!r}/{version_b!r}: both sides need an "
+                           "adapter version label ('base', 'v1', ...)")
+        config = dumps(gen_config, "gen_config")
         with self.write() as db:
+            if not db.execute("select 1 from prompts where id = ?", [prompt_id]).fetchone():
+                raise BadInput(f"no prompt with id {prompt_id!r}: add it with add_prompt first")
             cur = db.execute(
                 "insert into pairs (prompt_id, response_a, response_b, version_a, version_b, "
                 "arena, gen_config, seed, created, status) values (?,?,?,?,?,?,?,?,?,?)",
                 [prompt_id, response_a, response_b, version_a, version_b, int(arena),
-                 dumps(gen_config), seed, now(), status])
+                 config, seed, now(), status])
             db.execute("update prompts set served_count = served_count + 1 where id = ?",
                        [prompt_id])
             return cur.lastrowid
@@ -177,6 +213,7 @@ class Store(VotesMixin, RunsMixin):
         return row
 
     def get_pair(self, pair_id: int) -> dict:
+        """Every column of the pair plus its 'prompt' text; UnknownPair if missing."""
         row = self.one("select pairs.*, prompts.text as prompt from pairs join prompts "
                        "on prompts.id = pairs.prompt_id where pairs.id = ?", [pair_id])
         if row is None:
@@ -184,51 +221,63 @@ class Store(VotesMixin, RunsMixin):
                               "id is wrong; ask next_pair for a new one")
         return self._pair_row(row)
 
-    def _available_sql(self, versions: Collection[str] | None) -> tuple[str, list]:
-        sql = "pairs.status != 'expired'"  # with overlap, voted pairs go to others too
+    @staticmethod
+    def _available_sql(versions: Collection[str] | None) -> tuple[str, list]:
+        """WHERE clause of pairs that may still be handed out (live, not expired)."""
+        # voted pairs stay available: with overlap > 1 they go to further annotators
+        sql = "pairs.status != 'expired' and pairs.origin = 'live'"
         params: list = []
         if versions is not None:
-            marks = ",".join("?" * len(versions)) or "''"
+            vs = list(versions)
+            marks = ",".join("?" * len(vs)) or "''"
             sql += f" and pairs.version_a in ({marks}) and pairs.version_b in ({marks})"
-            params = [*versions, *versions]
+            params = [*vs, *vs]
         return sql, params
 
     def take_pair(self, annotator: str, overlap: int = 1,
                   versions: Collection[str] | None = None) -> dict | None:
-        """Atomically hand the oldest available pair to ``annotator`` (None if none)."""
-        if not annotator:
-            raise BadInput("annotator name is empty")
+        """Atomically give ``annotator`` the oldest pair they were never assigned that has
+        fewer than ``overlap`` annotators (both sides in ``versions`` if given); records the
+        assignment. None when there is none."""
+        if not isinstance(annotator, str) or not annotator.strip():
+            raise BadInput("annotator name is empty: log in, or pass a name")
+        if overlap < 1:
+            raise BadInput(f"overlap={overlap}: must be >= 1")
         where, params = self._available_sql(versions)
         with self.write() as db:
             row = db.execute(
-                f"select pairs.id from pairs where {where} and pairs.id not in "
-                "(select pair_id from pair_assignments where annotator = ?) and "
+                f"select pairs.id from pairs where {where} and not exists (select 1 from "
+                "pair_assignments m where m.pair_id = pairs.id and m.annotator = ?) and "
                 "(select count(*) from pair_assignments a where a.pair_id = pairs.id) < ? "
                 "order by pairs.id limit 1", [*params, annotator, overlap]).fetchone()
             if row is None:
                 return None
             self._assign(db, row[0], annotator, overlap)
-        return self.get_pair(row[0])
+            return self.get_pair(row[0])
 
-    def _assign(self, db, pair_id: int, annotator: str, overlap: int) -> None:
+    @staticmethod
+    def _assign(db: sqlite_utils.Database, pair_id: int, annotator: str,
+                overlap: int) -> None:
+        """Record an assignment; a queued pair becomes 'served' at ``overlap`` of them."""
+        t = now()
         db.execute("insert or ignore into pair_assignments (pair_id, annotator, assigned_at) "
-                   "values (?, ?, ?)", [pair_id, annotator, now()])
+                   "values (?, ?, ?)", [pair_id, annotator, t])
         n = db.execute("select count(*) from pair_assignments where pair_id = ?",
                        [pair_id]).fetchone()[0]
         if n >= overlap:
             db.execute("update pairs set status = 'served', served_at = ? where id = ? and "
-                       "status = 'queued'", [now(), pair_id])
+                       "status = 'queued'", [t, pair_id])
 
     def assign_pair(self, pair_id: int, annotator: str) -> None:
-        """Give a specific pair (e.g. for the annotator's own prompt) to ``annotator``."""
-        self.get_pair(pair_id)
-        with self.write() as db:
-            self._assign(db, pair_id, annotator, 1)
+        """Give a specific pair (e.g. one for the annotator's own prompt) to ``annotator``."""
+        with self.write():
+            self.get_pair(pair_id)
+            self._assign(self._db(), pair_id, annotator, 1)
 
     def release_stale_assignments(self, max_age_s: float) -> int:
-        """Assignments older than max_age_s without a vote go back to the queue."""
-        cutoff = datetime.fromtimestamp(datetime.now(timezone.utc).timestamp() - max_age_s,
-                                        timezone.utc).isoformat(timespec="milliseconds")
+        """Assignments older than ``max_age_s`` without a vote are removed and their pairs
+        go back to 'queued'. Returns how many assignments were released."""
+        cutoff = now(-max_age_s)
         with self.write() as db:
             stale = db.execute(
                 "select a.pair_id, a.annotator from pair_assignments a where a.assigned_at < ? "
@@ -237,28 +286,34 @@ class Store(VotesMixin, RunsMixin):
             for pair_id, annotator in stale:
                 db.execute("delete from pair_assignments where pair_id = ? and annotator = ?",
                            [pair_id, annotator])
-                db.execute("update pairs set status = 'queued' where id = ? and status = "
-                           "'served'", [pair_id])
+                db.execute("update pairs set status = 'queued', served_at = null where id = ? "
+                           "and status = 'served'", [pair_id])
             return len(stale)
 
     def ready_pair_count(self, versions: Collection[str] | None = None) -> int:
-        """Pairs still to hand out: queued and not yet assigned to anyone."""
+        """Pairs still to hand out: queued, live and not yet given to anyone (what the pool
+        keeps topped up; with overlap > 1, pairs given once are not counted)."""
         where, params = self._available_sql(versions)
         return self.one(f"select count(*) as n from pairs where {where} and status = 'queued' "
                         "and not exists (select 1 from pair_assignments a where "
                         "a.pair_id = pairs.id)", params)["n"]
 
     def retire_pairs(self, keep_versions: Collection[str]) -> int:
-        """Expire queued, unassigned pairs with NO side in keep_versions (stale policy)."""
-        marks = ",".join("?" * len(keep_versions)) or "''"
+        """Expire queued pairs that nobody holds and that show NO version in
+        ``keep_versions`` (stale policy). A pair with one kept side stays: arena pairs put
+        the serving version against base or the previous one. Returns the count."""
+        keep = list(keep_versions)
+        marks = ",".join("?" * len(keep)) or "''"
         with self.write() as db:
             return db.execute(
                 f"update pairs set status = 'expired' where status = 'queued' and "
                 f"version_a not in ({marks}) and version_b not in ({marks}) and not exists "
                 "(select 1 from pair_assignments a where a.pair_id = pairs.id)",
-                [*keep_versions, *keep_versions]).rowcount
+                [*keep, *keep]).rowcount
 
     def counts(self) -> dict:
+        """Row counts for status pages: prompts, pairs, pairs_ready, votes, annotators
+        (distinct voters), adapters, rounds, labels."""
         c = self.one(
             "select (select count(*) from prompts) as prompts, (select count(*) from pairs) "
             "as pairs, (select count(*) from votes) as votes, (select count(distinct "

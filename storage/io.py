@@ -1,7 +1,11 @@
 """Import and export: prompts (.txt/.jsonl/.csv), preferences (TRL DPO / KTO JSONL, votes
 CSV). Imports are all-or-nothing: every row is parsed and checked first, then written in
-ONE transaction; a bad row fails the import with the file, line number and problem.
-Exports are written atomically (temp file + rename).
+ONE transaction; a bad row fails the import with ImportFailed naming the file, the line
+number and the problem, and the DB is left unchanged. Exports are written atomically
+(temp file in the same folder + os.replace), so a reader never sees half a file.
+
+Round trip: export -> import into a fresh DB -> export gives a byte-identical file, for
+each of dpo, kto and votes.
 """
 
 from __future__ import annotations
@@ -11,25 +15,35 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from storage.common import CHOICES, now
 from storage.errors import BadInput, ImportFailed
+from storage.votes import MAX_BETTER_ANSWER
 
 MAX_LINE_CHARS = 1_000_000
 PROMPT_EXTS = (".txt", ".jsonl", ".csv")
+PREF_EXTS = (".jsonl", ".json", ".csv")
 VOTE_COLUMNS = ["pair_id", "prompt", "response_a", "response_b", "version_a", "version_b",
                 "arena", "annotator", "choice", "better_answer", "decide_ms", "created"]
 IMPORT_ANNOTATOR = "import"
+IMPORT_VERSION = "import"
+ARENA_VALUES = {"0": 0, "1": 1, "": 0, "false": 0, "true": 1}
+Rows = list[tuple[int, dict]]
 
 
+# --- reading files -----------------------------------------------------------------------------
 def read_text(path: str | Path) -> str:
-    """The file's text, refusing missing, binary and non-UTF-8 files with a clear message."""
+    """The file's text, refusing missing, binary, non-UTF-8 files and over-long lines."""
     p = Path(path)
     if not p.is_file():
-        raise ImportFailed(p.name, None, "no such file")
+        raise ImportFailed(p.name, None, f"no such file ({p})")
     data = p.read_bytes()
     if b"\x00" in data:
-        raise ImportFailed(p.name, None, "binary content (NUL bytes): expected a text file")
+        raise ImportFailed(p.name, data[:data.index(b"\x00")].count(b"\n") + 1,
+                           "binary content (NUL bytes): expected a text file")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -43,7 +57,8 @@ def read_text(path: str | Path) -> str:
     return text
 
 
-def _jsonl(name: str, text: str) -> list[tuple[int, dict]]:
+def _jsonl(name: str, text: str) -> Rows:
+    """(line number, object) per non-blank line."""
     rows = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -51,44 +66,62 @@ def _jsonl(name: str, text: str) -> list[tuple[int, dict]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ImportFailed(name, n, f"malformed JSON ({e.msg})") from None
+            raise ImportFailed(name, n, f"malformed JSON ({e.msg} at column {e.colno}); "
+                                        "each line must be one JSON object") from None
         if not isinstance(row, dict):
-            raise ImportFailed(name, n, "expected a JSON object per line")
+            raise ImportFailed(name, n, f"expected a JSON object per line, got "
+                                        f"{type(row).__name__}")
         rows.append((n, row))
     return rows
 
 
-def _csv(name: str, text: str, required: list[str]) -> list[tuple[int, dict]]:
-    reader = csv.DictReader(io.StringIO(text))
-    missing = [c for c in required if c not in (reader.fieldnames or [])]
-    if missing:
-        raise ImportFailed(name, 1, f"missing column(s) {', '.join(missing)}; found "
-                                    f"{', '.join(reader.fieldnames or []) or 'none'}")
-    return [(reader.line_num, row) for row in reader]
+def _csv(name: str, text: str, required: list[str]) -> Rows:
+    """(line number, row) per CSV record, after checking the header has ``required``."""
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        header = reader.fieldnames or []
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise ImportFailed(name, 1, f"missing column(s) {', '.join(missing)}; found "
+                                        f"{', '.join(header) or 'none'}")
+        rows = []
+        for row in reader:
+            if None in row or None in row.values():
+                raise ImportFailed(name, reader.line_num, f"expected {len(header)} fields "
+                                                          "(as in the header)")
+            rows.append((reader.line_num, row))
+        return rows
+    except csv.Error as e:
+        raise ImportFailed(name, reader.line_num, f"malformed CSV ({e})") from None
 
 
-def _prompt(name: str, n: int, value, max_chars: int) -> str:
+def _prompt(name: str, n: int, value: Any, max_chars: int) -> str:
+    """The stripped prompt of line n, or ImportFailed."""
     if not isinstance(value, str) or not value.strip():
         raise ImportFailed(name, n, "empty prompt")
     if len(value.strip()) > max_chars:
         raise ImportFailed(name, n, f"prompt has {len(value.strip())} characters (limit "
-                                    f"{max_chars}; raise --max-prompt-chars)")
+                                    f"{max_chars}; shorten it or raise --max-prompt-chars)")
     return value.strip()
 
 
+# --- prompts --------------------------------------------------------------------------------------
 def read_prompts(path: str | Path, max_chars: int = 4000) -> list[str]:
+    """Prompts of a .txt (one per non-blank line), .jsonl ({"prompt": ...}) or .csv (a
+    'prompt' column) file, stripped and checked; ImportFailed on any problem."""
     p = Path(path)
-    if p.suffix.lower() not in PROMPT_EXTS:
+    ext = p.suffix.lower()
+    if ext not in PROMPT_EXTS:
         raise ImportFailed(p.name, None, f"unknown file type {p.suffix or '(none)'!r}; use "
                                          ".txt (one prompt per line), .jsonl or .csv")
     text = read_text(p)
-    if p.suffix.lower() == ".txt":
+    if ext == ".txt":
         rows = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-    elif p.suffix.lower() == ".jsonl":
+    elif ext == ".jsonl":
         rows = []
         for n, r in _jsonl(p.name, text):
             if "prompt" not in r:
-                raise ImportFailed(p.name, n, 'missing key "prompt"')
+                raise ImportFailed(p.name, n, f'missing key "prompt" (found {sorted(r)})')
             rows.append((n, r["prompt"]))
     else:
         rows = [(n, r["prompt"]) for n, r in _csv(p.name, text, ["prompt"])]
@@ -98,54 +131,87 @@ def read_prompts(path: str | Path, max_chars: int = 4000) -> list[str]:
 
 
 def import_prompts(store, path: str | Path, max_chars: int = 4000) -> int:
+    """Add a file's prompts (all or nothing); returns how many were new."""
     return store.add_prompts(read_prompts(path, max_chars), source="import",
                              max_chars=max_chars)
 
 
-def _message_text(value, role: str, name: str, n: int, key: str) -> str:
+# --- preference files ------------------------------------------------------------------------------
+def _content(m: dict) -> str:
+    """A message's text: a string, or the text parts of a multimodal content list."""
+    c = m["content"]
+    if isinstance(c, list):
+        return "".join(part.get("text", "") for part in c if isinstance(part, dict))
+    return str(c)
+
+
+def _message_text(value: Any, role: str, where: tuple[str, int], key: str) -> str:
+    """Plain text of a string, or of the ``role`` messages of a conversational list."""
     if isinstance(value, str):
         return value
     if isinstance(value, list) and all(isinstance(m, dict) and "content" in m for m in value):
-        return "\n".join(str(m["content"]) for m in value if m.get("role", role) == role)
-    raise ImportFailed(name, n, f'"{key}" must be a string or a list of messages')
+        return "\n".join(_content(m) for m in value if m.get("role", role) == role)
+    raise ImportFailed(*where, f'"{key}" must be a string or a list of '
+                               '{"role", "content"} messages')
 
 
-def _parse_dpo(name: str, rows, max_chars: int) -> list[dict]:
+def _implicit_prompt(r: dict, where: tuple[str, int]) -> Any:
+    """The prompt of a row; TRL's implicit-prompt rows keep it in chosen's user turns."""
+    if "prompt" in r:
+        return r["prompt"]
+    if isinstance(r.get("chosen"), list):
+        return _message_text(r["chosen"], "user", where, "chosen")
+    raise ImportFailed(*where, 'missing key "prompt"')
+
+
+def _parse_dpo(name: str, rows: Rows, max_chars: int) -> list[dict]:
+    """Check TRL DPO rows (prompt/chosen/rejected, plain or conversational)."""
     out = []
     for n, r in rows:
-        for k in ("prompt", "chosen", "rejected"):
+        where = (name, n)
+        for k in ("chosen", "rejected"):
             if k not in r:
                 raise ImportFailed(name, n, f'missing key "{k}"')
-        prompt = _prompt(name, n, _message_text(r["prompt"], "user", name, n, "prompt"),
-                         max_chars)
-        chosen = _message_text(r["chosen"], "assistant", name, n, "chosen")
-        rejected = _message_text(r["rejected"], "assistant", name, n, "rejected")
+        prompt = _prompt(name, n, _message_text(_implicit_prompt(r, where), "user", where,
+                                                "prompt"), max_chars)
+        chosen = _message_text(r["chosen"], "assistant", where, "chosen")
+        rejected = _message_text(r["rejected"], "assistant", where, "rejected")
         if not chosen.strip() or not rejected.strip():
             raise ImportFailed(name, n, "empty chosen or rejected response")
         out.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
     return out
 
 
-def _parse_kto(name: str, rows, max_chars: int) -> list[dict]:
+def _parse_kto(name: str, rows: Rows, max_chars: int) -> list[dict]:
+    """Check TRL unpaired KTO rows (prompt/completion/label)."""
     out = []
     for n, r in rows:
-        if not isinstance(r.get("label"), bool):
-            raise ImportFailed(name, n, '"label" must be true or false')
-        completion = _message_text(r.get("completion", ""), "assistant", name, n, "completion")
+        where = (name, n)
+        for k in ("prompt", "completion", "label"):
+            if k not in r:
+                raise ImportFailed(name, n, f'missing key "{k}"')
+        if not isinstance(r["label"], bool):
+            raise ImportFailed(name, n, f'"label" must be true or false, got {r["label"]!r}')
+        completion = _message_text(r["completion"], "assistant", where, "completion")
         if not completion.strip():
             raise ImportFailed(name, n, "empty completion")
-        out.append({"prompt": _prompt(name, n, _message_text(r.get("prompt"), "user", name, n,
-                                                             "prompt"), max_chars),
-                    "completion": completion, "label": r["label"]})
+        prompt = _prompt(name, n, _message_text(r["prompt"], "user", where, "prompt"),
+                         max_chars)
+        out.append({"prompt": prompt, "completion": completion, "label": r["label"]})
     return out
 
 
 def import_prefs(store, path: str | Path, max_chars: int = 4000) -> dict:
-    """Import TRL DPO JSONL, TRL KTO JSONL or a votes CSV (detected from keys/columns)."""
+    """Import TRL DPO JSONL, TRL KTO JSONL or a votes CSV (as exported), detected from the
+    keys of the first row / the CSV columns. Returns counts, e.g. {format, pairs}."""
     p = Path(path)
+    if p.suffix.lower() not in PREF_EXTS:
+        raise ImportFailed(p.name, None, f"unknown file type {p.suffix or '(none)'!r}; use "
+                                         ".jsonl (TRL DPO or KTO) or .csv (votes export)")
     text = read_text(p)
     if p.suffix.lower() == ".csv":
-        return _import_votes(store, p.name, _csv(p.name, text, VOTE_COLUMNS[1:9]), max_chars)
+        rows = _csv(p.name, text, VOTE_COLUMNS[1:9])
+        return _import_votes(store, _parse_votes(p.name, rows, max_chars))
     rows = _jsonl(p.name, text)
     if not rows:
         raise ImportFailed(p.name, None, "no rows found")
@@ -155,86 +221,123 @@ def import_prefs(store, path: str | Path, max_chars: int = 4000) -> dict:
     if {"completion", "label"} <= keys:
         return _import_kto(store, _parse_kto(p.name, rows, max_chars))
     raise ImportFailed(p.name, rows[0][0], f"unknown format (keys {sorted(keys)}): expected "
-                       "prompt/chosen/rejected (DPO) or prompt/completion/label (KTO)")
+                       "prompt/chosen/rejected (TRL DPO) or prompt/completion/label (TRL KTO)")
 
 
-def _prompt_id(store, db, text: str, source: str) -> int:
-    from storage.db import now
-
+def _prompt_id(db, text: str) -> int:
+    """The id of an (already checked) prompt, adding it as source 'import' if new."""
     db.execute("insert or ignore into prompts (text, source, created, served_count) values "
-               "(?, ?, ?, 0)", [text, source, now()])
+               "(?, 'import', ?, 0)", [text, now()])
     return db.execute("select id from prompts where text = ?", [text]).fetchone()[0]
 
 
-def _import_dpo(store, rows: list[dict]) -> dict:
-    from storage.db import now
+def _insert_pair(db, pair_id: int | None, prompt_id: int, a: str, b: str, va: str, vb: str,
+                 arena: int) -> int:
+    """An imported, already voted pair (never handed to annotators)."""
+    return db.execute(
+        "insert into pairs (id, prompt_id, response_a, response_b, version_a, version_b, "
+        "arena, gen_config, seed, created, status, origin) values "
+        "(?,?,?,?,?,?,?,'{}',0,?,'voted','import')",
+        [pair_id, prompt_id, a, b, va, vb, arena, now()]).lastrowid
 
+
+def _import_dpo(store, rows: list[dict]) -> dict:
+    """Each row -> prompt + pair (A = chosen, B = rejected) + a vote 'a' by 'import'."""
     with store.write() as db:
         for r in rows:
-            pid = _prompt_id(store, db, r["prompt"], "import")
-            pair = db.execute(
-                "insert into pairs (prompt_id, response_a, response_b, version_a, version_b, "
-                "arena, gen_config, seed, created, status) values (?,?,?,?,?,0,'{}',0,?,'voted')",
-                [pid, r["chosen"], r["rejected"], "import", "import", now()]).lastrowid
+            pair = _insert_pair(db, None, _prompt_id(db, r["prompt"]), r["chosen"],
+                                r["rejected"], IMPORT_VERSION, IMPORT_VERSION, 0)
+            t = now()
             db.execute("insert into votes (pair_id, annotator, choice, created, updated) "
-                       "values (?, ?, 'a', ?, ?)", [pair, IMPORT_ANNOTATOR, now(), now()])
+                       "values (?, ?, 'a', ?, ?)", [pair, IMPORT_ANNOTATOR, t, t])
     return {"format": "dpo", "pairs": len(rows)}
 
 
 def _import_kto(store, rows: list[dict]) -> dict:
-    from storage.db import now
-
+    """Each row -> prompt + a row of the labels table."""
     with store.write() as db:
         for r in rows:
-            pid = _prompt_id(store, db, r["prompt"], "import")
             db.execute("insert into labels (prompt_id, completion, label, source, created) "
-                       "values (?, ?, ?, 'import', ?)", [pid, r["completion"], int(r["label"]),
-                                                          now()])
+                       "values (?, ?, ?, 'import', ?)",
+                       [_prompt_id(db, r["prompt"]), r["completion"], int(r["label"]), now()])
     return {"format": "kto", "labels": len(rows)}
 
 
-def _import_votes(store, name: str, rows, max_chars: int) -> dict:
-    from storage.db import now
-    from storage.votes import CHOICES
+# --- votes CSV -------------------------------------------------------------------------------------
+PAIR_FIELDS = ("prompt", "response_a", "response_b", "version_a", "version_b", "arena")
 
-    parsed, pairs = [], {}
+
+def _vote_row(name: str, n: int, r: dict, max_chars: int) -> dict:
+    """One checked votes-CSV row with typed values."""
+    def bad(problem: str) -> ImportFailed:
+        return ImportFailed(name, n, problem)
+
+    if r["choice"] not in CHOICES:
+        raise bad(f"choice {r['choice']!r} is not one of {', '.join(CHOICES)}")
+    for k in ("annotator", "response_a", "response_b", "version_a", "version_b"):
+        if not r[k].strip():
+            raise bad(f"empty {k}")
+    for k in ("pair_id", "decide_ms"):
+        if r.get(k) and not r[k].isdigit():
+            raise bad(f"{k} {r[k]!r} is not a whole number")
+    if r["arena"].strip().lower() not in ARENA_VALUES:
+        raise bad(f"arena {r['arena']!r}: use 0 or 1")
+    if len(r.get("better_answer") or "") > MAX_BETTER_ANSWER:
+        raise bad(f"better_answer has more than {MAX_BETTER_ANSWER} characters")
+    return {**r, "prompt": _prompt(name, n, r["prompt"], max_chars),
+            "arena": ARENA_VALUES[r["arena"].strip().lower()],
+            "pair_id": int(r["pair_id"]) if r.get("pair_id") else None,
+            "decide_ms": int(r["decide_ms"]) if r.get("decide_ms") else None,
+            "better_answer": (r.get("better_answer") or "").strip() or None,
+            "created": r.get("created") or None}
+
+
+def _parse_votes(name: str, rows: Rows, max_chars: int) -> list[dict]:
+    """Check every row; rows of one pair_id must agree on the pair's fields."""
+    if not rows:
+        raise ImportFailed(name, None, "no votes found")
+    parsed, first = [], {}
     for n, r in rows:
-        if r["choice"] not in CHOICES:
-            raise ImportFailed(name, n, f"choice {r['choice']!r} is not one of "
-                                        f"{', '.join(CHOICES)}")
-        if not r["annotator"].strip():
-            raise ImportFailed(name, n, "empty annotator")
-        if r.get("decide_ms") and not r["decide_ms"].isdigit():
-            raise ImportFailed(name, n, f"decide_ms {r['decide_ms']!r} is not a number")
-        _prompt(name, n, r["prompt"], max_chars)
-        parsed.append(r)
+        v = _vote_row(name, n, r, max_chars)
+        key = v["pair_id"] if v["pair_id"] is not None else f"line{n}"
+        seen = first.setdefault(key, (n, v))
+        diff = [f for f in PAIR_FIELDS if seen[1][f] != v[f]]
+        if diff:
+            raise ImportFailed(name, n, f"pair {key} has a different {diff[0]} than on line "
+                                        f"{seen[0]}")
+        parsed.append({**v, "key": key})
+    return parsed
+
+
+def _import_votes(store, rows: list[dict]) -> dict:
+    """Votes CSV -> pairs + votes. Pair ids are kept when none of them exists yet (a fresh
+    DB round-trips exactly); otherwise every imported pair gets a new id."""
+    ids = sorted({r["key"] for r in rows if isinstance(r["key"], int)})
+    pairs: dict = {}
     with store.write() as db:
-        for r in parsed:
-            key = r["pair_id"] or f"row{len(pairs)}"
-            if key not in pairs:
-                pid = _prompt_id(store, db, r["prompt"].strip(), "import")
-                # keep the exported pair id when it is free (a fresh DB round-trips exactly)
-                want = int(key) if str(key).isdigit() and not db.execute(
-                    "select 1 from pairs where id = ?", [int(key)]).fetchone() else None
-                pairs[key] = db.execute(
-                    "insert into pairs (id, prompt_id, response_a, response_b, version_a, "
-                    "version_b, arena, gen_config, seed, created, status) values "
-                    "(?,?,?,?,?,?,?,'{}',0,?,'voted')",
-                    [want, pid, r["response_a"], r["response_b"], r["version_a"],
-                     r["version_b"], int(r["arena"] in ("1", "True", "true")),
-                     now()]).lastrowid
+        taken = any(db.execute("select 1 from pairs where id = ?", [i]).fetchone()
+                    for i in ids)
+        for r in rows:
+            if r["key"] not in pairs:
+                keep = r["key"] if isinstance(r["key"], int) and not taken else None
+                pairs[r["key"]] = _insert_pair(
+                    db, keep, _prompt_id(db, r["prompt"]), r["response_a"], r["response_b"],
+                    r["version_a"], r["version_b"], r["arena"])
+            t = now()
             db.execute("insert into votes (pair_id, annotator, choice, better_answer, decide_ms,"
                        " created, updated) values (?,?,?,?,?,?,?) on conflict (pair_id, "
-                       "annotator) do update set choice = excluded.choice",
-                       [pairs[key], r["annotator"], r["choice"], r["better_answer"] or None,
-                        int(r["decide_ms"]) if r.get("decide_ms") else None,
-                        r["created"] or now(), now()])
-    return {"format": "votes", "pairs": len(pairs), "votes": len(parsed)}
+                       "annotator) do update set choice = excluded.choice, better_answer = "
+                       "excluded.better_answer, decide_ms = excluded.decide_ms",
+                       [pairs[r["key"]], r["annotator"], r["choice"], r["better_answer"],
+                        r["decide_ms"], r["created"] or t, t])
+    return {"format": "votes", "pairs": len(pairs), "votes": len(rows)}
 
 
+# --- export ----------------------------------------------------------------------------------------
 def _atomic_write(path: Path, text: str) -> None:
+    """Write text to path via a temp file in the same folder and os.replace."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write(text)
@@ -246,29 +349,47 @@ def _atomic_write(path: Path, text: str) -> None:
             os.unlink(tmp)
 
 
+def _jsonl_text(rows: list[dict]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
+def _dpo_rows(store) -> list[dict]:
+    return [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]}
+            for r in store.training_pairs()]
+
+
+def _kto_rows(store) -> list[dict]:
+    return [{"prompt": r["prompt"], "completion": r["completion"], "label": r["label"]}
+            for r in store.kto_rows()]
+
+
+def _vote_rows(store) -> list[dict]:
+    return store.query(
+        "select v.pair_id, pr.text as prompt, p.response_a, p.response_b, p.version_a, "
+        "p.version_b, p.arena, v.annotator, v.choice, v.better_answer, v.decide_ms, "
+        "v.created from votes v join pairs p on p.id = v.pair_id join prompts pr on "
+        "pr.id = p.prompt_id order by v.pair_id, v.id")
+
+
+def _csv_text(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=VOTE_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    w.writerows({k: ("" if r[k] is None else r[k]) for k in VOTE_COLUMNS} for r in rows)
+    return buf.getvalue()
+
+
+EXPORTS: dict[str, tuple[Callable, Callable[[list[dict]], str]]] = {
+    "dpo": (_dpo_rows, _jsonl_text), "kto": (_kto_rows, _jsonl_text),
+    "votes": (_vote_rows, _csv_text)}
+
+
 def export(store, fmt: str, out_path: str | Path) -> int:
-    """Write dpo (JSONL), kto (JSONL) or votes (CSV) atomically; returns the row count."""
-    out = Path(out_path)
-    if fmt == "dpo":
-        rows = [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]}
-                for r in store.training_pairs()]
-        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    elif fmt == "kto":
-        rows = [{"prompt": r["prompt"], "completion": r["completion"], "label": r["label"]}
-                for r in store.kto_rows()]
-        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    elif fmt == "votes":
-        rows = store.query(
-            "select v.pair_id, pr.text as prompt, p.response_a, p.response_b, p.version_a, "
-            "p.version_b, p.arena, v.annotator, v.choice, v.better_answer, v.decide_ms, "
-            "v.created from votes v join pairs p on p.id = v.pair_id join prompts pr on "
-            "pr.id = p.prompt_id order by v.pair_id, v.id")
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=VOTE_COLUMNS, lineterminator="\n")
-        w.writeheader()
-        w.writerows({k: ("" if r[k] is None else r[k]) for k in VOTE_COLUMNS} for r in rows)
-        text = buf.getvalue()
-    else:
-        raise BadInput(f"export format {fmt!r}: use dpo, kto or votes")
-    _atomic_write(out, text)
+    """Write dpo (TRL DPO JSONL), kto (TRL KTO JSONL) or votes (CSV) atomically; returns
+    the number of rows."""
+    if fmt not in EXPORTS:
+        raise BadInput(f"export format {fmt!r}: use one of {', '.join(EXPORTS)}")
+    rows_of, text_of = EXPORTS[fmt]
+    rows = rows_of(store)
+    _atomic_write(Path(out_path), text_of(rows))
     return len(rows)

@@ -1,15 +1,23 @@
-"""Versioned schema migrations. ``migrate(db)`` applies the missing ones, in order, each
-in its own transaction; running it again changes nothing."""
+"""Versioned schema migrations, written with sqlite-utils.
+
+``migrate(db)`` applies the missing migrations in order, each in its own ``BEGIN
+IMMEDIATE`` transaction, and records its version in the ``migrations`` table; running it
+again (or from two processes at once) changes nothing. To change the schema, append a
+``(version, name, function)`` to ``MIGRATIONS``; never edit a released migration.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timezone
 
 import sqlite_utils
 
+from storage.common import now
+from storage.errors import StoreError
+
 
 def _v1_initial(db: sqlite_utils.Database) -> None:
+    """Every table of the first release."""
     db["prompts"].create({"id": int, "text": str, "source": str, "created": str,
                           "served_count": int}, pk="id", not_null={"text"},
                          defaults={"served_count": 0, "source": "import"})
@@ -52,34 +60,65 @@ def _v1_initial(db: sqlite_utils.Database) -> None:
                            foreign_keys=[("pair_id", "pairs", "id")])
 
 
-MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
+def _v2_origin_and_indexes(db: sqlite_utils.Database) -> None:
+    """pairs.origin ('live' | 'import'): imported pairs are never handed to annotators.
+    Plus the lookup indexes that take_pair, progress and the KTO export use."""
+    db["pairs"].add_column("origin", str, not_null_default="live")
+    db.execute("update pairs set origin = 'import' where version_a = 'import' and "
+               "version_b = 'import'")
+    db["pair_assignments"].create_index(["annotator"], if_not_exists=True)
+    db["votes"].create_index(["annotator"], if_not_exists=True)
+    db["pairs"].create_index(["prompt_id"], if_not_exists=True)
+    db["labels"].create_index(["prompt_id"], if_not_exists=True)
+
+
+Migration = tuple[int, str, Callable[[sqlite_utils.Database], None]]
+MIGRATIONS: list[Migration] = [
     (1, "initial schema", _v1_initial),
+    (2, "pair origin, lookup indexes", _v2_origin_and_indexes),
 ]
+LATEST = MIGRATIONS[-1][0]
 
 
 def applied_versions(db: sqlite_utils.Database) -> list[int]:
+    """Migration versions recorded in this DB, ascending."""
     if "migrations" not in db.table_names():
         return []
     return [r["version"] for r in db.query("select version from migrations order by version")]
 
 
-def migrate(db: sqlite_utils.Database) -> list[int]:
-    """Apply missing migrations; returns the versions applied now (empty if none)."""
+def _refuse_newer(db: sqlite_utils.Database, where: str) -> None:
+    newest = max(applied_versions(db), default=0)
+    if newest > LATEST:
+        raise StoreError(f"{where} has schema version {newest}, newer than this LiveDPO "
+                         f"knows ({LATEST}): upgrade LiveDPO, or use another data dir")
+
+
+def _apply(db: sqlite_utils.Database, version: int, name: str,
+           fn: Callable[[sqlite_utils.Database], None]) -> bool:
+    """Apply one migration unless already recorded; True if applied now."""
+    db.conn.execute("BEGIN IMMEDIATE")
+    try:
+        if db.execute("select 1 from migrations where version = ?", [version]).fetchone():
+            db.conn.execute("COMMIT")
+            return False
+        fn(db)
+        db.execute("insert into migrations (version, name, applied) values (?, ?, ?)",
+                   [version, name, now()])
+        db.conn.execute("COMMIT")
+        return True
+    except BaseException:
+        if db.conn.in_transaction:
+            db.conn.execute("ROLLBACK")
+        raise
+
+
+def migrate(db: sqlite_utils.Database, target: int | None = None,
+            where: str = "the database") -> list[int]:
+    """Apply missing migrations up to ``target`` (default: all); returns the versions
+    applied now (empty when the schema was already current)."""
     db.execute("create table if not exists migrations "
                "(version integer primary key, name text, applied text)")
-    done = []
-    for version, name, fn in MIGRATIONS:
-        db.conn.execute("BEGIN IMMEDIATE")
-        try:
-            if db.execute("select 1 from migrations where version = ?", [version]).fetchone():
-                db.conn.execute("COMMIT")
-                continue
-            fn(db)
-            db.execute("insert into migrations (version, name, applied) values (?, ?, ?)",
-                       [version, name, datetime.now(timezone.utc).isoformat()])
-            db.conn.execute("COMMIT")
-            done.append(version)
-        except BaseException:
-            db.conn.execute("ROLLBACK")
-            raise
-    return done
+    _refuse_newer(db, where)
+    return [version for version, name, fn in MIGRATIONS
+            if (target is None or version <= target) and _apply(db, version, name, fn)]

@@ -1,64 +1,88 @@
-"""Votes and how they become training data.
+"""Votes, annotators, and how votes become training data.
 
-Mapping (documented in the README):
-  - A/B majority -> one (prompt, chosen, rejected) example; ``agreement`` is the share of
-    the pair's annotators who agree with the majority;
-  - tie majority -> no pairwise example (for KTO: both responses desirable);
-  - both_bad -> no pairwise example (for KTO: both undesirable);
-  - a written better answer -> chosen over BOTH responses (and desirable for KTO).
-A pair whose votes split evenly between A and B gives no pairwise example.
+The vote -> training-data mapping (``training_pairs`` and ``kto_rows``). Per pair, the
+majority over its annotators' choices decides; an even split between the top choices
+(e.g. one 'a', one 'b') has no majority and gives no example from the A/B choice.
+  - A or B majority -> one (prompt, chosen, rejected) example; ``agreement`` is the share
+    of the pair's annotators who made the majority choice. KTO: winner desirable, loser
+    undesirable.
+  - tie majority -> no pairwise example. KTO: both responses desirable (both acceptable).
+  - both_bad majority -> no pairwise example. KTO: both responses undesirable.
+  - every written better answer (any choice) -> better over A and better over B (skipped
+    where the better answer equals that response). KTO: the better answer is desirable.
+Imported KTO labels (the ``labels`` table) are appended to ``kto_rows``.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime, timezone
 
+from storage.common import CHOICES, ROLES, now, require_one_of, today, version_number
 from storage.errors import BadChoice, BadInput
 
-CHOICES = ("a", "b", "tie", "both_bad")
 MAX_BETTER_ANSWER = 20_000
 MAX_ANNOTATOR = 64
+KTO_LABELS = {"a": {"a": True, "b": False}, "b": {"a": False, "b": True},
+              "tie": {"a": True, "b": True}, "both_bad": {"a": False, "b": False}}
+
+
+def _check_vote(annotator: object, choice: object, better_answer: object,
+                decide_ms: object) -> str | None:
+    """Validate a vote's fields; returns the cleaned better answer (None if blank)."""
+    if choice not in CHOICES:
+        raise BadChoice(f"choice {choice!r} is not valid: use one of {', '.join(CHOICES)}")
+    if not isinstance(annotator, str) or not annotator.strip():
+        raise BadInput("annotator name is empty: log in, or pass a name")
+    if len(annotator) > MAX_ANNOTATOR:
+        raise BadInput(f"annotator name {annotator[:20]!r}... has {len(annotator)} "
+                       f"characters; use at most {MAX_ANNOTATOR}")
+    if decide_ms is not None and (isinstance(decide_ms, bool) or not isinstance(decide_ms, int)
+                                  or decide_ms < 0):
+        raise BadInput(f"decide_ms={decide_ms!r}: must be a non-negative whole number of "
+                       "milliseconds, or None")
+    if better_answer is None:
+        return None
+    if not isinstance(better_answer, str):
+        raise BadInput(f"better_answer must be text, got {type(better_answer).__name__}")
+    better = better_answer.strip()
+    if len(better) > MAX_BETTER_ANSWER:
+        raise BadInput(f"better answer has {len(better)} characters; the limit is "
+                       f"{MAX_BETTER_ANSWER}: shorten it")
+    return better or None
+
+
+def majority(choices: list[str]) -> tuple[str | None, float]:
+    """(majority choice or None on an even split at the top, share choosing it)."""
+    counts = Counter(choices).most_common()
+    share = counts[0][1] / len(choices)
+    if len(counts) > 1 and counts[0][1] == counts[1][1]:
+        return None, share
+    return counts[0][0], share
 
 
 class VotesMixin:
+    """Vote, annotator and training-data methods of ``storage.db.Store``."""
+
     def record_vote(self, pair_id: int, annotator: str, choice: str,
                     better_answer: str | None = None, decide_ms: int | None = None) -> int:
-        """Store a vote (a repeat by the same annotator updates it). Returns the vote id.
-
-        Nothing is stored when any argument is bad.
-        """
-        from storage.db import now
-
-        if choice not in CHOICES:
-            raise BadChoice(f"choice {choice!r} is not valid: use one of {', '.join(CHOICES)}")
-        if not isinstance(annotator, str) or not annotator.strip():
-            raise BadInput("annotator name is empty: log in, or pass a name")
-        if len(annotator) > MAX_ANNOTATOR:
-            raise BadInput(f"annotator name has {len(annotator)} characters (max "
-                           f"{MAX_ANNOTATOR})")
-        if better_answer is not None:
-            if not isinstance(better_answer, str):
-                raise BadInput("better_answer must be text")
-            better_answer = better_answer.strip() or None
-            if better_answer and len(better_answer) > MAX_BETTER_ANSWER:
-                raise BadInput(f"better answer has {len(better_answer)} characters; the limit "
-                               f"is {MAX_BETTER_ANSWER}")
-        if decide_ms is not None and (not isinstance(decide_ms, int) or decide_ms < 0):
-            raise BadInput(f"decide_ms={decide_ms!r}: must be a non-negative integer (ms)")
-        try:
-            pair_id = int(pair_id)
-        except (TypeError, ValueError):
-            raise BadInput(f"pair id {pair_id!r} is not a number") from None
-        self.get_pair(pair_id)  # UnknownPair with a clear message
+        """Store a vote; a repeat by the same annotator on the same pair updates it (same
+        id). The pair becomes 'voted'. Returns the vote id. Nothing is stored on error:
+        UnknownPair, BadChoice (names the value and the allowed ones) or BadInput."""
+        better = _check_vote(annotator, choice, better_answer, decide_ms)
+        if isinstance(pair_id, bool) or not isinstance(pair_id, int):
+            try:
+                pair_id = int(pair_id)
+            except (TypeError, ValueError):
+                raise BadInput(f"pair id {pair_id!r} is not a number") from None
         t = now()
         with self.write() as db:
+            self.get_pair(pair_id)  # UnknownPair with a clear message
             db.execute(
                 "insert into votes (pair_id, annotator, choice, better_answer, decide_ms, "
                 "created, updated) values (?,?,?,?,?,?,?) on conflict (pair_id, annotator) do "
                 "update set choice = excluded.choice, better_answer = excluded.better_answer, "
                 "decide_ms = excluded.decide_ms, updated = excluded.updated",
-                [pair_id, annotator, choice, better_answer, decide_ms, t, t])
+                [pair_id, annotator, choice, better, decide_ms, t, t])
             db.execute("insert or ignore into pair_assignments (pair_id, annotator, "
                        "assigned_at) values (?, ?, ?)", [pair_id, annotator, t])
             db.execute("update pairs set status = 'voted' where id = ?", [pair_id])
@@ -66,17 +90,21 @@ class VotesMixin:
                               [pair_id, annotator]).fetchone()[0]
 
     def votes_count(self) -> int:
+        """How many votes are stored (a changed vote counts once)."""
         return self.one("select count(*) as n from votes")["n"]
 
     def last_vote_id(self) -> int:
+        """The highest vote id (0 without votes): a round's data cut-off."""
         return self.one("select coalesce(max(id), 0) as n from votes")["n"]
 
     def usable_votes_since(self, vote_id: int) -> int:
-        """Votes after ``vote_id`` that yield training data: a, b, both_bad, or any with a
-        better answer. Ties count too (they feed KTO) — every vote is a signal."""
+        """Votes with id > ``vote_id`` that yield training data: a, b, both_bad, or any with
+        a better answer. Ties count too: they give no DPO pair but feed KTO (both
+        desirable), so in practice every new vote counts. A changed vote keeps its id."""
         return self.one("select count(*) as n from votes where id > ?", [vote_id])["n"]
 
     def _voted_pairs(self, max_vote_id: int | None) -> dict[int, dict]:
+        """{pair_id: {prompt, a, b, last (newest vote id), votes: [...]}} up to a cut-off."""
         cap = "" if max_vote_id is None else "and v.id <= ?"
         rows = self.query(
             "select v.pair_id, v.annotator, v.choice, v.better_answer, v.id as vote_id, "
@@ -88,45 +116,46 @@ class VotesMixin:
             p = pairs.setdefault(r["pair_id"], {"prompt": r["prompt"], "a": r["response_a"],
                                                 "b": r["response_b"], "votes": []})
             p["votes"].append(r)
+            p["last"] = r["vote_id"]
         return pairs
 
     @staticmethod
-    def _majority(votes: list[dict]) -> tuple[str | None, float]:
-        counts = Counter(v["choice"] for v in votes).most_common()
-        if len(counts) > 1 and counts[0][1] == counts[1][1]:
-            return None, counts[0][1] / len(votes)  # an even split has no majority
-        return counts[0][0], counts[0][1] / len(votes)
-
-    def training_pairs(self, max_vote_id: int | None = None, window: int = 0) -> list[dict]:
-        """(prompt, chosen, rejected) examples from the votes (see module docstring)."""
-        pairs = self._voted_pairs(max_vote_id)
-        ids = sorted(pairs)[-window:] if window else sorted(pairs)
+    def _pair_examples(pid: int, p: dict) -> list[dict]:
+        """The DPO rows of one voted pair (see the module docstring)."""
+        choice, agreement = majority([v["choice"] for v in p["votes"]])
+        base = {"pair_id": pid, "prompt": p["prompt"], "agreement": agreement,
+                "n_votes": len(p["votes"])}
         out = []
-        for pid in ids:
-            p = pairs[pid]
-            choice, agreement = self._majority(p["votes"])
-            base = {"pair_id": pid, "prompt": p["prompt"], "agreement": agreement,
-                    "n_votes": len(p["votes"])}
-            if choice in ("a", "b"):
-                loser = "b" if choice == "a" else "a"
-                out.append({**base, "key": f"{pid}:{choice}", "chosen": p[choice],
-                            "rejected": p[loser]})
-            for v in p["votes"]:
-                if v["better_answer"]:
-                    for side in ("a", "b"):
-                        out.append({**base, "key": f"{pid}:better:{v['annotator']}:{side}",
-                                    "chosen": v["better_answer"], "rejected": p[side]})
+        if choice in ("a", "b"):
+            loser = "b" if choice == "a" else "a"
+            out.append({**base, "key": f"{pid}:ab", "kind": "ab", "chosen": p[choice],
+                        "rejected": p[loser]})
+        for v in p["votes"]:
+            for side in ("a", "b") if v["better_answer"] else ():
+                if v["better_answer"] != p[side]:
+                    out.append({**base, "key": f"{pid}:better:{v['annotator']}:{side}",
+                                "kind": "better", "chosen": v["better_answer"],
+                                "rejected": p[side]})
         return out
 
+    def training_pairs(self, max_vote_id: int | None = None, window: int = 0) -> list[dict]:
+        """DPO rows {key, kind, pair_id, prompt, chosen, rejected, agreement, n_votes} from
+        votes with id <= ``max_vote_id``, in pair order. ``window`` > 0 keeps the pairs
+        with the most recent votes. ``key`` is stable per row (held-out splits)."""
+        pairs = self._voted_pairs(max_vote_id)
+        ids = sorted(pairs)
+        if window > 0:
+            recent = set(sorted(ids, key=lambda i: pairs[i]["last"])[-window:])
+            ids = [i for i in ids if i in recent]
+        return [row for pid in ids for row in self._pair_examples(pid, pairs[pid])]
+
     def kto_rows(self, max_vote_id: int | None = None) -> list[dict]:
-        """Unpaired (prompt, completion, desirable) rows for KTO, plus imported labels."""
+        """Unpaired rows {pair_id, prompt, completion, label} for KTO: the voted pairs
+        (see the module docstring), then the imported labels (pair_id None)."""
         out = []
         for pid, p in sorted(self._voted_pairs(max_vote_id).items()):
-            choice, _ = self._majority(p["votes"])
-            labels = {"a": {"a": True, "b": False}, "b": {"a": False, "b": True},
-                      "tie": {"a": True, "b": True},
-                      "both_bad": {"a": False, "b": False}}.get(choice, {})
-            for side, good in labels.items():
+            choice, _ = majority([v["choice"] for v in p["votes"]])
+            for side, good in KTO_LABELS.get(choice, {}).items():
                 out.append({"pair_id": pid, "prompt": p["prompt"], "completion": p[side],
                             "label": good})
             for v in p["votes"]:
@@ -139,40 +168,45 @@ class VotesMixin:
                         "label": bool(r["label"])})
         return out
 
+    # --- annotators ---------------------------------------------------------------------------
     def add_annotator(self, name: str, role: str = "annotator") -> None:
-        from storage.db import now
-
-        if role not in ("annotator", "admin"):
-            raise BadInput(f"role {role!r}: use annotator or admin")
+        """Add an annotator, or change their role."""
+        require_one_of(role, ROLES, "role")
+        if not isinstance(name, str) or not name.strip() or len(name) > MAX_ANNOTATOR:
+            raise BadInput(f"annotator name {name!r}: use 1 to {MAX_ANNOTATOR} characters")
         with self.write() as db:
             db.execute("insert into annotators (name, role, created) values (?, ?, ?) on "
                        "conflict (name) do update set role = excluded.role", [name, role, now()])
 
     def annotator_role(self, name: str) -> str | None:
+        """'annotator', 'admin', or None for an unknown name."""
         row = self.one("select role from annotators where name = ?", [name])
         return row["role"] if row else None
 
     def list_annotators(self) -> list[dict]:
+        """Registered annotators {name, role, created}, by name."""
         return self.query("select * from annotators order by name")
 
     def annotator_progress(self, name: str) -> dict:
-        """Votes today / in total, and agreement: on pairs other annotators voted on too,
-        the mean share of them who made the same choice (None without overlap)."""
-        today = datetime.now(timezone.utc).date().isoformat()
-        mine = self.query("select pair_id, choice, created from votes where annotator = ?",
-                          [name])
-        shares = []
-        for v in mine:
-            others = self.query("select choice from votes where pair_id = ? and annotator != ?",
-                                [v["pair_id"], name])
-            if others:
-                shares.append(sum(o["choice"] == v["choice"] for o in others) / len(others))
-        return {"votes_today": sum(v["created"].startswith(today) for v in mine),
-                "votes_total": len(mine),
-                "agreement": sum(shares) / len(shares) if shares else None,
-                "overlapping_pairs": len(shares)}
+        """{votes_today (UTC day), votes_total, agreement, agreement_n}. agreement: on
+        pairs others voted on too and whose other voters have a majority, the share where
+        this annotator matched it (None when there is no such pair)."""
+        mine = self.one("select count(*) as total, coalesce(sum(created >= ?), 0) as today "
+                        "from votes where annotator = ?", [today(), name])
+        rows = self.query("select v.pair_id, v.choice as mine, o.choice as other from votes v "
+                          "join votes o on o.pair_id = v.pair_id and o.annotator != "
+                          "v.annotator where v.annotator = ? order by v.pair_id", [name])
+        others: dict[int, tuple[str, list[str]]] = {}
+        for r in rows:
+            others.setdefault(r["pair_id"], (r["mine"], []))[1].append(r["other"])
+        matched = [m == top for m, votes in others.values()
+                   if (top := majority(votes)[0]) is not None]
+        return {"votes_today": mine["today"], "votes_total": mine["total"],
+                "agreement": sum(matched) / len(matched) if matched else None,
+                "agreement_n": len(matched)}
 
     def recent_votes(self, limit: int = 50) -> list[dict]:
+        """The newest votes joined with their prompt, responses and versions."""
         return self.query(
             "select v.id, v.pair_id, v.annotator, v.choice, v.better_answer, v.decide_ms, "
             "v.created, pr.text as prompt, p.response_a, p.response_b, p.version_a, "
@@ -180,28 +214,22 @@ class VotesMixin:
             "pr on pr.id = p.prompt_id order by v.id desc limit ?", [limit])
 
     def arena_results(self) -> list[dict]:
-        """Per (version, opponent) in arena pairs: the version's wins/losses/ties."""
+        """Human win-rate of each adapter version in arena pairs, per opponent:
+        {version, opponent, wins, losses, ties, both_bad, n}. The version is the newer side
+        (an adapter against base, or against the previous version)."""
         rows = self.query("select p.version_a, p.version_b, v.choice from votes v join pairs p "
                           "on p.id = v.pair_id where p.arena = 1 and p.version_a != p.version_b")
         agg: dict[tuple[str, str], dict] = {}
         for r in rows:
-            # the challenger is the non-base side (or the newer version)
             a, b = r["version_a"], r["version_b"]
-            me, side = (a, "a") if _newer(a, b) else (b, "b")
-            opp = b if side == "a" else a
+            me, side, opp = (a, "a", b) if version_number(a) > version_number(b) else (b, "b", a)
             s = agg.setdefault((me, opp), {"version": me, "opponent": opp, "wins": 0,
                                            "losses": 0, "ties": 0, "both_bad": 0, "n": 0})
             s["n"] += 1
-            if r["choice"] in ("tie", "both_bad"):
-                s["ties" if r["choice"] == "tie" else "both_bad"] += 1
+            if r["choice"] == "tie":
+                s["ties"] += 1
+            elif r["choice"] == "both_bad":
+                s["both_bad"] += 1
             else:
                 s["wins" if r["choice"] == side else "losses"] += 1
-        return sorted(agg.values(), key=lambda s: (_num(s["version"]), s["opponent"]))
-
-
-def _num(version: str) -> int:
-    return int(version[1:]) if version.startswith("v") and version[1:].isdigit() else 0
-
-
-def _newer(a: str, b: str) -> bool:
-    return _num(a) > _num(b)
+        return sorted(agg.values(), key=lambda s: (version_number(s["version"]), s["opponent"]))

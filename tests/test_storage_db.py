@@ -1,8 +1,12 @@
+import random
+import sqlite3
+
 import pytest
+import sqlite_utils
 
 from storage.db import Store
-from storage.errors import BadChoice, BadInput, UnknownPair
-from storage.schema import MIGRATIONS, applied_versions
+from storage.errors import BadChoice, BadInput, StoreError, UnknownPair
+from storage.schema import LATEST, MIGRATIONS, applied_versions, migrate
 
 
 @pytest.fixture
@@ -11,49 +15,143 @@ def store():
 
 
 def _pair(store, prompt="Why is the sky blue?", a="Rayleigh scattering.", b="Magic.", **kw):
-    pid = store.add_prompt(prompt)
+    pid = store.add_prompt(prompt, source=kw.pop("source", "user"))
     return store.record_pair(pid, a, b, kw.pop("va", "base"), kw.pop("vb", "base"), {}, 7, **kw)
 
 
+# --- schema and connections --------------------------------------------------------------------
 def test_migrations_are_idempotent(tmp_path):
     s1 = Store(tmp_path / "x.db")
-    schema = s1.query("select sql from sqlite_master order by name")
+    schema = s1.query("select type, name, sql from sqlite_master order by name")
+    applied = s1.query("select * from migrations")
     s2 = Store(tmp_path / "x.db")  # migrating again changes nothing
-    assert s2.query("select sql from sqlite_master order by name") == schema
+    assert migrate(s2._db()) == []
+    assert s2.query("select type, name, sql from sqlite_master order by name") == schema
+    assert s2.query("select * from migrations") == applied
     assert applied_versions(s2._db()) == [v for v, _, _ in MIGRATIONS]
     assert s2.one("pragma journal_mode")["journal_mode"] == "wal"
     assert s2.one("pragma foreign_keys")["foreign_keys"] == 1
+    assert s2.one("pragma busy_timeout")["timeout"] == 30_000
 
 
+def test_upgrade_from_v1_backfills_imported_pairs(tmp_path):
+    db = sqlite_utils.Database(tmp_path / "old.db")
+    assert migrate(db, target=1) == [1]
+    db.execute("insert into prompts (id, text) values (1, 'q')")
+    db.execute("insert into pairs (prompt_id, response_a, response_b, version_a, version_b, "
+               "status) values (1, 'c', 'r', 'import', 'import', 'voted'), "
+               "(1, 'x', 'y', 'base', 'base', 'queued')")
+    db.conn.commit()
+    db.close()
+    s = Store(tmp_path / "old.db")
+    assert applied_versions(s._db()) == [1, 2]
+    assert [p["origin"] for p in s.query("select origin from pairs order by id")] == [
+        "import", "live"]
+    assert s.take_pair("u")["id"] == 2
+
+
+def test_refuses_newer_schema_and_non_db_files(tmp_path):
+    s = Store(tmp_path / "n.db")
+    with s.write() as db:
+        db.execute("insert into migrations (version, name) values (?, 'future')", [LATEST + 1])
+    with pytest.raises(StoreError, match="newer than this LiveDPO knows"):
+        Store(tmp_path / "n.db")
+    (tmp_path / "junk.db").write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="cannot open .*junk.db as a LiveDPO database"):
+        Store(tmp_path / "junk.db")
+
+
+def test_open_creates_data_dir(tmp_path):
+    s = Store.open(tmp_path / "data")
+    assert (tmp_path / "data" / "livedpo.db").is_file()
+    assert (tmp_path / "data" / "adapters").is_dir()
+    assert s.counts()["prompts"] == 0
+
+
+def test_nested_writes_are_one_transaction(store):
+    with pytest.raises(RuntimeError), store.write():
+        store.add_prompt("first")
+        store.add_prompt("second")
+        raise RuntimeError("boom")
+    assert store.counts()["prompts"] == 0
+    store.add_prompt("after")  # the store still works
+    assert store.counts()["prompts"] == 1
+
+
+# --- prompts -----------------------------------------------------------------------------------
 def test_prompts_dedupe_and_validate(store):
     assert store.add_prompts(["a", "b", "a", "  b  "]) == 2
     with pytest.raises(BadInput, match="prompt #2 is empty"):
         store.add_prompts(["c", "   "])
-    with pytest.raises(BadInput, match="5 characters; the limit is 4"):
+    with pytest.raises(BadInput, match="prompt #2 has 5 characters; the limit is 4"):
         store.add_prompts(["d", "12345"], max_chars=4)
     assert store.counts()["prompts"] == 2  # all-or-nothing
+    assert store.add_prompt(" a ") == store.add_prompt("a")  # duplicate -> existing id
+    assert store.get_prompt(store.add_prompt("a"))["source"] == "import"
+    with pytest.raises(BadInput, match="no prompt with id 99"):
+        store.get_prompt(99)
 
 
+def test_least_served_prompts(store):
+    store.add_prompts(["p1", "p2", "p3"])
+    user = store.add_prompt("typed by a user")  # one-off: never sampled again
+    ids = {r["text"]: r["id"] for r in store.query("select id, text from prompts")}
+    store.record_pair(ids["p1"], "a", "b", "base", "base", {}, 0)
+    store.record_pair(ids["p1"], "a", "b", "base", "base", {}, 0)
+    store.record_pair(ids["p2"], "a", "b", "base", "base", {}, 0)
+    assert store.get_prompt(ids["p1"])["served_count"] == 2
+    got = store.least_served_prompts(10, rng=random.Random(0))
+    assert [r["text"] for r in got] == ["p3", "p2", "p1"] and user not in {r["id"] for r in got}
+    assert [r["text"] for r in store.least_served_prompts(1, exclude_ids={ids["p3"]})] == ["p2"]
+    store.add_prompts(["p4"])
+    ties = {tuple(r["text"] for r in store.least_served_prompts(2, rng=random.Random(s)))
+            for s in range(20)}
+    assert ties == {("p3", "p4"), ("p4", "p3")}  # random tie-break
+
+
+def test_record_pair_validates(store):
+    pid = store.add_prompt("q")
+    with pytest.raises(BadInput, match="no prompt with id 42"):
+        store.record_pair(42, "a", "b", "base", "base", {}, 0)
+    with pytest.raises(BadInput, match="pair status 'new' is not valid"):
+        store.record_pair(pid, "a", "b", "base", "base", {}, 0, status="new")
+    with pytest.raises(BadInput, match="gen_config cannot be stored as JSON"):
+        store.record_pair(pid, "a", "b", "base", "base", {"x": object()}, 0)
+    assert store.counts()["pairs"] == 0 and store.get_prompt(pid)["served_count"] == 0
+    p = store.get_pair(store.record_pair(pid, "a", "b", "v1", "base", {"t": 0.9}, 3, arena=True))
+    assert (p["prompt"], p["gen_config"], p["seed"], p["arena"], p["status"]) == (
+        "q", {"t": 0.9}, 3, True, "queued")
+    with pytest.raises(UnknownPair, match="no pair with id 77"):
+        store.get_pair(77)
+
+
+# --- votes and the training-data mapping ------------------------------------------------------------
 def test_vote_mapping_for_every_choice(store):
     pa, pb, pt, px = (_pair(store, f"q{i}", f"A{i}", f"B{i}") for i in range(4))
     for pair, choice in ((pa, "a"), (pb, "b"), (pt, "tie"), (px, "both_bad")):
         store.record_vote(pair, "ann", choice)
-    dpo = {(r["prompt"], r["chosen"], r["rejected"]) for r in store.training_pairs()}
-    assert dpo == {("q0", "A0", "B0"), ("q1", "B1", "A1")}  # no tie / both-bad examples
-    kto = {(r["completion"], r["label"]) for r in store.kto_rows()}
-    assert kto == {("A0", True), ("B0", False), ("B1", True), ("A1", False),
-                   ("A2", True), ("B2", True), ("A3", False), ("B3", False)}
+    rows = store.training_pairs()
+    assert [(r["prompt"], r["chosen"], r["rejected"], r["agreement"], r["n_votes"])
+            for r in rows] == [("q0", "A0", "B0", 1.0, 1), ("q1", "B1", "A1", 1.0, 1)]
+    assert [r["key"] for r in rows] == [f"{pa}:ab", f"{pb}:ab"]
+    kto = [(r["pair_id"], r["completion"], r["label"]) for r in store.kto_rows()]
+    assert kto == [(pa, "A0", True), (pa, "B0", False), (pb, "A1", False), (pb, "B1", True),
+                   (pt, "A2", True), (pt, "B2", True), (px, "A3", False), (px, "B3", False)]
 
 
 def test_better_answer_is_chosen_over_both(store):
     p = _pair(store)
-    store.record_vote(p, "ann", "both_bad", better_answer="Sunlight scatters off air.")
+    store.record_vote(p, "ann", "both_bad", better_answer="  Sunlight scatters off air.  ")
+    q = _pair(store, "q2", "same", "other")
+    store.record_vote(q, "ann", "b", better_answer="same")  # equal to A: no A row
     rows = store.training_pairs()
-    assert {(r["chosen"], r["rejected"]) for r in rows} == {
-        ("Sunlight scatters off air.", "Rayleigh scattering."),
-        ("Sunlight scatters off air.", "Magic.")}
-    assert ("Sunlight scatters off air.", True) in {(r["completion"], r["label"])
-                                                     for r in store.kto_rows()}
+    assert [(r["key"], r["chosen"], r["rejected"]) for r in rows] == [
+        (f"{p}:better:ann:a", "Sunlight scatters off air.", "Rayleigh scattering."),
+        (f"{p}:better:ann:b", "Sunlight scatters off air.", "Magic."),
+        (f"{q}:ab", "other", "same"),
+        (f"{q}:better:ann:b", "same", "other")]
+    assert (p, "Sunlight scatters off air.", True) in {
+        (r["pair_id"], r["completion"], r["label"]) for r in store.kto_rows()}
 
 
 def test_majority_and_agreement(store):
@@ -62,20 +160,57 @@ def test_majority_and_agreement(store):
         store.record_vote(p, who, c)
     (row,) = store.training_pairs()
     assert row["chosen"] == "Rayleigh scattering." and row["agreement"] == pytest.approx(2 / 3)
-    assert store.annotator_progress("z")["agreement"] == 0.0
-    assert store.annotator_progress("x")["agreement"] == 0.5  # y agrees, z does not
+    assert row["n_votes"] == 3
+    assert store.annotator_progress("z")["agreement"] == 0.0  # others' majority: a
+    assert store.annotator_progress("y")["agreement"] is None  # others split a/b
     q = _pair(store, "q2")
     store.record_vote(q, "x", "a")
     store.record_vote(q, "y", "b")  # an even split gives no example
     assert [r["pair_id"] for r in store.training_pairs()] == [p]
+    assert [r["pair_id"] for r in store.kto_rows()] == [p, p]
+    prog = store.annotator_progress("x")
+    assert (prog["agreement"], prog["agreement_n"]) == (0.0, 1)  # q: y said b
+    assert (prog["votes_total"], prog["votes_today"]) == (2, 2)
+    t = _pair(store, "q3")
+    for who, c in (("x", "tie"), ("y", "tie"), ("z", "a")):
+        store.record_vote(t, who, c)
+    assert t not in {r["pair_id"] for r in store.training_pairs()}  # tie majority
+    assert store.annotator_progress("nobody") == {
+        "votes_today": 0, "votes_total": 0, "agreement": None, "agreement_n": 0}
+
+
+def test_key_is_stable_when_the_majority_flips(store):
+    p = _pair(store)
+    store.record_vote(p, "x", "a")
+    key = store.training_pairs()[0]["key"]
+    store.record_vote(p, "x", "b")
+    assert store.training_pairs()[0]["key"] == key
+
+
+def test_cutoff_and_window(store):
+    p1, p2, p3 = (_pair(store, f"q{i}") for i in range(3))
+    v1 = store.record_vote(p1, "u", "a")
+    store.record_vote(p3, "u", "a")
+    store.record_vote(p2, "u", "b")  # p2 voted last
+    assert [r["pair_id"] for r in store.training_pairs(max_vote_id=v1)] == [p1]
+    assert [r["pair_id"] for r in store.training_pairs(window=2)] == [p2, p3]
+    assert [r["pair_id"] for r in store.kto_rows(max_vote_id=v1)] == [p1, p1]
+    assert store.last_vote_id() == 3 and store.usable_votes_since(v1) == 2
+    store.record_vote(p1, "w", "tie")
+    assert store.usable_votes_since(3) == 1  # ties count (they feed KTO)
 
 
 def test_repeat_vote_updates_instead_of_duplicating(store):
     p = _pair(store)
-    v1 = store.record_vote(p, "ann", "a")
+    v1 = store.record_vote(p, "ann", "a", better_answer="x")
+    before = store.one("select created from votes")["created"]
     v2 = store.record_vote(p, "ann", "b", decide_ms=1200)
     assert v1 == v2 and store.votes_count() == 1
+    row = store.one("select * from votes")
+    assert (row["choice"], row["better_answer"], row["decide_ms"], row["created"]) == (
+        "b", None, 1200, before)
     assert store.training_pairs()[0]["chosen"] == "Magic."
+    assert store.get_pair(p)["status"] == "voted"
 
 
 def test_bad_votes_store_nothing(store):
@@ -86,58 +221,161 @@ def test_bad_votes_store_nothing(store):
         store.record_vote(999, "ann", "a")
     with pytest.raises(BadInput, match="annotator name is empty"):
         store.record_vote(p, " ", "a")
-    with pytest.raises(BadInput, match="decide_ms"):
+    with pytest.raises(BadInput, match="decide_ms=-5: must be a non-negative"):
         store.record_vote(p, "ann", "a", decide_ms=-5)
+    with pytest.raises(BadInput, match="better answer has 20001 characters; the limit is"):
+        store.record_vote(p, "ann", "a", better_answer="x" * 20_001)
+    with pytest.raises(BadInput, match="pair id 'abc' is not a number"):
+        store.record_vote("abc", "ann", "a")
     assert store.votes_count() == 0 and store.get_pair(p)["status"] == "queued"
+    assert store.query("select * from pair_assignments") == []
 
 
+# --- handing out pairs --------------------------------------------------------------------------------
 def test_take_pair_overlap_and_retire(store):
     p1, p2 = _pair(store, "q1"), _pair(store, "q2", va="v1", vb="v1")
-    assert store.ready_pair_count() == 2
+    assert store.ready_pair_count() == 2 and store.ready_pair_count({"v1"}) == 1
     assert store.take_pair("u1", overlap=2)["id"] == p1
+    assert store.get_pair(p1)["status"] == "queued"  # assigned once of 2
     assert store.take_pair("u1", overlap=2)["id"] == p2  # never the same pair twice
     assert store.take_pair("u2", overlap=2)["id"] == p1  # overlap 2: a second annotator
-    assert store.take_pair("u3", overlap=2)["id"] == p2
+    assert store.get_pair(p1)["status"] == "served"
+    store.record_vote(p2, "u1", "a")
+    assert store.take_pair("u3", overlap=2)["id"] == p2  # voted once: still open to others
     assert store.take_pair("u4", overlap=2) is None
     p3 = _pair(store, "q3")
-    assert store.take_pair("u1", versions={"v1"}) is None  # only current-version pairs
-    assert store.retire_pairs({"v1"}) == 1 and store.get_pair(p3)["status"] == "expired"
+    p4 = _pair(store, "q4", va="v1", vb="base", arena=True)
+    assert store.take_pair("u1", versions={"v1"}) is None  # only pairs of these versions
+    assert store.retire_pairs({"v1"}) == 1  # p3; p4 still shows v1 (arena)
+    assert store.get_pair(p3)["status"] == "expired" and store.get_pair(p4)["status"] == "queued"
+    assert store.take_pair("u5")["id"] == p4
+    with pytest.raises(BadInput, match="annotator name is empty"):
+        store.take_pair("")
+
+
+def test_imported_pairs_are_never_handed_out(store, tmp_path):
+    from storage.io import import_prefs
+
+    f = tmp_path / "d.jsonl"
+    f.write_text('{"prompt": "p", "chosen": "c", "rejected": "r"}\n')
+    import_prefs(store, f)
+    assert store.take_pair("u", overlap=5) is None and store.ready_pair_count() == 0
 
 
 def test_release_stale_assignments(store):
-    p = _pair(store)
-    store.take_pair("u1")
+    p, q = _pair(store), _pair(store, "q2")
+    assert store.take_pair("u1")["id"] == p
+    assert store.take_pair("u1")["id"] == q
+    store.record_vote(q, "u1", "a")
     assert store.ready_pair_count() == 0
-    assert store.release_stale_assignments(max_age_s=-1) == 1
+    assert store.release_stale_assignments(max_age_s=3600) == 0  # not old yet
+    assert store.release_stale_assignments(max_age_s=-1) == 1  # the voted one stays
+    assert store.get_pair(p)["status"] == "queued" and store.get_pair(p)["served_at"] is None
     assert store.take_pair("u2")["id"] == p
+
+
+def test_assign_pair(store):
+    p = _pair(store)
+    store.assign_pair(p, "me")
+    assert store.get_pair(p)["status"] == "served" and store.take_pair("other") is None
+    with pytest.raises(UnknownPair):
+        store.assign_pair(123, "me")
+
+
+# --- annotators, runs, adapters, state ----------------------------------------------------------------
+def test_annotators_and_recent_votes(store):
+    store.add_annotator("ann")
+    store.add_annotator("boss", role="admin")
+    store.add_annotator("ann", role="admin")  # changes the role
+    assert store.annotator_role("ann") == "admin" and store.annotator_role("x") is None
+    assert [a["name"] for a in store.list_annotators()] == ["ann", "boss"]
+    with pytest.raises(BadInput, match="role 'root' is not valid: use one of annotator, admin"):
+        store.add_annotator("x", role="root")
+    p = _pair(store)
+    store.record_vote(p, "ann", "tie", decide_ms=5)
+    (r,) = store.recent_votes()
+    assert (r["prompt"], r["response_a"], r["choice"], r["decide_ms"]) == (
+        "Why is the sky blue?", "Rayleigh scattering.", "tie", 5)
+    c = store.counts()
+    assert {k: c[k] for k in ("prompts", "pairs", "pairs_ready", "votes", "annotators",
+                              "adapters", "rounds")} == {
+        "prompts": 1, "pairs": 1, "pairs_ready": 0, "votes": 1, "annotators": 1,
+        "adapters": 0, "rounds": 0}
 
 
 def test_adapters_serving_rounds_steps_and_ref_cache(store):
     assert store.serving_adapter() == "base" and store.next_adapter_version() == "v1"
-    rid = store.start_round({"beta": 0.1})
+    rid = store.start_round({"beta": 0.1}, trigger="manual")
     store.record_step(rid, 1, {"loss": 0.69})
+    store.record_step(rid, 1, {"loss": 0.5})  # a repeated step replaces
     store.add_adapter("v1", "/x/v1", "base", rid, metrics={"acc": 0.7})
+    with pytest.raises(BadInput, match="'v1' already exists: use 'v2'"):
+        store.add_adapter("v1", "/x/v1", "base", rid)
+    with pytest.raises(BadInput, match="expected 'v<number>'"):
+        store.add_adapter("best", "/x", None, None)
     store.finish_round(rid, "accepted", counts={"train": 4}, adapter_version="v1")
     store.set_serving_adapter("v1")
     assert store.serving_adapter() == "v1" and store.next_adapter_version() == "v2"
-    with pytest.raises(BadInput, match="'v9' cannot serve: it is unknown"):
+    with pytest.raises(BadInput, match="'v9' cannot serve: it is unknown. Use 'base' or one "
+                                       "of: v1"):
         store.set_serving_adapter("v9")
-    assert store.get_round(rid)["counts"] == {"train": 4}
-    assert store.train_steps(rid)[0]["metrics"] == {"loss": 0.69}
+    store.add_adapter("v2", "/x/v2", "v1", None, status="rejected")
+    with pytest.raises(BadInput, match="'v2' cannot serve: it is rejected"):
+        store.set_serving_adapter("v2")
+    store.set_adapter_status("v2", "ready")
+    store.set_serving_adapter("v2")
+    with pytest.raises(BadInput, match="no adapter version 'v7'"):
+        store.set_adapter_status("v7", "failed")
+    assert [a["version"] for a in store.list_adapters()] == ["v1", "v2"]
+    assert store.get_adapter("v1")["metrics"] == {"acc": 0.7} and store.get_adapter("v5") is None
+    r = store.get_round(rid)
+    assert (r["counts"], r["config"], r["trigger"], r["status"]) == (
+        {"train": 4}, {"beta": 0.1}, "manual", "accepted")
+    assert [s["metrics"] for s in store.train_steps(rid)] == [{"loss": 0.5}]
+    with pytest.raises(BadInput, match="final round status 'running' is not valid"):
+        store.finish_round(rid, "running")
     store.start_round({})
     assert store.fail_interrupted_rounds() == 1
     assert store.list_rounds()[0]["error"] == "interrupted (process stopped)"
-    p = _pair(store)
-    store.put_ref_logps("base", [(p, "h1", -3.5, 4)])
-    assert store.get_ref_logps("base", [(p, "h1"), (p, "h2")]) == {(p, "h1"): (-3.5, 4)}
+    assert len(store.train_steps()) == 1 and store.get_round(999) is None
+
+
+def test_ref_logp_cache(store):
+    p, q = _pair(store), _pair(store, "q2")
+    store.put_ref_logps("base", [(p, "h1", -3.5, 4), (q, "h1", -1.0, 2)])
+    store.put_ref_logps("base", [(p, "h1", -3.0, 4)])  # replaces
+    assert store.get_ref_logps("base", [(p, "h1"), (p, "h2")]) == {(p, "h1"): (-3.0, 4)}
     assert store.get_ref_logps("v1", [(p, "h1")]) == {}
+    assert len(store.get_ref_logps("base", [(q, "h1"), (p, "h1")])) == 2
+
+
+def test_state(store):
+    assert store.get_state("ui", {"x": 1}) == {"x": 1}
+    store.set_state("ui", {"theme": "dark", "n": [1, 2]})
+    store.set_state("ui", {"theme": "light"})
+    assert store.get_state("ui") == {"theme": "light"}
+    with pytest.raises(BadInput, match="state 'bad' cannot be stored as JSON"):
+        store.set_state("bad", {1, 2})
 
 
 def test_arena_results(store):
     p = _pair(store, va="v1", vb="base", arena=True)
     q = _pair(store, "q2", va="base", vb="v1", arena=True)
+    r = _pair(store, "q3", va="base", vb="v1", arena=True)
+    s = _pair(store, "q4", va="v2", vb="v1", arena=True)
+    _pair(store, "q5", va="v1", vb="base")  # not an arena pair
     store.record_vote(p, "u", "a")  # v1 wins
     store.record_vote(q, "u", "tie")
-    (row,) = store.arena_results()
-    assert row == {"version": "v1", "opponent": "base", "wins": 1, "losses": 0, "ties": 1,
-                   "both_bad": 0, "n": 2}
+    store.record_vote(r, "u", "a")  # base wins
+    store.record_vote(r, "w", "both_bad")
+    store.record_vote(s, "u", "b")  # v2 loses to v1
+    assert store.arena_results() == [
+        {"version": "v1", "opponent": "base", "wins": 1, "losses": 1, "ties": 1,
+         "both_bad": 1, "n": 4},
+        {"version": "v2", "opponent": "v1", "wins": 0, "losses": 1, "ties": 0,
+         "both_bad": 0, "n": 1}]
+
+
+def test_foreign_keys_are_enforced(store):
+    with pytest.raises(sqlite3.IntegrityError), store.write() as db:
+        db.execute("insert into votes (pair_id, annotator, choice) values (5, 'a', 'a')")

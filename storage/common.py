@@ -1,0 +1,58 @@
+"""Small helpers shared by the storage modules: timestamps and JSON columns.
+
+Timestamps are ISO-8601 UTC strings with milliseconds (``2025-01-31T12:00:00.000+00:00``),
+so they sort correctly as text and compare with ``<`` in SQL.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+from storage.errors import BadInput
+
+PAIR_STATUSES = ("queued", "served", "voted", "expired")
+CHOICES = ("a", "b", "tie", "both_bad")
+ADAPTER_STATUSES = ("ready", "rejected", "failed")
+ROUND_STATUSES = ("running", "accepted", "rejected", "failed")
+ROLES = ("annotator", "admin")
+
+
+def now(offset_s: float = 0.0) -> str:
+    """The UTC time ``offset_s`` seconds from now, ISO-8601 with milliseconds."""
+    t = datetime.now(timezone.utc).timestamp() + offset_s
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds")
+
+
+def today() -> str:
+    """Today's UTC date, ``YYYY-MM-DD`` (a prefix of every timestamp made today)."""
+    return datetime.now(timezone.utc).date().isoformat()
+
+
+def dumps(value: Any, what: str = "value") -> str | None:
+    """JSON text of ``value`` (keys sorted, so equal values store equal text); None stays
+    NULL. Raises BadInput naming ``what`` when the value is not JSON-serialisable."""
+    if value is None:
+        return None
+    try:
+        return json.dumps(value, sort_keys=True)
+    except (TypeError, ValueError) as e:
+        raise BadInput(f"{what} cannot be stored as JSON ({e}): use plain numbers, strings, "
+                       "lists and dicts") from None
+
+
+def loads(text: str | None) -> Any:
+    """The value of a JSON column (None for NULL)."""
+    return None if text is None else json.loads(text)
+
+
+def require_one_of(value: Any, allowed: tuple[str, ...], what: str) -> None:
+    """Raise BadInput unless ``value`` is one of ``allowed``."""
+    if value not in allowed:
+        raise BadInput(f"{what} {value!r} is not valid: use one of {', '.join(allowed)}")
+
+
+def version_number(version: str) -> int:
+    """3 for 'v3'; 0 for 'base', 'import' or anything else."""
+    return int(version[1:]) if version.startswith("v") and version[1:].isdigit() else 0
