@@ -89,3 +89,37 @@ def test_producer_thread_fills_and_survives_errors(svc, monkeypatch):
     st = svc.pool.status()
     assert svc.store.ready_pair_count() >= 4
     assert st["errors"] == 1 and "injected generation failure" in st["last_error"]
+
+
+def test_hot_swap_waits_for_the_batch_being_sampled(svc, monkeypatch):
+    """A swap that lands mid-batch must not unload the version the batch samples from."""
+    import threading
+
+    svc.pool.fill_once(4)
+    vote_all(svc)
+    assert svc.trainer.run_one("test").status == "accepted"  # serving v1
+    svc.pool.cfg = type(svc.pool.cfg)(**{**svc.pool.cfg.__dict__, "arena_fraction": 0.0})
+    real, inside, release = svc.sampler.sample, threading.Event(), threading.Event()
+
+    def slow_sample(prompts, version, seed):
+        inside.set()
+        release.wait(30)  # the swap below is attempted while the batch is half done
+        return real(prompts, version, seed)
+
+    monkeypatch.setattr(svc.sampler, "sample", slow_sample)
+    out: dict = {}
+    producer = threading.Thread(target=lambda: out.setdefault("ids", svc.pool.fill_once(2)))
+    producer.start()
+    assert inside.wait(30)
+    swapper = threading.Thread(target=lambda: svc.rollback("base"))  # unloads v1
+    swapper.start()
+    swapper.join(1.0)
+    assert swapper.is_alive(), "the swap must wait for the batch in progress"
+    release.set()
+    producer.join(60)
+    swapper.join(60)
+    assert len(out["ids"]) == 2 and svc.pool.errors == 0
+    pairs = [svc.store.get_pair(i) for i in out["ids"]]
+    assert all(p["version_a"] == p["version_b"] == "v1" for p in pairs)
+    assert all(p["gen_config"]["reward_a"] is not None for p in pairs)  # scored under v1
+    assert all(p["status"] == "expired" for p in pairs)  # retired by the swap to base

@@ -111,27 +111,35 @@ class PairPool:
         prompts = self.store.least_served_prompts(k, rng=self.rng)
         if not prompts:
             return []
-        opp = self.opponent()
-        plan = [PlannedPair(p["id"], p["text"], opp is not None
-                            and self.rng.random() < self.cfg.arena_fraction) for p in prompts]
-        return self.produce(plan, opp)
+        with self.policy.lock.hold(priority=True):  # serving and opponent stay loaded
+            opp = self.opponent()
+            plan = [PlannedPair(p["id"], p["text"], opp is not None
+                                and self.rng.random() < self.cfg.arena_fraction)
+                    for p in prompts]
+            return self.produce(plan, opp)
 
     def produce(self, plan: list[PlannedPair], opponent: str | None,
                 status: str = "queued") -> list[int]:
-        """Sample and store one pair per planned prompt; returns the new pair ids."""
-        serving = self.policy.serving
+        """Sample and store one pair per planned prompt; returns the new pair ids.
+
+        The model lock (re-entrant) is held for the whole batch: a hot-swap between its
+        sampling calls would otherwise unload the version the batch is sampling from.
+        """
         t0 = time.perf_counter()
         seed = self._next_seed()
-        sides = self._sample_sides(plan, serving, opponent, seed)
         ids = []
-        for item, (a, b, va, vb) in zip(plan, sides):
-            if a is None:
-                log.warning("prompt %d gave identical/empty samples; skipped", item.prompt_id)
-                continue
-            ra, rb = self._rewards(item.prompt, a, b, va, vb)
-            ids.append(self.store.record_pair(
-                item.prompt_id, a, b, va, vb, gen_config=self._gen_config(ra, rb),
-                seed=seed, arena=item.arena, status=status))
+        with self.policy.lock.hold(priority=True):
+            serving = self.policy.serving
+            sides = self._sample_sides(plan, serving, opponent, seed)
+            for item, (a, b, va, vb) in zip(plan, sides):
+                if a is None:
+                    log.warning("prompt %d gave identical/empty samples; skipped",
+                                item.prompt_id)
+                    continue
+                ra, rb = self._rewards(item.prompt, a, b, va, vb, serving)
+                ids.append(self.store.record_pair(
+                    item.prompt_id, a, b, va, vb, gen_config=self._gen_config(ra, rb),
+                    seed=seed, arena=item.arena, status=status))
         dt = time.perf_counter() - t0
         self.produced += len(ids)
         self.last_batch = {"pairs": len(ids), "seconds": round(dt, 2),
@@ -175,9 +183,8 @@ class PairPool:
                     out[i] = (t.text, m.text, opponent, serving)
         return out
 
-    def _rewards(self, prompt: str, a: str, b: str, va: str, vb: str):
+    def _rewards(self, prompt: str, a: str, b: str, va: str, vb: str, serving: str):
         """Implicit rewards of both sides under the serving policy (None for arena/base)."""
-        serving = self.policy.serving
         ref = self.reference(serving)
         if va != vb or serving == ref:
             return None, None
