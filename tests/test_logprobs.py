@@ -9,10 +9,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trainer.logprobs import (
     _FrozenHeadLogps,
+    body_head_softcap,
     build_batch,
     mean_logps,
     naive_sequence_logps,
+    response_hidden,
     sequence_logps,
+    token_kl,
 )
 
 PROMPTS = ["Question: What is the capital of France?\nAnswer:", "Question: hi\nAnswer:"]
@@ -235,3 +238,33 @@ def test_frozen_head_function_gradcheck(softcap, bias):
     targets = torch.randint(0, 11, (5,))
     assert torch.autograd.gradcheck(
         lambda x: _FrozenHeadLogps.apply(x, w, b, targets, softcap, 2), (h,))
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 256])
+def test_token_kl_equals_the_full_logits_kl_and_is_zero_for_one_model(model, tok, chunk):
+    """Exact per-position KL(p || q) against torch's KL on full logits of two models."""
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    b = batch(tok)
+    with torch.no_grad():
+        h_p, rows = response_hidden(model, **b)
+        h_q, _ = response_hidden(other, **b)
+        _, head_p, cap = body_head_softcap(model)
+        kl = token_kl(head_p, h_p, h_q, cap, chunk)
+        # The oracle: full logits of both models at the response-predicting positions.
+        lp = torch.log_softmax(model(**{k: b[k] for k in ("input_ids", "attention_mask")})
+                               .logits[:, :-1].float(), -1)  # (B, T-1, V)
+        # other's hidden rows through model's head: the same thing token_kl computes
+        lq = torch.log_softmax(head_p(other.get_decoder()(
+            input_ids=b["input_ids"], attention_mask=b["attention_mask"])[0])[:, :-1]
+            .float(), -1)  # (B, T-1, V)
+        mask = b["response_mask"][:, 1:] & b["attention_mask"][:, :-1].bool()
+        want = torch.nn.functional.kl_div(lq[mask], lp[mask], log_target=True,
+                                          reduction="none").sum(-1)  # (R,)
+        same = token_kl(head_p, h_p, h_p, cap, chunk)
+    assert kl.shape == (int(mask.sum()),) and rows.shape == kl.shape
+    torch.testing.assert_close(kl, want, atol=1e-5, rtol=1e-4)
+    assert (kl > 0).all()
+    assert same.abs().max() < 1e-6

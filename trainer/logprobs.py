@@ -91,7 +91,7 @@ def build_batch(tokenizer, prompts: list[str], responses: list[str], max_length:
     return {"input_ids": ids, "attention_mask": attn, "response_mask": resp}
 
 
-def _body_head_softcap(model) -> tuple[torch.nn.Module, torch.nn.Module, float | None]:
+def body_head_softcap(model) -> tuple[torch.nn.Module, torch.nn.Module, float | None]:
     """(transformer body, LM head, final-logit softcap) of a CausalLM or a PeftModel.
 
     PeftModel.get_base_model() is the CausalLM with the adapter layers injected in place,
@@ -234,7 +234,7 @@ def sequence_logps(model, input_ids: Tensor, attention_mask: Tensor, response_ma
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size}: must be >= 1")
-    body, head, softcap = _body_head_softcap(model)
+    body, head, softcap = body_head_softcap(model)
     out = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     hidden = out[0]  # (B, T, H) last_hidden_state, after the final norm
     predicts = response_mask[:, 1:].bool() & attention_mask[:, :-1].bool()  # (B, T-1)
@@ -244,6 +244,46 @@ def sequence_logps(model, input_ids: Tensor, attention_mask: Tensor, response_ma
     token_logps = _token_logps(head, h, targets, softcap, chunk_size)  # (R,)
     sums = token_logps.new_zeros(input_ids.shape[0]).index_add(0, rows, token_logps)  # (B,)
     return sums, predicts.sum(-1)
+
+
+def response_hidden(model, input_ids: Tensor, attention_mask: Tensor,
+                    response_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Final hidden states that predict the response tokens, and the row of each.
+
+    Same positions as ``sequence_logps`` scores. (B, T) inputs -> (R, H), (R,).
+    """
+    body, _, _ = body_head_softcap(model)
+    hidden = body(input_ids=input_ids, attention_mask=attention_mask,
+                  use_cache=False)[0]  # (B, T, H)
+    predicts = response_mask[:, 1:].bool() & attention_mask[:, :-1].bool()  # (B, T-1)
+    rows, cols = predicts.nonzero(as_tuple=True)  # (R,), (R,)
+    return hidden[rows, cols], rows
+
+
+def _head_log_softmax(head, h: Tensor, softcap: float | None) -> Tensor:
+    """log softmax over the vocabulary of a chunk of hidden rows. (c, H) -> (c, V) fp32."""
+    logits = _wide(head(h))  # (c, V)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return torch.log_softmax(logits, dim=-1)
+
+
+def token_kl(head, h_p: Tensor, h_q: Tensor, softcap: float | None,
+             chunk_size: int = 256) -> Tensor:
+    """Exact KL(p || q) of the next-token distributions at each position, summed over V.
+
+    h_p, h_q: (R, H) hidden rows of the same positions under two policies (e.g. the
+    adapter and base) sharing one LM head. KL_t = sum_v p(v) (log p(v) - log q(v)) >= 0.
+    Averaged over the positions of sampled responses this is the per-token KL of the
+    DPO objective's constraint (paper Eq. 3), without the variance and the sampling
+    bias (temperature, top-k/top-p) of a Monte-Carlo log-ratio. Returns (R,) fp32.
+    """
+    out = []
+    for s in range(0, h_p.shape[0], chunk_size):
+        lp = _head_log_softmax(head, h_p[s:s + chunk_size], softcap)  # (c, V)
+        lq = _head_log_softmax(head, h_q[s:s + chunk_size], softcap)  # (c, V)
+        out.append((lp.exp() * (lp - lq)).sum(-1).clamp(min=0.0))  # (c,)
+    return torch.cat(out) if out else h_p.new_zeros(0, dtype=torch.float32)
 
 
 def naive_sequence_logps(model, input_ids: Tensor, attention_mask: Tensor,

@@ -11,7 +11,13 @@ import hashlib
 
 import torch
 
-from trainer.logprobs import build_batch, sequence_logps
+from trainer.logprobs import (
+    body_head_softcap,
+    build_batch,
+    response_hidden,
+    sequence_logps,
+    token_kl,
+)
 
 
 def text_hash(prompt: str, response: str) -> str:
@@ -48,3 +54,29 @@ def implicit_rewards(policy, prompts: list[str], responses: list[str], version: 
     pol, _ = score(policy, prompts, responses, version, max_length, priority=True)
     ref, _ = score(policy, prompts, responses, ref_version, max_length, priority=True)
     return [beta * (p - r) for p, r in zip(pol, ref)]
+
+
+def mean_token_kl(policy, prompts: list[str], responses: list[str], version: str,
+                  base: str, max_length: int, batch_size: int = 4) -> tuple[float, int]:
+    """Mean over response tokens of the exact KL(pi_version || pi_base) of the next-token
+    distribution at each position (see ``logprobs.token_kl``), and the token count.
+
+    Both passes of a micro-batch run under one hold of the model lock, without gradients.
+    """
+    tok = policy.tokenizer
+    total, count = 0.0, 0
+    for i in range(0, len(prompts), batch_size):
+        batch = build_batch(tok, prompts[i:i + batch_size], responses[i:i + batch_size],
+                            max_length, tok.pad_token_id)
+        args = [batch[k].to(policy.device) for k in
+                ("input_ids", "attention_mask", "response_mask")]
+        with policy.lock.hold(), torch.no_grad():
+            with policy.active(version):
+                h_p, _ = response_hidden(policy.model, *args)  # (R, H)
+            with policy.active(base):
+                h_q, _ = response_hidden(policy.model, *args)  # (R, H)
+            _, head, softcap = body_head_softcap(policy.model)
+            kl = token_kl(head, h_p, h_q, softcap)  # (R,)
+        total += float(kl.sum())
+        count += int(kl.numel())
+    return total / max(count, 1), count

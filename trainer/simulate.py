@@ -6,8 +6,9 @@ that votes on each pair it is served. After every round it measures, on held-out
 the oracle never voted on:
   - the oracle's win rate of the serving adapter against base (several samples per
     prompt, ties and both-bad count half);
-  - the mean per-token KL(policy || base) of the serving adapter's samples
-    (Monte-Carlo: mean over sampled tokens of log pi(y_t) - log pi_base(y_t)),
+  - the mean per-token KL(policy || base) along the serving adapter's samples: at each
+    sampled position the exact KL between the two next-token distributions (summed over
+    the vocabulary; never negative, unlike a Monte-Carlo log-ratio of tempered samples),
 the live analogue of the DPO paper's reward / KL frontier (Fig. 2).
 """
 
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainer.policy import BASE
-from trainer.scoring import score
+from trainer.scoring import mean_token_kl
 
 log = logging.getLogger(__name__)
 ANNOTATOR = "oracle"
@@ -44,10 +45,8 @@ def evaluate(svc, oracle, prompts: list[str], samples: int, seed: int) -> EvalRe
     else:
         theirs = svc.sampler.sample(rows, BASE, seed)
         fmt = [svc.sampler.format(p) for p in rows]
-        texts = [s.text for s in mine]
-        pol, n = score(svc.policy, fmt, texts, serving, svc.train_cfg.max_length)
-        ref, _ = score(svc.policy, fmt, texts, BASE, svc.train_cfg.max_length)
-        kl = sum(p - r for p, r in zip(pol, ref)) / max(sum(n), 1)
+        kl, _ = mean_token_kl(svc.policy, fmt, [s.text for s in mine], serving, BASE,
+                              svc.train_cfg.max_length)
     points = {"a": 1.0, "b": 0.0, "tie": 0.5, "both_bad": 0.5}
     wins = [points[oracle(p, m.text, t.text)] for p, m, t in zip(rows, mine, theirs)]
     return EvalResult(sum(wins) / len(wins), kl, len(wins))
