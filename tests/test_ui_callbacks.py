@@ -1,182 +1,73 @@
-"""UI callbacks and views as plain functions: views on hand-made data, handlers on a fake
-service (fast) and on the real service over the tiny model."""
+"""UI callbacks (app/api.py Handlers and Access) as plain functions on the REAL service over
+the tiny model: a fresh data dir per test and no background threads (pairs, votes and
+rounds are made on demand), so every test is deterministic. Views: tests/test_ui_views.py."""
 
 from __future__ import annotations
 
-import math
+import shutil
+from pathlib import Path
 
 import gradio as gr
 import pytest
 
 from app import views
-from app.api import Access, Handlers, help_table, is_not_ready
+from app.api import MAX_BETTER_CHARS, Access, Handlers, help_table, is_not_ready
+from tests.svc_fixtures import tiny_service
 from tests.ui_fixtures import (
     ADMIN,
     ANNOTATOR,
-    FakeService,
-    NotReady,
-    real_service,
+    HOSTILE,
+    add_hostile_pair,
+    arena_side,
     request,
-    wait_for,
+    train_v1,
     write_users,
 )
 from trainer.config import AppConfig
+from trainer.service import NotReady
 
 ZW = "\u200b"
 
 
-# --------------------------------------------------------------------------- views
-@pytest.mark.parametrize("raw, must_not, must", [
-    ("<script>alert(1)</script>", "<script", "&lt;script&gt;"),
-    ('<img src=x onerror="alert(1)">', "<img", "&lt;img"),
-    ("[click](javascript:alert(1))", "javascript:", f"java{ZW}script:"),
-    ("[click](JaVaScRiPt\\:alert(1))", "JaVaScRiPt\\:", f"JaVa{ZW}ScRiPt"),
-    ("[x](&#106;avascript:alert(1))", "&#106;", "&amp;#106;"),
-    ("[x](data:text/html,<b>hi</b>)", "data:text", f"d{ZW}ata:text"),
-    ("![tracker](http://evil.example/p.png)", "![", "!\\[tracker]"),
-    ("<a href='javascript:x'>y</a>", "<a ", "&lt;a "),
-])
-def test_safe_markdown_neutralises_html_and_script_links(raw, must_not, must):
-    out = views.safe_markdown(raw)
-    assert must_not not in out and must in out
-
-
-def test_safe_markdown_keeps_code_fences_and_plain_prose():
-    text = "Use this:\n```c\n#include <stdio.h>\n```\nthen <b>bold</b>\nInput data: 3"
-    out = views.safe_markdown(text)
-    assert "#include <stdio.h>" in out  # code blocks show text literally anyway
-    assert "&lt;b&gt;bold&lt;/b&gt;" in out
-    assert "Input data: 3" in out  # prose 'data:' is left alone
-    # An unclosed fence runs to the end in Markdown, so everything after is code too.
-    assert "<x>" in views.safe_markdown("```\n<x>")
-    # A backtick fence whose info string has a backtick is not a fence: escaped.
-    assert "&lt;x&gt;" in views.safe_markdown("```a`b\n<x>\n```")
-    assert views.safe_markdown(None) == ""
-
-
-def test_pair_markdown_waiting_and_pair():
-    prompt, a, b = views.pair_markdown(None)
-    assert "Generating pairs" in prompt and a == b == ""
-    prompt, a, b = views.pair_markdown({"id": 7, "prompt": "<i>q</i>", "response_a": "",
-                                        "response_b": "ok"})
-    assert "pair 7" in prompt and "&lt;i&gt;" in prompt and a == "*(empty)*" and b == "ok"
-
-
-def test_wilson_interval_known_values():
-    lo, hi = views.wilson_interval(5, 10)
-    assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(0.7634, abs=1e-4)
-    assert views.wilson_interval(0, 0) == (0.0, 1.0)
-    lo, hi = views.wilson_interval(10, 10)
-    assert hi == 1.0 and lo == pytest.approx(0.7225, abs=1e-4)
-
-
-def test_leaderboard_ties_half_both_bad_excluded():
-    arena = [{"version": "v2", "opponent": "base", "wins": 3, "losses": 1, "ties": 2,
-              "both_bad": 4, "n": 10}]
-    adapters = [{"version": "v10", "status": "ready"}, {"version": "v2", "status": "ready",
-                 "metrics": {"heldout_after": {"accuracy": 0.8}}}]
-    board = views.leaderboard_frame(arena, adapters)
-    assert list(board["version"]) == ["v2", "v10"]  # numeric order, not text order
-    row = board.iloc[0]
-    assert row["win rate"] == pytest.approx(4 / 6, abs=1e-3)
-    assert row["both bad"] == 4 and row["votes"] == 10 and row["held-out acc"] == 0.8
-    lo, hi = views.wilson_interval(4, 6)
-    assert row["95% CI"] == f"{lo:.0%} – {hi:.0%}"
-    assert board.iloc[1]["win rate"] is None or math.isnan(board.iloc[1]["win rate"])
-    plot = views.arena_plot_frame(board)
-    assert list(plot["version"]) == ["v2"]
-
-
-def test_steps_frames_run_on_across_rounds_and_skip_bad_values():
-    rows = [{"round_id": 2, "step": 1, "metrics": {"loss": 0.5, "rewards/accuracies": 1.0}},
-            {"round_id": 1, "step": 2, "metrics": {"loss": float("nan")}},
-            {"round_id": 1, "step": 1, "metrics": {"loss": 0.7, "rewards/margins": 0.1}}]
-    f = views.steps_frames(rows)
-    assert list(f["loss"]["step"]) == [1, 3] and list(f["loss"]["series"]) == ["round 1",
-                                                                              "round 2"]
-    assert list(f["margins"]["series"]) == ["rewards/margins"]
-    assert list(f["accuracy"]["value"]) == [1.0]
-    assert views.steps_frames([])["loss"].empty
-
-
-def test_heldout_and_rounds_frames():
-    rounds = [{"id": 2, "status": "rejected", "metrics": {"heldout_before": {"accuracy": 0.6},
-                                                          "heldout_after": {"accuracy": 0.4}},
-               "error": "fell"},
-              {"id": 1, "status": "accepted", "adapter_version": "v1", "counts": {"train": 5},
-               "metrics": {"heldout_after": {"accuracy": 0.6}}},
-              {"id": 3, "status": "failed", "metrics": {}, "error": "boom"}]
-    held = views.heldout_frame(rounds)
-    assert list(held["label"]) == ["v1", "r2 (rejected)"]
-    table = views.rounds_frame(rounds)
-    assert list(table["round"]) == [2, 1, 3] and table.iloc[2]["error"] == "boom"
-
-
-def test_reveal_markdown_cases():
-    base = {"pair_id": 4, "choice": "a", "version_a": "v2", "version_b": "base", "arena": True,
-            "reward_a": None, "reward_b": None, "predicted": None, "prediction_correct": None}
-    md = views.reveal_markdown(base)
-    assert "A was `v2`" in md and "B was `base`" in md and "no prediction" in md
-    md = views.reveal_markdown({**base, "arena": False, "version_b": "v2", "reward_a": 0.3,
-                                "reward_b": -0.1, "predicted": "a",
-                                "prediction_correct": True})
-    assert "Both answers came from `v2`" in md and "**agrees**" in md and "+0.300" in md
-    md = views.reveal_markdown({**base, "choice": "tie", "arena": False, "reward_a": 0.1,
-                                "reward_b": 0.2, "predicted": "b"})
-    assert "not scored" in md
-
-
-def test_banner_progress_and_bar():
-    loading = {"ready": False, "loading": {"desc": "Converting <gguf>", "fraction": 0.5,
-                                           "elapsed_s": 3}, "load_error": None}
-    md = views.banner_markdown(loading, local_mode=True)
-    assert "Local single-user mode" in md and "50%" in md and "&lt;gguf&gt;" in md
-    assert views.banner_markdown({"ready": True}, local_mode=False) == ""
-    assert "failed to load" in views.banner_markdown({"load_error": "OSError: x"}, False)
-    bar = views.progress_bar_html(1.7, "<b>")
-    assert 'width:100.0%' in bar and "&lt;b&gt;" in bar
-    md = views.progress_markdown("bob", {"today": 2, "total": 5, "agreement": 0.75,
-                                         "agreement_n": 4}, "v3")
-    assert "2 votes today" in md and "5 in total" in md and "75% of 4" in md and "v3" in md
-
-
-def test_trainer_markdown():
-    md, frac, label = views.trainer_markdown({"serving_adapter": "v1", "trainer": {
-        "state": "training", "progress": {"done": 3, "total": 6, "desc": "Round 2: training",
-                                          "fraction": 0.5}, "last_error": "x<y"}})
-    assert "`v1`" in md and "training" in md and "x&lt;y" in md
-    assert frac == 0.5 and label == "Round 2: training: 3/6"
-
-
-def test_settings_specs_and_changes():
-    current = {"train": {"loss": "sigmoid", "beta": 0.1, "epochs": 2}}
-    specs = views.settings_specs(current, help_table())
-    kinds = {s["name"]: s["kind"] for s in specs}
-    assert kinds == {"loss": "choice", "beta": "float", "epochs": "int"}
-    assert "ipo" in specs[0]["choices"] and specs[1]["help"]
-    changes, problems = views.settings_changes(specs, ["ipo", 0.1, 3.0], current)
-    assert changes == {"train": {"loss": "ipo", "epochs": 3}} and not problems
-    changes, problems = views.settings_changes(specs, ["sigmoid", None, 2.5], current)
-    assert any("train.beta is empty" in p for p in problems)
-    assert any("train.epochs=2.5" in p for p in problems)
-
-
-def test_version_choices_and_counts():
-    adapters = [{"version": "v1", "status": "ready"}, {"version": "v3", "status": "ready"},
-                {"version": "v2", "status": "failed"}]
-    assert views.version_choices(adapters) == ["base", "v3", "v1"]
-    assert "| votes | 3 |" in views.counts_markdown({"votes": 3})
-    df = views.votes_frame([{"id": 1, "better_answer": "x" * 100, "meta": {"a": 1}}])
-    assert list(df.columns) == ["id", "better_answer"] and df.iloc[0, 1].endswith("…")
-
-
-# --------------------------------------------------------------------------- handlers (fake)
-LOCAL = AppConfig()
+LOCAL = AppConfig()  # no auth file: local single-user mode, the caller is 'local', an admin
+ME = request(None)
 
 
 @pytest.fixture
-def fake():
-    return FakeService()
+def svc(tmp_path, tiny_model_dir):
+    """The real service on the tiny model in a fresh data dir, loaded, no threads. The
+    acceptance gate is open: the tiny random model's held-out accuracy is noise."""
+    s = tiny_service(tmp_path / "data", tiny_model_dir, "--accept-tolerance", "1")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def trained_dir(tmp_path_factory, tiny_model_dir):
+    """A data dir after one real DPO round on 8 voted pairs (v1 serves), made once."""
+    data = tmp_path_factory.mktemp("trained") / "data"
+    s = tiny_service(data, tiny_model_dir, "--accept-tolerance", "1")
+    train_v1(s)
+    s.stop()
+    s.store.close()  # the last connection checkpoints the WAL into the DB file
+    return data
+
+
+@pytest.fixture
+def trained(trained_dir, tmp_path, tiny_model_dir):
+    """A fresh service on a copy of ``trained_dir``, serving v1 (the adapter files it loads
+    stay in ``trained_dir``: no test writes them)."""
+    shutil.copytree(trained_dir, tmp_path / "data")
+    s = tiny_service(tmp_path / "data", tiny_model_dir, "--accept-tolerance", "1")
+    assert s.policy.serving == "v1"
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def loading(tmp_path, tiny_model_dir):
+    """A real service that was built but not started: its model is still loading."""
+    return tiny_service(tmp_path / "data", tiny_model_dir, start=False)
 
 
 @pytest.fixture
@@ -190,87 +81,162 @@ def _out(values):
     return dict(zip(ANNOTATE_OUTPUTS, values))
 
 
-def test_vote_commits_then_moves_on(fake):
-    h = Handlers(fake, LOCAL)
-    first = _out(h.on_load(request(None)))
-    assert first["state"]["id"] == 1 and "&lt;script&gt;" in first["prompt"]
-    out = _out(h.vote("b", "  my better answer ", 1, first["state"], request(None)))
-    vote = fake.store.votes[-1]
-    assert vote["pair_id"] == 1 and vote["annotator"] == "local" and vote["choice"] == "b"
-    assert vote["better_answer"] == "my better answer" and vote["decide_ms"] >= 0
-    assert out["state"]["id"] == 2 and "**disagrees**" in out["reveal"] and out["better"] == ""
-    assert "1 votes today" in out["progress"]
+def _votes(svc) -> int:
+    return svc.store.counts()["votes"]
 
 
-def test_vote_errors_store_nothing(fake):
-    h = Handlers(fake, LOCAL)
+def test_vote_commits_reveals_prediction_then_moves_on(trained):
+    trained.update_settings({"pool": {"arena_fraction": 0.0}})
+    ids = trained.pool.fill_once(2)
+    pairs = [trained.store.get_pair(i) for i in ids]
+    rewards = [(p["gen_config"]["reward_a"], p["gen_config"]["reward_b"]) for p in pairs]
+    assert all(p["version_a"] == p["version_b"] == "v1" for p in pairs)
+    assert all(ra is not None and ra != rb for ra, rb in rewards)  # real v1-vs-base rewards
+    h = Handlers(trained, LOCAL)
+    first = _out(h.on_load(ME))
+    assert first["state"]["id"] == ids[0]
+    against = "b" if rewards[0][0] > rewards[0][1] else "a"
+    out = _out(h.vote(against, "  my better answer ", ids[0], first["state"], ME))
+    vote = trained.store.recent_votes(1)[0]
+    assert vote["pair_id"] == ids[0] and vote["annotator"] == "local"
+    assert vote["choice"] == against and vote["better_answer"] == "my better answer"
+    assert vote["decide_ms"] >= 0
+    assert out["state"]["id"] == ids[1] and out["better"] == "" and out["shown_id"] == ids[1]
+    assert "**disagrees**" in out["reveal"] and "Both answers came from `v1`" in out["reveal"]
+    assert "1 votes today" in out["progress"] and "serving `v1`" in out["progress"]
+    agree = "a" if rewards[1][0] > rewards[1][1] else "b"
+    out = _out(h.vote(agree, "", ids[1], out["state"], ME))
+    assert "**agrees**" in out["reveal"] and "2 votes today" in out["progress"]
+    assert out["state"] is None and out["timer"].active is True  # waits for the next pair
+
+
+def test_vote_errors_store_nothing(svc):
+    ids = svc.pool.fill_once(2)
+    h = Handlers(svc, LOCAL)
     with pytest.raises(gr.Error, match="No pair is shown"):
-        h.vote("a", "", None, None, request(None))
+        h.vote("a", "", None, None, ME)
+    shown = _out(h.on_load(ME))["state"]
+    second = _out(h.vote("a", "", ids[0], shown, ME))["state"]
+    assert second["id"] == ids[1] and _votes(svc) == 1
+    # A second click that raced the page update still carries the old pair's id.
+    with pytest.raises(gr.Error, match=f"meant for pair {ids[0]}, which was already answered"):
+        h.vote("b", "", ids[0], second, ME)
     with pytest.raises(gr.Error, match="choice 'c' is not valid: use one of a, b, tie"):
-        h.vote("c", "", 1, {"id": 1, "shown": 0}, request(None))
-    with pytest.raises(gr.Error, match="pair 99 does not exist"):
-        h.vote("a", "", None, {"id": 99, "shown": 0}, request(None))
-    with pytest.raises(gr.Error, match="meant for pair 1, which was already answered"):
-        h.vote("a", "", 1, {"id": 2, "shown": 0}, request(None))
+        h.vote("c", "", ids[1], second, ME)
+    with pytest.raises(gr.Error, match="Vote not stored: no pair with id 99"):
+        h.vote("a", "", None, {"id": 99, "shown": 0}, ME)
     with pytest.raises(gr.Error, match="pair id 'x' is not a number"):
         h.commit_vote("local", "x", "a", None, None)
-    assert fake.store.votes == []
+    too_long = "x" * (MAX_BETTER_CHARS + 1)
+    with pytest.raises(gr.Error, match=f"{MAX_BETTER_CHARS + 1} characters long: shorten it "
+                                       f"to at most {MAX_BETTER_CHARS}"):
+        h.vote("a", too_long, ids[1], second, ME)
+    assert _votes(svc) == 1 and svc.store.recent_votes(1)[0]["choice"] == "a"
+    h.vote("a", too_long[1:], ids[1], second, ME)  # exactly at the limit: stored
+    assert len(svc.store.recent_votes(1)[0]["better_answer"]) == MAX_BETTER_CHARS
 
 
-def test_waiting_then_poll_finds_pair(fake):
-    fake.store.pairs.clear()
-    h = Handlers(fake, LOCAL)
-    out = _out(h.on_load(request(None)))
+def test_waiting_then_poll_finds_pair(svc):
+    h = Handlers(svc, LOCAL)
+    out = _out(h.on_load(ME))
     assert out["state"] is None and "Generating pairs" in out["prompt"]
     assert out["timer"].active is True
-    assert _out(h.poll(None, request(None)))["timer"].active is True
-    fake.store.pairs[5] = {"id": 5, "prompt": "p", "response_a": "x", "response_b": "y",
-                           "assigned": None}
-    out = _out(h.poll(None, request(None)))
-    assert out["state"]["id"] == 5 and out["timer"].active is False
+    assert _out(h.poll(None, ME))["timer"].active is True
+    (pid,) = svc.pool.fill_once(1)
+    out = _out(h.poll(None, ME))
+    assert out["state"]["id"] == pid and out["timer"].active is False
+    assert out["response_a"] and out["response_b"]
 
 
-def test_loading_banner_and_ask_while_loading(fake):
-    fake.ready = False
-    h = Handlers(fake, LOCAL)
-    out = _out(h.on_load(request(None)))
-    assert "Loading the model" in out["banner"] and "40%" in out["banner"]
+def test_loading_banner_queued_pairs_and_refusals(loading):
+    h = Handlers(loading, LOCAL)
+    out = _out(h.on_load(ME))
+    assert "Loading the model" in out["banner"] and out["timer"].active is True
+    loading.loading.update(4, 10, "Converting")  # what the loader reports as it converts
+    pid = add_hostile_pair(loading.store)  # queued pairs can be judged meanwhile
+    out = _out(h.poll(None, ME))
+    assert out["state"]["id"] == pid and "Converting (40%" in out["banner"]
     assert out["timer"].active is True  # keeps polling the loading progress
+    out = _out(h.vote("tie", "", pid, out["state"], ME))
+    assert _votes(loading) == 1 and "made no prediction" in out["reveal"]
+    prompts = loading.store.counts()["prompts"]
+    with pytest.raises(gr.Error, match=r"model is loading: Converting \(40%.*Try again"):
+        h.ask("Why is the sky blue?", None, ME)
+    assert loading.store.counts()["prompts"] == prompts  # nothing half-done
+    with pytest.raises(gr.Error, match="model is loading.*Press Train now again"):
+        h.train_now(ME)
     with pytest.raises(gr.Error, match="model is loading"):
-        h.ask("Why is the sky blue?", None, request(None))
+        h.rollback("base", ME)
     assert is_not_ready(NotReady("x")) and not is_not_ready(ValueError("x"))
 
 
-def test_ask_validates_and_shows_pair(fake):
-    h = Handlers(fake, AppConfig(max_prompt_chars=10))
+def test_failed_load_shows_in_banner(tmp_path, tiny_model_dir):
+    broken = tiny_service(tmp_path / "data", tmp_path / "no-model", start=False)
+    with pytest.raises(Exception, match="no such directory"):
+        broken.start(background=False, pool=False, trainer=False)
+    h = Handlers(broken, LOCAL)
+    assert "failed to load" in h.banner() and "no such directory" in h.banner()
+    with pytest.raises(gr.Error, match="model failed to load"):
+        h.ask("Hi", None, ME)
+
+
+def test_hostile_texts_are_shown_inert(svc):
+    pid = add_hostile_pair(svc.store)
+    h = Handlers(svc, LOCAL)
+    out = _out(h.on_load(ME))
+    assert out["state"]["id"] == pid
+    assert "<script" not in out["prompt"] and "&lt;script&gt;" in out["prompt"]
+    assert "<img" not in out["response_a"] and "&lt;img" in out["response_a"]
+    assert "javascript:" not in out["response_b"] and f"java{ZW}script:" in out["response_b"]
+    assert svc.store.get_pair(pid)["response_a"] == HOSTILE["response_a"]  # stored as typed
+    out = _out(h.ask("<img src=x onerror=alert(2)> hi", None, ME)[:-1])
+    assert "<img" not in out["prompt"] and "&lt;img" in out["prompt"]
+
+
+def test_ask_validates_and_shows_own_pair(svc):
+    h = Handlers(svc, AppConfig(max_prompt_chars=10))
     with pytest.raises(gr.Error, match="prompt is empty"):
-        h.ask("   ", None, request(None))
+        h.ask("   ", None, ME)
     with pytest.raises(gr.Error, match="11 characters long: shorten it to at most 10"):
-        h.ask("x" * 11, None, request(None))
-    *outs, box = h.ask("Hi there", None, request(None))
-    assert _out(outs)["state"]["id"] == 4 and box == ""
+        h.ask("x" * 11, None, ME)
+    *outs, box = h.ask("Hi there", None, ME)
+    pair = svc.store.get_pair(_out(outs)["state"]["id"])
+    assert pair["prompt"] == "Hi there" and box == "" and pair["response_a"]
+    assert svc.store.get_prompt(pair["prompt_id"])["source"] == "user"
+    assert svc.next_pair("carol") is None  # handed to the asker only
 
 
-def test_skip_moves_on_without_a_vote(fake):
-    h = Handlers(fake, LOCAL)
-    state = _out(h.on_load(request(None)))["state"]
-    out = _out(h.skip(state, request(None)))
-    assert fake.store.votes == [] and out["reveal"] == "*Skipped.*"
+def test_skip_moves_on_without_a_vote(svc):
+    ids = svc.pool.fill_once(2)
+    h = Handlers(svc, LOCAL)
+    state = _out(h.on_load(ME))["state"]
+    out = _out(h.skip(state, ME))
+    assert _votes(svc) == 0 and out["reveal"] == "*Skipped.*"
+    assert (state["id"], out["state"]["id"]) == tuple(ids)
 
 
-def test_roles_checked_on_server(fake, users):
-    h = Handlers(fake, AppConfig(auth_file=str(users)))
+def test_roles_checked_on_server(trained, users, tmp_path):
+    h = Handlers(trained, AppConfig(auth_file=str(users)))
     bob, alice = request(ANNOTATOR), request(ADMIN)
-    admin_calls = [lambda r: h.train_now(r), lambda r: h.rollback("v1", r),
-                   lambda r: h.save_settings([], [], r), lambda r: h.export("dpo", r),
-                   lambda r: h.download_adapter(r), lambda r: h.import_prompts("x.txt", r),
-                   lambda r: h.train_live(r), lambda r: h.data_view(r)]
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("A brand new prompt\n", encoding="utf-8")
+    specs = views.settings_specs(trained.settings(), help_table())
+    values = [0.5 if s["name"] == "beta" else s["value"] for s in specs]
+    admin_calls = [lambda r: h.train_now(r), lambda r: h.rollback("base", r),
+                   lambda r: h.save_settings(specs, values, r), lambda r: h.export("dpo", r),
+                   lambda r: h.download_adapter(r), lambda r: h.import_prompts(str(prompts), r),
+                   lambda r: h.train_live(r), lambda r: h.data_view(r),
+                   lambda r: h.train_forms(specs, r)]
+    counts, settings = trained.store.counts(), trained.settings()
     for call in admin_calls:
         with pytest.raises(gr.Error, match=f"Only admins may .*'{ANNOTATOR}' is an annotator"):
             call(bob)
-    assert fake.trained == 0 and fake.store.serving == "base"
-    assert "requested by alice" in h.train_now(alice) and fake.trained == 1
-    assert "`v1`" in h.rollback("v1", alice) and fake.store.serving == "v1"
+    assert trained.store.counts() == counts and trained.settings() == settings
+    assert trained.store.serving_adapter() == trained.policy.serving == "v1"
+    assert not trained.trainer._asked.is_set()  # the flag the trainer thread waits on
+    assert "requested by alice" in h.train_now(alice) and trained.trainer._asked.is_set()
+    assert "`base`" in h.rollback("base", alice)
+    assert trained.store.serving_adapter() == trained.policy.serving == "base"
     with pytest.raises(gr.Error, match="Only admins .*'mallory' is not in the users file"):
         h.train_now(request("mallory"))
     with pytest.raises(gr.Error, match="not logged in"):
@@ -280,42 +246,112 @@ def test_roles_checked_on_server(fake, users):
     assert h.on_load(alice)[-1].visible is True
 
 
-def test_local_mode_is_admin(fake):
+def test_local_mode_is_admin(svc):
     access = Access("")
-    assert access.user(request(None)) == "local" and access.is_admin(request(None))
-    assert "Local single-user mode" in Handlers(fake, LOCAL).banner()
+    assert access.user(ME) == "local" and access.is_admin(ME)
+    assert "Local single-user mode" in Handlers(svc, LOCAL).banner()
+    assert "Local single-user mode" not in Handlers(svc, AppConfig(auth_file="u.json")).banner()
 
 
-def test_settings_and_rollback_errors(fake):
-    h = Handlers(fake, LOCAL)
-    specs = views.settings_specs(fake.settings(), help_table())
+def test_settings_and_rollback_errors(svc):
+    h = Handlers(svc, LOCAL)
+    before = svc.settings()
+    specs = views.settings_specs(before, help_table())
+    at = {s["name"]: i for i, s in enumerate(specs)}
     values = [s["value"] for s in specs]
-    assert h.save_settings(specs, values, request(None)) == {}
-    i = next(i for i, s in enumerate(specs) if s["name"] == "beta")
-    values[i] = -1.0
-    with pytest.raises(gr.Error, match="Settings not saved. Invalid settings"):
-        h.save_settings(specs, values, request(None))
-    values[i] = 0.3
-    assert h.save_settings(specs, values, request(None)) == {"train": {"beta": 0.3}}
-    with pytest.raises(gr.Error, match="Cannot roll back to 'v9'"):
-        h.rollback("v9", request(None))
+    assert h.save_settings(specs, values, ME) == {}
+    bad = values[:]
+    bad[at["beta"]], bad[at["top_p"]] = -1.0, 2.0
+    with pytest.raises(gr.Error, match="Settings not saved. Invalid settings") as err:
+        h.save_settings(specs, bad, ME)
+    assert "beta=-1.0" in str(err.value) and "top_p=2.0" in str(err.value)
+    bad = values[:]
+    bad[at["epochs"]], bad[at["temperature"]] = 2.5, None
+    with pytest.raises(gr.Error, match="Settings not saved:") as err:
+        h.save_settings(specs, bad, ME)
+    assert "train.epochs=2.5" in str(err.value) and "sampling.temperature is empty" in str(
+        err.value)
+    assert svc.settings() == before
+    values[at["beta"]] = 0.3
+    assert h.save_settings(specs, values, ME) == {"train": {"beta": 0.3}}
+    assert svc.train_cfg.beta == 0.3 and svc.store.get_state("settings")["train"]["beta"] == 0.3
+    with pytest.raises(gr.Error, match="Cannot roll back to 'v9'.*one of: none"):
+        h.rollback("v9", ME)
     with pytest.raises(gr.Error, match="there is no adapter to download"):
-        h.download_adapter(request(None))
+        h.download_adapter(ME)
     with pytest.raises(gr.Error, match="export format 'xml' is not valid"):
-        h.export("xml", request(None))
+        h.export("xml", ME)
     with pytest.raises(gr.Error, match="Choose a prompts file first"):
-        h.import_prompts(None, request(None))
+        h.import_prompts(None, ME)
 
 
-def test_dashboards_render(fake):
-    h = Handlers(fake, LOCAL)
-    md, bar, loss, acc, margins, held, arena, rounds = h.train_live(request(None))
-    assert "Serving" in md and len(loss) == 2 and len(margins) == 6 and len(rounds) == 1
-    assert held.value["data"] and arena.value["data"]
-    board = h.leaderboard()
-    assert board.iloc[0]["win rate"] == pytest.approx(0.7)
-    counts, votes = h.data_view(request(None))
-    assert "| pairs | 3 |" in counts
+def _arena_votes(svc, h: Handlers, plan: list[str]) -> None:
+    """Vote on fresh arena pairs (v1 vs base) through the UI: v1's side for 'win', base's
+    for 'loss', else the choice itself."""
+    svc.update_settings({"pool": {"arena_fraction": 1.0}})
+    ids = svc.pool.fill_once(len(plan) + 2)  # arena sides are not resampled: spares
+    assert len(ids) >= len(plan)
+    state = _out(h.on_load(ME))["state"]
+    for pid, what in zip(ids, plan):
+        pair = svc.store.get_pair(pid)
+        assert state["id"] == pid and pair["arena"] and {pair["version_a"],
+                                                         pair["version_b"]} == {"v1", "base"}
+        mine = arena_side(pair, "v1")
+        choice = {"win": mine, "loss": "b" if mine == "a" else "a"}.get(what, what)
+        out = _out(h.vote(choice, "", pid, state, ME))
+        assert f"**{mine.upper()} was `v1`**" in out["reveal"]
+        state = out["state"]
+
+
+def test_dashboards_from_a_real_round_and_arena(trained):
+    h = Handlers(trained, LOCAL)
+    _arena_votes(trained, h, ["win", "win", "loss", "tie", "both_bad"])
+    md, bar, loss, acc, margins, held, arena, rounds = h.train_live(ME)
+    steps = trained.store.train_steps()
+    assert "**Serving**: `v1`" in md and "start the next round" in md
+    assert steps and len(loss) == len(acc) == len(steps) and len(margins) == 3 * len(steps)
+    assert list(rounds["status"]) == ["accepted"] and list(rounds["version"]) == ["v1"]
+    after = trained.store.get_round(1)["metrics"]["heldout_after"]["accuracy"]
+    assert held.value["data"][0][:2] == ["v1", pytest.approx(after)]
+    assert arena.value["data"][0][:2] == ["v1", 0.625]  # (2 wins + ½ tie) / 4
+    row = h.leaderboard().iloc[0]
+    assert (row["version"], row["win rate"], row["both bad"], row["votes"]) == ("v1", 0.625,
+                                                                                 1, 5)
+    counts, votes = h.data_view(ME)
+    assert f"| votes | {_votes(trained)} |" in counts and len(votes) == _votes(trained) == 13
+
+
+def test_downloads_exports_and_imports(trained, tmp_path):
+    import zipfile
+
+    h = Handlers(trained, LOCAL)
+    with zipfile.ZipFile(h.download_adapter(ME)) as z:
+        assert "metadata.json" in z.namelist() and "adapter_config.json" in z.namelist()
+    dpo = h.export("dpo", ME)
+    rows = Path(dpo).read_text(encoding="utf-8").splitlines()
+    assert dpo.endswith(".jsonl") and len(rows) == len(trained.store.training_pairs()) > 0
+    assert h.export("votes", ME).endswith(".csv")
+    good = tmp_path / "p.txt"
+    good.write_text("First new prompt\nSecond new prompt\n", encoding="utf-8")
+    before = trained.store.counts()["prompts"]
+    assert h.import_prompts(str(good), ME) == "Imported 2 new prompt(s) from p.txt."
+    assert trained.store.counts()["prompts"] == before + 2
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json\n", encoding="utf-8")
+    with pytest.raises(gr.Error, match="Nothing imported from bad.jsonl"):
+        h.import_prompts(str(bad), ME)
+    assert trained.store.counts()["prompts"] == before + 2
+
+
+def test_build_ui_api_surface(loading):
+    from app.ui import build_ui
+
+    demo = build_ui(loading, LOCAL)
+    public = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"}
+    assert public == {"next_pair", "vote", "status", "train_now", "rollback",
+                      "update_settings"}
+    assert all(fn.api_visibility == "private" for fn in demo.fns.values()
+               if fn.api_name not in public)
 
 
 def test_guidelines_file(tmp_path):
@@ -327,47 +363,3 @@ def test_guidelines_file(tmp_path):
     assert load_guidelines(str(f)) == "# Our rules"
     with pytest.raises(ValueError, match="guidelines file .*missing.md cannot be read"):
         load_guidelines(str(tmp_path / "missing.md"))
-
-
-def test_build_ui_api_surface(fake):
-    from app.ui import build_ui
-
-    demo = build_ui(fake, LOCAL)
-    public = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"}
-    assert public == {"next_pair", "vote", "status", "train_now", "rollback",
-                      "update_settings"}
-    assert all(fn.api_visibility == "private" for fn in demo.fns.values()
-               if fn.api_name not in public)
-
-
-# --------------------------------------------------------------------------- real service
-@pytest.fixture(scope="module")
-def svc(tmp_path_factory, tiny_model_dir):
-    pytest.importorskip("storage.db")
-    s = real_service(tmp_path_factory.mktemp("ui-real"), tiny_model_dir)
-    yield s
-    s.stop()
-
-
-def test_real_vote_roundtrip(svc):
-    h = Handlers(svc, AppConfig(data_dir=str(svc.data_dir)))
-    state = wait_for(lambda: _out(h.poll(None, request(None)))["state"]
-                     if svc.store.counts().get("pairs_ready", 1) else None, timeout=90)
-    out = _out(h.vote("a", "A better answer.", state["id"], state, request(None)))
-    votes = svc.store.recent_votes(5)
-    assert votes and votes[0]["pair_id"] == state["id"] and votes[0]["choice"] == "a"
-    assert "Your vote on pair" in out["reveal"]
-
-
-def test_real_dashboards_and_exports(svc, tmp_path):
-    h = Handlers(svc, AppConfig(data_dir=str(svc.data_dir)))
-    md, *_ = h.train_live(request(None))
-    assert "Serving" in md
-    h.leaderboard()
-    h.data_view(request(None))
-    path = h.export("votes", request(None))
-    assert path.endswith(".csv")
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text("{not json\n", encoding="utf-8")
-    with pytest.raises(gr.Error, match="Nothing imported from bad.jsonl"):
-        h.import_prompts(str(bad), request(None))
