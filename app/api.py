@@ -155,12 +155,11 @@ class Handlers:
         except self._user_errors as e:
             raise fail(f"Vote not stored: {e}") from e
 
-    def api_decide_ms(self, pair_id: Any) -> int | None:
-        """Time to decide for API votes: from when the store handed the pair out, if known."""
-        served = getattr(self.store, "pair_served_at", None)
+    def api_decide_ms(self, pair_id: Any, user: str) -> int | None:
+        """Time to decide for API votes: from when the store handed the pair to ``user``."""
         try:
-            t = served(int(pair_id)) if served else None
-        except (TypeError, ValueError, LookupError):
+            t = self.store.pair_served_at(int(pair_id), user)
+        except (TypeError, ValueError, OverflowError):
             return None
         return max(int((time.time() - t) * 1000), 0) if t else None
 
@@ -193,9 +192,8 @@ class Handlers:
     def skip(self, state: dict | None, request: gr.Request) -> tuple:
         """No vote; release the pair if the store can, and show another."""
         user = self.access.user(request)
-        release = getattr(self.store, "skip_pair", None)
-        if state and release:
-            release(int(state["id"]), user)
+        if state:
+            self.store.skip_pair(int(state["id"]), user)
         pair = self.svc.next_pair(user)
         note = "*Skipped.*" if state else gr.skip()
         return self._annotate(user, pair, note, clear_better=False)
@@ -367,7 +365,7 @@ def register_api(h: Handlers) -> None:
         implicit rewards, whether they predicted the choice)."""
         user = h.access.user(request)
         return _json_safe(h.commit_vote(user, pair_id, choice, better_answer,
-                                        h.api_decide_ms(pair_id)))
+                                        h.api_decide_ms(pair_id, user)))
 
     def status() -> dict:
         """Counts, serving version, trainer and model-loading state."""

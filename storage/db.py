@@ -19,6 +19,7 @@ import sqlite3
 import threading
 from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
+from datetime import datetime
 from pathlib import Path
 
 import sqlite_utils
@@ -248,8 +249,10 @@ class Store(VotesMixin, RunsMixin):
             row = db.execute(
                 f"select pairs.id from pairs where {where} and not exists (select 1 from "
                 "pair_assignments m where m.pair_id = pairs.id and m.annotator = ?) and "
-                "(select count(*) from pair_assignments a where a.pair_id = pairs.id) < ? "
-                "order by pairs.id limit 1", [*params, annotator, overlap]).fetchone()
+                "not exists (select 1 from skips s where s.pair_id = pairs.id and "
+                "s.annotator = ?) and (select count(*) from pair_assignments a where "
+                "a.pair_id = pairs.id) < ? order by pairs.id limit 1",
+                [*params, annotator, annotator, overlap]).fetchone()
             if row is None:
                 return None
             self._assign(db, row[0], annotator, overlap)
@@ -274,6 +277,31 @@ class Store(VotesMixin, RunsMixin):
             self.get_pair(pair_id)
             self._assign(self._db(), pair_id, annotator, 1)
 
+    def skip_pair(self, pair_id: int, annotator: str) -> bool:
+        """``annotator`` skips a pair they hold: their assignment is dropped (the pair goes
+        back to the others), and they are never given it again. A pair they already voted
+        on is left alone. Returns True if a held pair was released."""
+        with self.write() as db:
+            held = db.execute(
+                "select 1 from pair_assignments a where a.pair_id = ? and a.annotator = ? and "
+                "not exists (select 1 from votes v where v.pair_id = a.pair_id and "
+                "v.annotator = a.annotator)", [pair_id, annotator]).fetchone()
+            if not held:
+                return False
+            db.execute("insert or ignore into skips (pair_id, annotator, created) "
+                       "values (?, ?, ?)", [pair_id, annotator, now()])
+            db.execute("delete from pair_assignments where pair_id = ? and annotator = ?",
+                       [pair_id, annotator])
+            db.execute("update pairs set status = 'queued', served_at = null where id = ? "
+                       "and status = 'served'", [pair_id])
+            return True
+
+    def pair_served_at(self, pair_id: int, annotator: str) -> float | None:
+        """When ``annotator`` was given the pair (UNIX seconds), or None."""
+        row = self.one("select assigned_at from pair_assignments where pair_id = ? and "
+                       "annotator = ?", [pair_id, annotator])
+        return datetime.fromisoformat(row["assigned_at"]).timestamp() if row else None
+
     def release_stale_assignments(self, max_age_s: float) -> int:
         """Assignments older than ``max_age_s`` without a vote are removed and their pairs
         go back to 'queued'. Returns how many assignments were released."""
@@ -296,7 +324,8 @@ class Store(VotesMixin, RunsMixin):
         where, params = self._available_sql(versions)
         return self.one(f"select count(*) as n from pairs where {where} and status = 'queued' "
                         "and not exists (select 1 from pair_assignments a where "
-                        "a.pair_id = pairs.id)", params)["n"]
+                        "a.pair_id = pairs.id) and not exists (select 1 from skips s where "
+                        "s.pair_id = pairs.id)", params)["n"]
 
     def retire_pairs(self, keep_versions: Collection[str]) -> int:
         """Expire queued pairs that nobody holds and that show NO version in

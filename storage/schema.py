@@ -72,10 +72,18 @@ def _v2_origin_and_indexes(db: sqlite_utils.Database) -> None:
     db["labels"].create_index(["prompt_id"], if_not_exists=True)
 
 
+def _v3_skips(db: sqlite_utils.Database) -> None:
+    """skips: who skipped which pair. A skipped pair goes back to the others, never to
+    the annotator who skipped it, and is not counted as ready (the pool refills)."""
+    db["skips"].create({"pair_id": int, "annotator": str, "created": str},
+                       pk=("pair_id", "annotator"), foreign_keys=[("pair_id", "pairs", "id")])
+
+
 Migration = tuple[int, str, Callable[[sqlite_utils.Database], None]]
 MIGRATIONS: list[Migration] = [
     (1, "initial schema", _v1_initial),
     (2, "pair origin, lookup indexes", _v2_origin_and_indexes),
+    (3, "skipped pairs", _v3_skips),
 ]
 LATEST = MIGRATIONS[-1][0]
 

@@ -44,7 +44,7 @@ def test_upgrade_from_v1_backfills_imported_pairs(tmp_path):
     db.conn.commit()
     db.close()
     s = Store(tmp_path / "old.db")
-    assert applied_versions(s._db()) == [1, 2]
+    assert applied_versions(s._db()) == [1, 2, 3]  # every later migration applied
     assert [p["origin"] for p in s.query("select origin from pairs order by id")] == [
         "import", "live"]
     assert s.take_pair("u")["id"] == 2
@@ -232,6 +232,36 @@ def test_bad_votes_store_nothing(store):
 
 
 # --- handing out pairs --------------------------------------------------------------------------------
+def test_skip_returns_the_pair_to_others_never_to_the_skipper(store):
+    import time
+
+    p1, p2 = _pair(store, "q1"), _pair(store, "q2")
+    t0 = time.time()
+    assert store.take_pair("u1")["id"] == p1
+    served = store.pair_served_at(p1, "u1")
+    assert served is not None and t0 - 1 <= served <= time.time() + 1
+    assert store.pair_served_at(p1, "u2") is None and store.pair_served_at(999, "u1") is None
+    assert store.skip_pair(p1, "u1") is True
+    assert store.pair_served_at(p1, "u1") is None  # no longer held
+    assert store.ready_pair_count() == 1  # p2 only: a skipped pair is not "ready"
+    assert store.take_pair("u1")["id"] == p2  # never p1 again for u1
+    assert store.take_pair("u1") is None
+    assert store.take_pair("u2")["id"] == p1  # ...but u2 may judge it
+    store.record_vote(p1, "u2", "a")
+    assert store.skip_pair(p1, "u2") is False  # voted: the skip changes nothing
+    assert store.skip_pair(p2, "u2") is False  # never held by u2
+    assert store.votes_count() == 1
+
+
+def test_stale_assignments_go_back_to_the_queue(store):
+    p1 = _pair(store, "q1")
+    assert store.take_pair("u1")["id"] == p1 and store.ready_pair_count() == 0
+    assert store.release_stale_assignments(3600) == 0  # fresh: kept
+    assert store.release_stale_assignments(-1) == 1  # older than "-1 s ago": released
+    assert store.ready_pair_count() == 1 and store.get_pair(p1)["status"] == "queued"
+    assert store.take_pair("u2")["id"] == p1
+
+
 def test_take_pair_overlap_and_retire(store):
     p1, p2 = _pair(store, "q1"), _pair(store, "q2", va="v1", vb="v1")
     assert store.ready_pair_count() == 2 and store.ready_pair_count({"v1"}) == 1

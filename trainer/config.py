@@ -100,6 +100,8 @@ class PoolConfig:
     staleness: int = _f(0, "Queued pairs from more than this many versions back are retired "
                         "after a hot-swap (0 = only the serving version is shown).")
     overlap: int = _f(1, "How many different annotators see each pair (agreement needs >= 2).")
+    release_after_s: float = _f(1800.0, "A pair handed out but not voted on for this long "
+                                "(closed tab, reload) goes back to the queue for others.")
 
     def problems(self) -> list[str]:
         out = _choice_problems(self)
@@ -113,6 +115,8 @@ class PoolConfig:
             out.append(f"staleness={self.staleness}: must be >= 0")
         if self.overlap < 1:
             out.append(f"overlap={self.overlap}: must be >= 1")
+        if self.release_after_s <= 0:
+            out.append(f"release_after_s={self.release_after_s}: must be > 0 seconds")
         return out
 
 

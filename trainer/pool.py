@@ -70,6 +70,7 @@ class PairPool:
         backoff = 1.0
         while not self._stop.is_set():
             try:
+                self.store.release_stale_assignments(self.cfg.release_after_s)
                 need = self.cfg.ready_pairs - self.store.ready_pair_count()
                 if need <= 0:
                     self._wake.wait(5.0)

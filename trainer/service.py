@@ -27,7 +27,8 @@ SETTINGS_KEY = "settings"
 # Settings an admin may change at run time, by area.
 EDITABLE = {"train": ("loss", "beta", "lr", "epochs", "votes_per_round", "reference",
                       "label_smoothing", "window", "micro_batch", "grad_accum"),
-            "pool": ("arena_fraction", "arena_opponent", "ready_pairs", "overlap"),
+            "pool": ("arena_fraction", "arena_opponent", "ready_pairs", "overlap",
+                     "release_after_s"),
             "sampling": ("temperature", "top_p", "top_k", "max_new_tokens")}
 
 
