@@ -1,0 +1,147 @@
+"""Learning curves across loss types and references: does live DPO learn, and which setup?
+
+    python bench/learning.py                                   # tiny random model, minutes
+    python bench/learning.py --model gemma-3-270m --seeds 0    # the real default model
+
+Each configuration (loss x reference x seed) runs ``python app.py simulate`` in its own
+process and data dir: the real pair pool, SQLite, trainer thread and hot-swaps, with a
+scripted oracle instead of a person. Prints a table of the oracle's win rate of the
+serving adapter against base after every round, and the exact per-token KL to base;
+writes bench/results/learning-<model>.json and docs/learning-<model>.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import RESULTS, machine, write_json  # noqa: E402
+
+CONFIGS = [("sigmoid", "base"), ("sigmoid", "previous"), ("ipo", "base"), ("kto", "base")]
+# The tiny model is random: it needs a large lr and short answers to move in a few rounds.
+TINY_FLAGS = ["--lr", "5e-3", "--max-new-tokens", "24", "--accept-tolerance", "1",
+              "--ready-pairs", "8", "--batch-prompts", "8"]
+
+
+def tiny_model(path: Path) -> Path:
+    from tests.tiny import make_tiny_model_dir
+
+    return path if (path / "config.json").is_file() else make_tiny_model_dir(path)
+
+
+def run_one(model: str, loss: str, reference: str, seed: int, args, extra: list[str]) -> dict:
+    """One ``app.py simulate`` run in a fresh data dir; returns its learning_curve.json."""
+    with tempfile.TemporaryDirectory(prefix="livedpo-learning-") as tmp:
+        cmd = [sys.executable, str(ROOT / "app.py"), "simulate", "--oracle", args.oracle,
+               "--rounds", str(args.rounds), "--pairs-per-round", str(args.pairs_per_round),
+               "--eval-prompts", str(args.eval_prompts), "--samples-per-prompt",
+               str(args.samples), "--data-dir", f"{tmp}/data", "--out", f"{tmp}/out",
+               "--model", model, "--loss", loss, "--reference", reference, "--seed",
+               str(seed), *extra]
+        t = time.time()
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"simulate failed ({loss}, {reference}, seed {seed}):\n"
+                               f"{proc.stderr[-3000:]}")
+        res = json.loads(Path(f"{tmp}/out/learning_curve.json").read_text())
+    res.update({"loss": loss, "reference": reference, "seed": seed,
+                "wall_s": round(time.time() - t, 1)})
+    return res
+
+
+def summarise(runs: list[dict]) -> list[dict]:
+    """Per configuration: mean win rate per round over seeds, final KL, wall time."""
+    rows = []
+    for loss, ref in dict.fromkeys((r["loss"], r["reference"]) for r in runs):
+        mine = [r for r in runs if (r["loss"], r["reference"]) == (loss, ref)]
+        n_rounds = len(mine[0]["rounds"])
+        win = [statistics.mean(r["rounds"][i]["win_rate"] for r in mine) for i in range(n_rounds)]
+        rows.append({"loss": loss, "reference": ref, "seeds": len(mine), "win_rate": win,
+                     "final_win_rates": [r["rounds"][-1]["win_rate"] for r in mine],
+                     "kl_final": statistics.mean(r["rounds"][-1]["kl_per_token"] for r in mine),
+                     "minutes": statistics.mean(r["wall_s"] for r in mine) / 60})
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    n = len(rows[0]["win_rate"])
+    head = ("| loss | reference | seeds | " + " | ".join(f"round {i}" for i in range(n))
+            + " | final per seed | KL/token (final) | minutes/run |")
+    lines = [head, "|" + "---|" * (n + 6)]
+    for r in rows:
+        lines.append(f"| {r['loss']} | {r['reference']} | {r['seeds']} | "
+                     + " | ".join(f"{w:.0%}" for w in r["win_rate"])
+                     + f" | {', '.join(f'{w:.0%}' for w in r['final_win_rates'])} | "
+                     f"{r['kl_final']:.3f} | {r['minutes']:.1f} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for r in rows:
+        ax.plot(range(len(r["win_rate"])), [100 * w for w in r["win_rate"]], "o-",
+                label=f"{r['loss']}, ref {r['reference']}")
+    ax.axhline(50, color="grey", lw=0.8, ls="--")
+    ax.set(xlabel="round", ylabel="oracle win rate vs base (%)", ylim=(0, 100), title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_suffix(".png.tmp")
+    fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="tiny", help="'tiny' (random, built here), "
+                    "'gemma-3-270m', or a local HF model dir")
+    ap.add_argument("--oracle", default="shorter")
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--pairs-per-round", type=int, default=48)
+    ap.add_argument("--eval-prompts", type=int, default=16)
+    ap.add_argument("--samples", type=int, default=8, help="Samples per held-out prompt.")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--configs", default=",".join(f"{lo}:{re}" for lo, re in CONFIGS),
+                    help="loss:reference pairs, comma-separated")
+    args, extra = ap.parse_known_args()
+    name = args.model
+    if args.model == "tiny":
+        model = str(tiny_model(Path(tempfile.gettempdir()) / "livedpo-bench-tiny"))
+        extra = [*TINY_FLAGS, *extra]
+    else:
+        model, name = args.model, Path(args.model).name
+    configs = [tuple(c.split(":")) for c in args.configs.split(",")]
+    runs = []
+    for loss, ref in configs:
+        for seed in (int(s) for s in args.seeds.split(",")):
+            runs.append(run_one(model, loss, ref, seed, args, extra))
+            r = runs[-1]
+            print(f"{loss:8} {ref:8} seed {seed}: "
+                  + " ".join(f"{x['win_rate']:.0%}" for x in r["rounds"])
+                  + f"  ({r['wall_s'] / 60:.1f} min)", flush=True)
+    rows = summarise(runs)
+    print(table(rows))
+    write_json(f"learning-{name}.json", {"machine": machine(), "model": name,
+                                         "oracle": args.oracle, "extra_flags": extra,
+                                         "summary": rows, "runs": runs})
+    plot(rows, ROOT / "docs" / f"learning-{name}.png",
+         f"LiveDPO learning curves ({name}, oracle: {args.oracle})")
+    print(f"wrote {RESULTS / f'learning-{name}.json'} and docs/learning-{name}.png")
+
+
+if __name__ == "__main__":
+    main()
