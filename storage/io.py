@@ -21,6 +21,7 @@ from typing import Any
 
 from storage.common import CHOICES, now
 from storage.errors import BadInput, ImportFailed
+from storage.failpoints import failpoint
 from storage.votes import MAX_BETTER_ANSWER
 
 MAX_LINE_CHARS = 1_000_000
@@ -250,6 +251,7 @@ def _import_dpo(store, rows: list[dict]) -> dict:
             t = now()
             db.execute("insert into votes (pair_id, annotator, choice, created, updated) "
                        "values (?, ?, 'a', ?, ?)", [pair, IMPORT_ANNOTATOR, t, t])
+        failpoint("import.before_commit")  # crash tests: rows in, not committed
     return {"format": "dpo", "pairs": len(rows)}
 
 
@@ -260,6 +262,7 @@ def _import_kto(store, rows: list[dict]) -> dict:
             db.execute("insert into labels (prompt_id, completion, label, source, created) "
                        "values (?, ?, ?, 'import', ?)",
                        [_prompt_id(db, r["prompt"]), r["completion"], int(r["label"]), now()])
+        failpoint("import.before_commit")
     return {"format": "kto", "labels": len(rows)}
 
 
@@ -330,6 +333,7 @@ def _import_votes(store, rows: list[dict]) -> dict:
                        "excluded.better_answer, decide_ms = excluded.decide_ms",
                        [pairs[r["key"]], r["annotator"], r["choice"], r["better_answer"],
                         r["decide_ms"], r["created"] or t, t])
+        failpoint("import.before_commit")
     return {"format": "votes", "pairs": len(pairs), "votes": len(rows)}
 
 

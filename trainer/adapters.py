@@ -4,20 +4,28 @@ Each accepted round writes ``<data_dir>/adapters/vN/`` holding adapter_model.saf
 adapter_config.json and metadata.json (parent version, round, loss type, beta, data
 counts, metrics). It is written into a temp dir beside it and renamed into place, so a
 kill at any moment leaves either no ``vN`` or a complete one; leftover temp dirs are
-removed at start.
+removed at start. A kill after the rename but before the DB row leaves a complete ``vN``
+the DB does not know; at start it is moved aside to ``.orphan-vN-<time>`` (kept for a
+human to inspect), or its version number could never be used again.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Collection
 from pathlib import Path
+
+from storage.failpoints import failpoint
 
 REQUIRED_FILES = ("adapter_model.safetensors", "adapter_config.json")
 _TMP_PREFIX = ".tmp-"
+_ORPHAN_PREFIX = ".orphan-"
+_VERSION_DIR = re.compile(r"v[0-9]+")
 
 
 def is_complete(path: Path) -> bool:
@@ -30,13 +38,15 @@ def write_version(adapters_dir: Path, version: str, write: Callable[[Path], None
     target = adapters_dir / version
     if target.exists():
         raise FileExistsError(f"adapter directory {target} already exists; refusing to "
-                              "overwrite a saved version")
+                              "overwrite a saved version (if the DB does not list it, a crash "
+                              "left it: starting the app moves it aside)")
     tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{version}-", dir=adapters_dir))
     try:
         write(tmp)
         if not is_complete(tmp):
             raise OSError(f"adapter write to {tmp} left it incomplete")
         _fsync_dir_files(tmp)
+        failpoint("adapter.before_rename")  # crash tests: files written, not renamed
         os.replace(tmp, target)
         _fsync(adapters_dir)
     finally:
@@ -54,6 +64,27 @@ def clean_temp_dirs(adapters_dir: Path) -> int:
         shutil.rmtree(p, ignore_errors=True)
         n += 1
     return n
+
+
+def set_aside_orphans(adapters_dir: Path, known: Collection[str]) -> list[Path]:
+    """Move ``vN`` dirs whose version the DB does not know (``known``) to
+    ``.orphan-vN-<time>``, so the number can be saved again; returns the new paths.
+
+    Call at start, before any round runs (like ``clean_temp_dirs``)."""
+    if not adapters_dir.is_dir():
+        return []
+    moved = []
+    for p in sorted(adapters_dir.iterdir()):
+        if p.is_dir() and _VERSION_DIR.fullmatch(p.name) and p.name not in known:
+            stem = f"{_ORPHAN_PREFIX}{p.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+            dest, n = adapters_dir / stem, 1
+            while dest.exists():
+                dest, n = adapters_dir / f"{stem}-{n}", n + 1
+            os.replace(p, dest)
+            moved.append(dest)
+    if moved:
+        _fsync(adapters_dir)
+    return moved
 
 
 def read_metadata(path: Path) -> dict:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from storage.failpoints import failpoint
 from trainer import adapters
 from trainer.config import TrainConfig
 from trainer.data import Example, attach_reference, paired_examples, split, unpaired_examples
@@ -175,6 +176,7 @@ def train_draft(policy, store, train: list[Example], cfg: TrainConfig, round_id:
                          "pairs_per_s": sum(len(mb) for mb in group) / dt})
             store.record_step(round_id, step, last)
             progress.update(step, total, f"Round {round_id}: training")
+            failpoint("round.step")  # crash tests: a kill between optimizer steps
     elapsed = time.perf_counter() - t_start
     return {"steps": step, "train_seconds": round(elapsed, 2),
             "pairs_per_s": seen / elapsed if elapsed else 0.0, "final": last}
@@ -238,6 +240,7 @@ def run_round(policy, store, cfg: TrainConfig, *, fmt, adapters_dir: Path,
                 "counts": counts, "metrics": metrics, "created": time.time()}
         path = adapters.write_version(adapters_dir, version,
                                       lambda d: policy.save_train_adapter(d, meta))
+        failpoint("adapter.before_record")  # crash tests: dir in place, no DB row yet
         store.add_adapter(version, str(path), parent_version=serving, round_id=round_id,
                           status="ready", metrics=metrics)
         policy.swap(version, path)

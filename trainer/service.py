@@ -60,9 +60,17 @@ class Service:
     def start(self, background: bool = True, pool: bool = True, trainer: bool = True) -> None:
         """Recover from a crash, then load the model and start the threads."""
         adapters.clean_temp_dirs(self.adapters_dir)
+        known = {a["version"] for a in self.store.list_adapters()}
+        for path in adapters.set_aside_orphans(self.adapters_dir, known):
+            log.warning("a crash left an adapter dir saved but not recorded; set aside as %s",
+                        path)
         failed = self.store.fail_interrupted_rounds()
         if failed:
             log.warning("%d round(s) were interrupted by a stop; marked failed", failed)
+        # Pairs handed out but not voted before the stop would never be handed out again.
+        released = self.store.release_stale_assignments(max_age_s=0)
+        if released:
+            log.info("%d pair(s) handed out before the stop are queued again", released)
         if background:
             threading.Thread(target=self._load, args=(pool, trainer), name="model-loader",
                              daemon=True).start()
