@@ -129,10 +129,11 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["serve", *argv]
     args = build_parser().parse_args(argv)
     from app import commands
+    from storage.errors import StoreError
 
     try:
         cfgs = resolve(args)
         return commands.run(args, cfgs)
-    except (ValueError, FileNotFoundError, PermissionError) as e:
+    except (ValueError, StoreError, FileNotFoundError, PermissionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -116,9 +116,15 @@ class RunsMixin:
                 raise BadInput(f"no round with id {round_id!r}: start it with start_round")
 
     def fail_interrupted_rounds(self) -> int:
-        """Rounds a crash left 'running' become 'failed' (call at start-up); returns how
-        many."""
+        """Rounds a crash left 'running' are closed (call at start-up): 'accepted' if their
+        adapter version was already recorded (the stop came after the save), else
+        'failed'. Returns how many were marked failed."""
         with self.write() as db:
+            db.execute("update rounds set status = 'accepted', finished = ?, adapter_version = "
+                       "(select a.version from adapters a where a.round_id = rounds.id), "
+                       "error = 'process stopped after the adapter was saved' where status = "
+                       "'running' and exists (select 1 from adapters a where a.round_id = "
+                       "rounds.id and a.status = 'ready')", [now()])
             return db.execute("update rounds set status = 'failed', finished = ?, error = "
                               "'interrupted (process stopped)' where status = 'running'",
                               [now()]).rowcount

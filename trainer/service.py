@@ -13,6 +13,7 @@ import logging
 import threading
 from pathlib import Path
 
+from storage.dirlock import lock_data_dir, unlock_data_dir
 from trainer import adapters
 from trainer import config as C
 from trainer.generate import Sampler
@@ -55,10 +56,15 @@ class Service:
         self._terminal = terminal_progress
         self._ready = threading.Event()
         self._settings_lock = threading.Lock()
+        self._dir_lock = None  # the data dir's OS lock, held from start() to stop()
 
     # --- start-up --------------------------------------------------------------------
     def start(self, background: bool = True, pool: bool = True, trainer: bool = True) -> None:
-        """Recover from a crash, then load the model and start the threads."""
+        """Own the data dir, recover from a crash, then load the model and start threads.
+
+        Raises DataDirBusy if another LiveDPO process serves or trains on this data dir.
+        """
+        self._dir_lock = self._dir_lock or lock_data_dir(self.data_dir)
         adapters.clean_temp_dirs(self.adapters_dir)
         known = {a["version"] for a in self.store.list_adapters()}
         for path in adapters.set_aside_orphans(self.adapters_dir, known):
@@ -131,6 +137,8 @@ class Service:
         if self.pool:
             self.pool.stop()
         self.trainer.stop()
+        unlock_data_dir(self._dir_lock)
+        self._dir_lock = None
 
     # --- annotating ---------------------------------------------------------------------
     def next_pair(self, annotator: str) -> dict | None:
