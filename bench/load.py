@@ -48,7 +48,7 @@ from bench.appserver import (  # noqa: E402
 from bench.common import machine, table, write_json  # noqa: E402
 from bench.serving import pct  # noqa: E402
 
-NO_PAIR_BACKOFF_S = 0.25  # wait after "no pair ready" before asking again
+NO_PAIR_BACKOFF_S = 2.0  # wait after "no pair ready": as often as the page polls (app/ui.py)
 STATUS_EVERY_S = 1.0
 CHOICES, WEIGHTS = ("a", "b", "tie", "both_bad"), (45, 45, 5, 5)
 BETTER_SHARE = 0.05  # share of votes that also send a written better answer
