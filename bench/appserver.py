@@ -153,3 +153,12 @@ def serve(model: str, data_dir: Path, auth_file: Path, flags: list[str], log_pat
             stop_server(proc)
             raise
     raise AssertionError("unreachable")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a running process so far (Linux /proc; None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

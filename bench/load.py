@@ -13,8 +13,13 @@ duplicated, no pair handed to two clients (overlap 1), every vote attributed to 
 
 Unknown flags go to ``app.py serve`` (e.g. ``--max-new-tokens 48``). Exits 1 if any
 acknowledged vote was lost, duplicated or misattributed, or a pair was handed out twice.
-``run_load(url, users, seconds)`` is the reusable core (also gives vote -> next pair
-latency with a warm pool); ``run_benchmark(...)`` is the whole run.
+Also reports the CPU seconds of the server and of the client process: on a small machine
+the 20 gradio_client clients use about as much CPU as the server.
+
+``run_load(url, users, seconds)`` is the reusable core; ``run_benchmark(...)`` the whole
+run. Vote -> next pair latency with a warm pool (one human-paced annotator, no rounds):
+``python bench/load.py --clients 1 --seconds 40 --think-s 2 --votes-per-round 1000
+--ready-pairs 16`` (key ``vote_to_next_pair_ms``: p50/p95 in ms, as in serving.json).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from bench.appserver import (  # noqa: E402
     User,
     call,
     connect,
+    cpu_seconds,
     log_errors,
     make_users,
     serve,
@@ -171,6 +177,8 @@ def run_load(url: str, users: list[User], seconds: float, *, monitor_user: User 
     for t in threads:
         t.join()
     if None in clients:
+        for c in filter(None, clients):
+            c.close()
         raise RuntimeError("some clients could not log in (see the thread errors above)")
     logs = [ClientLog(u[0]) for u in users]
     seen = {"polls": 0, "trainer_states": Counter(), "serving": set(), "rounds_max": 0,
@@ -178,7 +186,7 @@ def run_load(url: str, users: list[User], seconds: float, *, monitor_user: User 
     stop = threading.Event()
     watcher = threading.Thread(target=monitor, args=(connect(url, monitor_user), stop, seen),
                                daemon=True) if monitor_user else None
-    start_utc, t0 = datetime.now(timezone.utc), time.perf_counter()
+    start_utc, t0, cpu0 = datetime.now(timezone.utc), time.perf_counter(), time.process_time()
     budget = Budget(seconds, max_requests)
     workers = [threading.Thread(target=annotate, args=(
         c, lg, budget, random.Random(seed * 1000 + i), think_s))
@@ -188,6 +196,7 @@ def run_load(url: str, users: list[User], seconds: float, *, monitor_user: User 
     for t in workers:
         t.join(seconds + 2 * REQUEST_TIMEOUT_S)
     elapsed, end_utc = time.perf_counter() - t0, datetime.now(timezone.utc)
+    client_cpu = time.process_time() - cpu0  # every thread of this process
     stop.set()
     if watcher:
         watcher.join(REQUEST_TIMEOUT_S)
@@ -195,7 +204,7 @@ def run_load(url: str, users: list[User], seconds: float, *, monitor_user: User 
         c.close()
     hung = sum(t.is_alive() for t in workers)
     return {**summarise(logs, elapsed, hung, think_s), "start_utc": start_utc.isoformat(),
-            "end_utc": end_utc.isoformat(), "status_seen": {
+            "end_utc": end_utc.isoformat(), "client_cpu_s": client_cpu, "status_seen": {
                 **seen, "trainer_states": dict(seen["trainer_states"]),
                 "serving": sorted(v for v in seen["serving"] if v)}, "logs": logs}
 
@@ -297,10 +306,13 @@ def run_benchmark(model: str, clients: int, seconds: float, *, data_dir: str | N
     proc, url, ready_s = serve(model, data, auth_file, flags, log_path, mon, ready_pairs,
                                ready_timeout)
     try:
+        cpu0 = cpu_seconds(proc.pid)
         load = run_load(url, users, seconds, monitor_user=mon, max_requests=max_requests,
                         seed=seed, think_s=think_s)
+        cpu1 = cpu_seconds(proc.pid)
     finally:
         stop_server(proc)
+    load["server_cpu_s"] = None if cpu0 is None or cpu1 is None else cpu1 - cpu0
     logs = load.pop("logs")
     checks = check_votes(data / DB_NAME, logs, overlap)
     bad = ("lost", "duplicated", "misattributed", "changed", "handed_twice", "assigned_twice")
@@ -336,9 +348,15 @@ def report(r: dict) -> str:
             ("lost / duplicated / misattributed", f"{c['lost']} / {c['duplicated']} / "
                                                   f"{c['misattributed']}"),
             ("pairs handed / assigned twice", f"{c['handed_twice']} / {c['assigned_twice']}"),
+            ("CPU s: server / clients", f"{_num(r.get('server_cpu_s'))} / "
+                                        f"{_num(r['client_cpu_s'])} in {r['seconds']:.0f} s"),
             ("client errors / server log errors",
              f"{r['client_errors']} / {r['server_log_errors']['count']}")]
     return table([{"metric": k, "value": v} for k, v in rows], ["metric", "value"])
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0f}"
 
 
 def main(argv: list[str] | None = None) -> int:
