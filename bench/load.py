@@ -1,0 +1,396 @@
+"""Load benchmark: N scripted annotators through gradio_client while the trainer runs rounds.
+
+Starts the app as a real ``python app.py serve`` subprocess on 127.0.0.1:<free port> (so
+the server is measured apart from the client threads' GIL) with an auth file of N
+annotators, waits for a warm pool, then runs N client threads, each its own
+gradio_client.Client logged in as its own annotator, looping next_pair -> vote (choice
+from a seeded RNG) until T seconds or the request bound. Afterwards it stops the server
+and compares the votes the clients saw acknowledged with the votes table: 0 lost, 0
+duplicated, no pair handed to two clients (overlap 1), every vote attributed to its user.
+
+    python bench/load.py [--clients 20] [--seconds 60] [--model gemma-3-270m]
+                         [--votes-per-round 8] [--json OUT] [-- SERVER FLAGS...]
+
+Unknown flags go to ``app.py serve`` (e.g. ``--max-new-tokens 48``). Exits 1 if any
+acknowledged vote was lost, duplicated or misattributed, or a pair was handed out twice.
+Also reports the CPU seconds of the server and of the client process: on a small machine
+the 20 gradio_client clients use about as much CPU as the server.
+
+``run_load(url, users, seconds)`` is the reusable core; ``run_benchmark(...)`` the whole
+run. Vote -> next pair latency with a warm pool (one human-paced annotator, no rounds):
+``python bench/load.py --clients 1 --seconds 40 --think-s 2 --votes-per-round 1000
+--ready-pairs 16`` (key ``vote_to_next_pair_ms``: p50/p95 in ms, as in serving.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.appserver import (  # noqa: E402
+    REQUEST_TIMEOUT_S,
+    User,
+    call,
+    connect,
+    cpu_seconds,
+    log_errors,
+    make_users,
+    serve,
+    stop_server,
+)
+from bench.common import machine, table, write_json  # noqa: E402
+from bench.serving import pct  # noqa: E402
+
+NO_PAIR_BACKOFF_S = 2.0  # wait after "no pair ready": as often as the page polls (app/ui.py)
+STATUS_EVERY_S = 1.0
+CHOICES, WEIGHTS = ("a", "b", "tie", "both_bad"), (45, 45, 5, 5)
+BETTER_SHARE = 0.05  # share of votes that also send a written better answer
+DEFAULT_MAX_REQUESTS = 50_000
+
+
+
+@dataclass
+class ClientLog:
+    """What one scripted annotator did and saw."""
+
+    user: str
+    handed: list[int] = field(default_factory=list)  # pair ids next_pair returned
+    acked: list[tuple[int, str, str]] = field(default_factory=list)  # (pair, choice, better)
+    vote_s: list[float] = field(default_factory=list)
+    next_s: list[float] = field(default_factory=list)
+    vote_next_s: list[float] = field(default_factory=list)  # vote sent -> next pair in hand
+    no_pair: int = 0
+    requests: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class Budget:
+    """A shared bound on requests (count) and on time (deadline); thread-safe."""
+
+    def __init__(self, seconds: float, max_requests: int) -> None:
+        self.deadline = time.monotonic() + seconds
+        self.left = max_requests
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            if self.left <= 0 or time.monotonic() >= self.deadline:
+                return False
+            self.left -= 1
+            return True
+
+
+def annotate(client, log: ClientLog, budget: Budget, rng: random.Random,
+             think_s: float = 0.0) -> None:
+    """Loop next_pair -> vote until the budget runs out; every outcome goes into ``log``."""
+    pair_id, voted_at = None, None
+    while budget.take():
+        log.requests += 1
+        t0 = time.perf_counter()
+        if pair_id is None:
+            try:
+                pair_id = call(client, "/next_pair")[0]
+            except Exception as e:  # noqa: BLE001 - counted, the client carries on
+                log.errors.append(f"next_pair: {type(e).__name__}: {e}"[:300])
+                time.sleep(NO_PAIR_BACKOFF_S)
+                continue
+            t1 = time.perf_counter()
+            log.next_s.append(t1 - t0)
+            if pair_id is None:
+                log.no_pair += 1
+                voted_at = None  # the pool was empty: not a warm-pool measurement
+                time.sleep(NO_PAIR_BACKOFF_S)
+                continue
+            log.handed.append(pair_id)
+            if voted_at is not None:
+                log.vote_next_s.append(t1 - voted_at)
+            voted_at = None
+            time.sleep(think_s)
+            continue
+        choice = rng.choices(CHOICES, WEIGHTS)[0]
+        better = f"A better answer by {log.user}." if rng.random() < BETTER_SHARE else ""
+        try:
+            reveal = call(client, "/vote", pair_id, choice, better)
+            if reveal.get("pair_id") != pair_id or reveal.get("choice") != choice:
+                raise RuntimeError(f"reveal {reveal} does not match the vote")
+        except Exception as e:  # noqa: BLE001 - not acknowledged: not counted as a vote
+            log.errors.append(f"vote: {type(e).__name__}: {e}"[:300])
+        else:
+            log.vote_s.append(time.perf_counter() - t0)
+            log.acked.append((pair_id, choice, better))
+            voted_at = t0
+        pair_id = None
+
+
+def monitor(client, stop: threading.Event, seen: dict) -> None:
+    """Poll status while the load runs: trainer states, serving versions, rounds, errors."""
+    while not stop.wait(STATUS_EVERY_S):
+        try:
+            s = call(client, "/status")
+        except Exception as e:  # noqa: BLE001 - a failed status call is a server error
+            seen["errors"].append(f"status: {type(e).__name__}: {e}"[:300])
+            continue
+        seen["polls"] += 1
+        seen["trainer_states"][s.get("trainer", {}).get("state", "?")] += 1
+        seen["serving"].add(s.get("serving_adapter"))
+        seen["rounds_max"] = max(seen["rounds_max"], s.get("rounds") or 0)
+        seen["pairs_ready_min"] = min(seen["pairs_ready_min"], s.get("pairs_ready") or 0)
+
+
+def latency(xs: list[float]) -> dict:
+    """n, p50, p95, mean and max of durations in seconds, reported in ms."""
+    if not xs:
+        return {"n": 0, "p50": None, "p95": None, "mean": None, "max": None}
+    return {"n": len(xs), "p50": 1000 * pct(xs, 0.5), "p95": 1000 * pct(xs, 0.95),
+            "mean": 1000 * sum(xs) / len(xs), "max": 1000 * max(xs)}
+
+
+def run_load(url: str, users: list[User], seconds: float, *, monitor_user: User | None = None,
+             max_requests: int = DEFAULT_MAX_REQUESTS, seed: int = 0,
+             think_s: float = 0.0) -> dict:
+    """Drive ``url`` with one annotator thread per user for ``seconds`` (or the bound).
+
+    Returns the summary (votes/s, latencies in ms, no-pair answers, errors, status seen)
+    and, under ``logs``, every client's ClientLog for the vote checks.
+    """
+    clients = [None] * len(users)
+
+    def login(i: int) -> None:
+        clients[i] = connect(url, users[i])
+
+    threads = [threading.Thread(target=login, args=(i,)) for i in range(len(users))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if None in clients:
+        for c in filter(None, clients):
+            c.close()
+        raise RuntimeError("some clients could not log in (see the thread errors above)")
+    logs = [ClientLog(u[0]) for u in users]
+    seen = {"polls": 0, "trainer_states": Counter(), "serving": set(), "rounds_max": 0,
+            "pairs_ready_min": 10**9, "errors": []}
+    stop = threading.Event()
+    watcher = threading.Thread(target=monitor, args=(connect(url, monitor_user), stop, seen),
+                               daemon=True) if monitor_user else None
+    start_utc, t0, cpu0 = datetime.now(timezone.utc), time.perf_counter(), time.process_time()
+    budget = Budget(seconds, max_requests)
+    workers = [threading.Thread(target=annotate, args=(
+        c, lg, budget, random.Random(seed * 1000 + i), think_s))
+        for i, (c, lg) in enumerate(zip(clients, logs))]
+    for t in [*workers, *([watcher] if watcher else [])]:
+        t.start()
+    for t in workers:
+        t.join(seconds + 2 * REQUEST_TIMEOUT_S)
+    elapsed, end_utc = time.perf_counter() - t0, datetime.now(timezone.utc)
+    client_cpu = time.process_time() - cpu0  # every thread of this process
+    stop.set()
+    if watcher:
+        watcher.join(REQUEST_TIMEOUT_S)
+    for c in clients:
+        c.close()
+    hung = sum(t.is_alive() for t in workers)
+    return {**summarise(logs, elapsed, hung, think_s), "start_utc": start_utc.isoformat(),
+            "end_utc": end_utc.isoformat(), "client_cpu_s": client_cpu, "status_seen": {
+                **seen, "trainer_states": dict(seen["trainer_states"]),
+                "serving": sorted(v for v in seen["serving"] if v)}, "logs": logs}
+
+
+def summarise(logs: list[ClientLog], elapsed: float, hung: int, think_s: float) -> dict:
+    """Throughput, latencies and error counts over every client."""
+    votes = sum(len(lg.acked) for lg in logs)
+    errors = [e for lg in logs for e in lg.errors]
+    gather = lambda attr: [x for lg in logs for x in getattr(lg, attr)]  # noqa: E731
+    return {"clients": len(logs), "seconds": elapsed, "think_s": think_s, "votes": votes,
+            "votes_per_s": votes / elapsed if elapsed else 0.0,
+            "requests": sum(lg.requests for lg in logs),
+            "no_pair_answers": sum(lg.no_pair for lg in logs),
+            "vote_ms": latency(gather("vote_s")), "next_pair_ms": latency(gather("next_s")),
+            "vote_to_next_pair_ms": latency(gather("vote_next_s")),
+            "client_errors": len(errors), "client_error_examples": errors[:5],
+            "hung_clients": hung}
+
+
+# --- checks against the database (after the server stopped) ------------------------------
+def check_votes(db_path: Path, logs: list[ClientLog], overlap: int = 1) -> dict:
+    """Compare what the clients saw acknowledged with the votes table.
+
+    lost: acknowledged but absent for that user; duplicated: a (pair, user) acknowledged
+    twice or stored twice; misattributed: lost for its user but stored for another of
+    them; changed: stored with another choice or better answer; handed_twice / assigned_twice:
+    pairs given (client view / pair_assignments) to more than ``overlap`` of them, or twice
+    to one; unacknowledged_stored: stored although no client saw it acknowledged (e.g. a
+    reply that timed out).
+    """
+    names = [lg.user for lg in logs]
+    marks = ",".join("?" * len(names))
+    con = sqlite3.connect(db_path)
+    try:
+        rows = con.execute("select pair_id, annotator, choice, coalesce(better_answer, '') "
+                           f"from votes where annotator in ({marks})", names).fetchall()
+        assigned = con.execute(f"select pair_id from pair_assignments where annotator in "
+                               f"({marks}) group by pair_id having count(*) > ?",
+                               [*names, overlap]).fetchall()
+    finally:
+        con.close()
+    stored: dict[tuple[int, str], list[tuple[str, str]]] = {}
+    for pair, user, choice, better in rows:
+        stored.setdefault((pair, user), []).append((choice, better))
+    acked = Counter((p, lg.user) for lg in logs for p, _, _ in lg.acked)
+    sent = {(p, lg.user): (c, b) for lg in logs for p, c, b in lg.acked}
+    lost = [k for k in acked if k not in stored]
+    handed = Counter(p for lg in logs for p in lg.handed)
+    per_client = [p for lg in logs for p, n in Counter(lg.handed).items() if n > 1]
+    return {
+        "acknowledged": sum(acked.values()), "stored": len(rows), "lost": len(lost),
+        "duplicated": sum(n - 1 for n in acked.values()) + sum(
+            len(v) - 1 for v in stored.values()),
+        "misattributed": sum(any((p, o) in stored for o in names if o != u) for p, u in lost),
+        "changed": sum(k in stored and sent[k] not in stored[k] for k in acked),
+        "handed_twice": len({p for p, n in handed.items() if n > overlap} | set(per_client)),
+        "assigned_twice": len(assigned),
+        "unacknowledged_stored": sum(k not in acked for k in stored),
+        "lost_examples": lost[:5]}
+
+
+def rounds_during(db_path: Path, start_utc: str, end_utc: str) -> dict:
+    """Training rounds that started / finished inside the load window, by status."""
+    con = sqlite3.connect(db_path)
+    try:
+        rows = con.execute("select id, started, finished, status, adapter_version from rounds"
+                           ).fetchall()
+    finally:
+        con.close()
+    t0, t1 = datetime.fromisoformat(start_utc), datetime.fromisoformat(end_utc)
+    inside = lambda ts: bool(ts) and t0 <= datetime.fromisoformat(ts) <= t1  # noqa: E731
+    started = [r for r in rows if inside(r[1])]
+    finished = [r for r in rows if inside(r[2])]
+    return {"started": len(started), "finished": len(finished),
+            "finished_by_status": dict(Counter(r[3] for r in finished)),
+            "versions": [r[4] for r in finished if r[4]]}
+
+
+# --- the whole run -------------------------------------------------------------------------
+def run_benchmark(model: str, clients: int, seconds: float, *, data_dir: str | None = None,
+                  votes_per_round: int = 8, ready_pairs: int | None = None, overlap: int = 1,
+                  max_requests: int = DEFAULT_MAX_REQUESTS, seed: int = 0, think_s: float = 0.0,
+                  server_args: tuple[str, ...] = (), ready_timeout: float = 900.0) -> dict:
+    """Start the server, wait for a warm pool, run the load, stop it, check the DB.
+
+    ``ok`` is False when any acknowledged vote was lost, duplicated, misattributed or
+    changed, or a pair was handed out twice; then the work dir (server log, users file,
+    data unless ``data_dir``) is kept and named in ``work_dir``.
+    """
+    from storage.db import DB_NAME
+
+    work = Path(tempfile.mkdtemp(prefix="livedpo-load-"))
+    data = Path(data_dir) if data_dir else work / "data"
+    log_path, auth_file = work / "server.log", work / "users.json"
+    users, mon = make_users(auth_file, clients)
+    ready_pairs = ready_pairs or max(clients, 4)
+    flags = ["--votes-per-round", str(votes_per_round), "--ready-pairs", str(ready_pairs),
+             "--overlap", str(overlap), *server_args]
+    proc, url, ready_s = serve(model, data, auth_file, flags, log_path, mon, ready_pairs,
+                               ready_timeout)
+    try:
+        cpu0 = cpu_seconds(proc.pid)
+        load = run_load(url, users, seconds, monitor_user=mon, max_requests=max_requests,
+                        seed=seed, think_s=think_s)
+        cpu1 = cpu_seconds(proc.pid)
+    finally:
+        stop_server(proc)
+    load["server_cpu_s"] = None if cpu0 is None or cpu1 is None else cpu1 - cpu0
+    logs = load.pop("logs")
+    checks = check_votes(data / DB_NAME, logs, overlap)
+    bad = ("lost", "duplicated", "misattributed", "changed", "handed_twice", "assigned_twice")
+    ok = not any(checks[k] for k in bad) and not load["hung_clients"]
+    result = {"ok": ok, "settings": {
+        "model": model, "clients": clients, "seconds": seconds, "votes_per_round":
+        votes_per_round, "ready_pairs": ready_pairs, "overlap": overlap, "max_requests":
+        max_requests, "seed": seed, "server_flags": flags}, "ready_s": ready_s, **load,
+        "checks": checks, "rounds": rounds_during(data / DB_NAME, load["start_utc"],
+                                                  load["end_utc"]),
+        "server_log_errors": log_errors(log_path),
+        "per_client_votes": [len(lg.acked) for lg in logs]}
+    if ok:
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        result["work_dir"] = str(work)
+    return result
+
+
+def report(r: dict) -> str:
+    """The result as a two-column table."""
+    ms = lambda d: "-" if not d["n"] else f"{d['p50']:.0f} / {d['p95']:.0f} (n={d['n']})"  # noqa: E731
+    c, rounds = r["checks"], r["rounds"]
+    rows = [("clients x seconds", f"{r['clients']} x {r['seconds']:.1f}"),
+            ("votes acknowledged (votes/s)", f"{r['votes']} ({r['votes_per_s']:.2f})"),
+            ("vote p50 / p95 ms", ms(r["vote_ms"])),
+            ("next_pair p50 / p95 ms", ms(r["next_pair_ms"])),
+            ("vote -> next pair p50 / p95 ms", ms(r["vote_to_next_pair_ms"])),
+            ("'no pair ready' answers", f"{r['no_pair_answers']} of {r['requests']} requests"),
+            ("rounds started / finished", f"{rounds['started']} / {rounds['finished']} "
+                                          f"{rounds['finished_by_status']}"),
+            ("serving versions seen", ", ".join(r["status_seen"]["serving"])),
+            ("lost / duplicated / misattributed", f"{c['lost']} / {c['duplicated']} / "
+                                                  f"{c['misattributed']}"),
+            ("pairs handed / assigned twice", f"{c['handed_twice']} / {c['assigned_twice']}"),
+            ("CPU s: server / clients", f"{_num(r.get('server_cpu_s'))} / "
+                                        f"{_num(r['client_cpu_s'])} in {r['seconds']:.0f} s"),
+            ("client errors / server log errors",
+             f"{r['client_errors']} / {r['server_log_errors']['count']}")]
+    return table([{"metric": k, "value": v} for k, v in rows], ["metric", "value"])
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 epilog="Other flags are passed to `app.py serve`.")
+    ap.add_argument("--clients", type=int, default=20)
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--model", default="gemma-3-270m")
+    ap.add_argument("--data-dir", default=None, help="Default: a fresh temp dir.")
+    ap.add_argument("--max-requests", type=int, default=DEFAULT_MAX_REQUESTS)
+    ap.add_argument("--votes-per-round", type=int, default=8)
+    ap.add_argument("--ready-pairs", type=int, default=None, help="Default: --clients.")
+    ap.add_argument("--overlap", type=int, default=1, help="Annotators per pair.")
+    ap.add_argument("--think-s", type=float, default=0.0, help="Pause before each vote.")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default=None, help="Default: bench/results/load.json.")
+    args, server_args = ap.parse_known_args(argv)
+    server_args = [a for a in server_args if a != "--"]
+    res = run_benchmark(args.model, args.clients, args.seconds, data_dir=args.data_dir,
+                        votes_per_round=args.votes_per_round, ready_pairs=args.ready_pairs,
+                        overlap=args.overlap,
+                        max_requests=args.max_requests, seed=args.seed, think_s=args.think_s,
+                        server_args=tuple(server_args))
+    res["machine"] = machine()
+    print(report(res))
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=2, default=str) + "\n")
+    else:
+        out = write_json("load.json", res)
+    print(f"wrote {out}" + ("" if res["ok"] else f"; CHECKS FAILED, kept {res['work_dir']}"))
+    return 0 if res["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""bench/load.py, small: 5 scripted annotators for 20 s through gradio_client against a
+real ``app.py serve`` subprocess (tiny model, auth file, 127.0.0.1) while DPO rounds train
+and hot-swap; then every acknowledged vote is looked up in the votes table. Also the vote
+checker itself on a hand-made database, so that it is known to catch each fault."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from bench.load import ClientLog, check_votes, report, run_benchmark
+
+CLIENTS, SECONDS, VOTES_PER_ROUND = 5, 20, 4
+
+
+@pytest.fixture(scope="module")
+def result(tiny_model_dir):
+    pytest.importorskip("gradio_client")
+    return run_benchmark(str(tiny_model_dir), CLIENTS, SECONDS, votes_per_round=VOTES_PER_ROUND,
+                         server_args=("--max-new-tokens", "8", "--batch-prompts", "4"),
+                         ready_timeout=300)
+
+
+def test_report(result, capsys):
+    """Latencies are printed, never asserted (CI machines are noisy)."""
+    with capsys.disabled():
+        print(f"\n{report(result)}")
+    assert result["clients"] == CLIENTS and result["seconds"] >= SECONDS - 1
+
+
+def test_no_acknowledged_vote_lost_duplicated_or_misattributed(result):
+    c = result["checks"]
+    assert result["votes"] > 0 and c["acknowledged"] == result["votes"]
+    assert (c["lost"], c["duplicated"], c["misattributed"], c["changed"]) == (0, 0, 0, 0), c
+    assert c["stored"] == c["acknowledged"] + c["unacknowledged_stored"]
+    assert result["ok"], result.get("work_dir")
+
+
+def test_every_client_voted_as_itself(result):
+    assert len(result["per_client_votes"]) == CLIENTS and min(result["per_client_votes"]) > 0
+    assert result["hung_clients"] == 0 and result["client_errors"] == 0, \
+        result["client_error_examples"]
+    assert result["server_log_errors"]["count"] == 0, result["server_log_errors"]
+
+
+def test_no_pair_handed_to_two_clients(result):
+    assert result["checks"]["handed_twice"] == 0 and result["checks"]["assigned_twice"] == 0
+
+
+def test_rounds_trained_during_the_load(result):
+    rounds = result["rounds"]
+    assert rounds["started"] >= 1 and rounds["finished"] >= 1, rounds
+    assert result["status_seen"]["polls"] > 0
+
+
+# --- the checker on a hand-made database ---------------------------------------------------
+@pytest.fixture
+def db(tmp_path):
+    path = tmp_path / "votes.db"
+    con = sqlite3.connect(path)
+    con.execute("create table votes (id integer primary key, pair_id int, annotator text, "
+                "choice text, better_answer text)")
+    con.execute("create table pair_assignments (pair_id int, annotator text)")
+    rows = [(1, "u1", "a", None), (2, "u1", "b", "mine"), (3, "u2", "tie", None)]
+    con.executemany("insert into votes (pair_id, annotator, choice, better_answer) "
+                    "values (?,?,?,?)", rows)
+    con.executemany("insert into pair_assignments values (?,?)", [(r[0], r[1]) for r in rows])
+    con.commit()
+    con.close()
+    return path
+
+
+def logs(*acked_u2: tuple[int, str, str]) -> list[ClientLog]:
+    u1 = ClientLog("u1", handed=[1, 2], acked=[(1, "a", ""), (2, "b", "mine")])
+    u2 = ClientLog("u2", handed=[p for p, _, _ in acked_u2], acked=list(acked_u2))
+    return [u1, u2]
+
+
+def test_checker_passes_a_clean_run(db):
+    c = check_votes(db, logs((3, "tie", "")))
+    assert c["acknowledged"] == c["stored"] == 3
+    assert not any(c[k] for k in ("lost", "duplicated", "misattributed", "changed",
+                                  "handed_twice", "assigned_twice", "unacknowledged_stored"))
+
+
+def test_checker_catches_each_fault(db):
+    assert check_votes(db, logs((3, "tie", ""), (4, "a", "")))["lost"] == 1
+    assert check_votes(db, logs((3, "tie", ""), (3, "tie", "")))["duplicated"] == 1
+    c = check_votes(db, logs((3, "tie", ""), (1, "a", "")))  # u1's pair acked by u2
+    assert c["lost"] == 1 and c["misattributed"] == 1 and c["handed_twice"] == 1
+    assert check_votes(db, logs((3, "b", "")))["changed"] == 1
+    assert check_votes(db, logs())["unacknowledged_stored"] == 1
+    con = sqlite3.connect(db)
+    con.execute("insert into pair_assignments values (1, 'u2')")
+    con.execute("insert into votes (pair_id, annotator, choice) values (3, 'u2', 'tie')")
+    con.commit()
+    con.close()
+    c = check_votes(db, logs((3, "tie", "")))
+    assert c["assigned_twice"] == 1 and c["duplicated"] == 1
