@@ -40,6 +40,14 @@ def test_identical_samples_are_resampled_never_shown(svc, monkeypatch):
     monkeypatch.setattr(svc.sampler, "sample",
                         lambda p, v, s: [Sample("", 0) for _ in p])
     assert svc.pool.produce([PlannedPair(1, "q", False)], None) == []  # never stored
+    # One empty side is a real comparison: a policy collapsing to empty answers must
+    # still be shown, so that votes against the empty answer can correct it.
+    monkeypatch.setattr(svc.sampler, "sample",
+                        lambda p, v, s: [Sample("" if i % 2 else "an answer", 2)
+                                         for i in range(len(p))])
+    (kept,) = svc.pool.produce([PlannedPair(1, "q", False)], None)
+    pair = svc.store.get_pair(kept)
+    assert (pair["response_a"], pair["response_b"]) == ("an answer", "")
 
 
 def test_arena_pairs_after_a_round(svc):

@@ -17,6 +17,10 @@ def test_shipped_oracles():
     assert positive("q", "a great and happy day", "a day") == "a"
     assert load_oracle("keyword", "x")("q", "x", "y") == "a"
     assert load_oracle("trainer.oracles:shorter") is shorter
+    for oracle in (shorter, kw, positive):  # saying nothing never wins
+        assert oracle("q", "", "a long answer because") == "b"
+        assert oracle("q", "a long answer because", "  ") == "a"
+        assert oracle("q", "", " ") == "both_bad"
 
 
 def test_oracle_errors_are_clear():

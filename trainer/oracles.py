@@ -29,15 +29,29 @@ def _by_score(score_a: float, score_b: float) -> str:
     return "a" if score_a > score_b else "b" if score_b > score_a else "tie"
 
 
+def _empty_loses(a: str, b: str) -> str | None:
+    """An empty answer is no answer: it loses to any other (both empty: both bad).
+
+    Without this, 'prefer the shorter answer' rewards saying nothing, and the policy
+    learns to stop at once (seen on Gemma 3 270M after one round). None: both answered.
+    """
+    empty_a, empty_b = not a.strip(), not b.strip()
+    if empty_a and empty_b:
+        return "both_bad"
+    if empty_a != empty_b:
+        return "b" if empty_a else "a"
+    return None
+
+
 def shorter(prompt: str, a: str, b: str) -> str:
-    """Prefers the shorter answer (by characters)."""
-    return _by_score(-len(a), -len(b))
+    """Prefers the shorter answer (by characters); an empty answer always loses."""
+    return _empty_loses(a, b) or _by_score(-len(a), -len(b))
 
 
 def positive(prompt: str, a: str, b: str) -> str:
     """Prefers the answer with more words from a positive-sentiment word list."""
-    return _by_score(sum(w in POSITIVE_WORDS for w in _words(a)),
-                     sum(w in POSITIVE_WORDS for w in _words(b)))
+    return _empty_loses(a, b) or _by_score(sum(w in POSITIVE_WORDS for w in _words(a)),
+                                           sum(w in POSITIVE_WORDS for w in _words(b)))
 
 
 def keyword_oracle(keyword: str) -> Oracle:
@@ -45,6 +59,8 @@ def keyword_oracle(keyword: str) -> Oracle:
     kw = keyword.lower()
 
     def keyword(prompt: str, a: str, b: str) -> str:
+        if verdict := _empty_loses(a, b):
+            return verdict
         has_a, has_b = kw in a.lower(), kw in b.lower()
         if has_a != has_b:
             return "a" if has_a else "b"

@@ -134,7 +134,7 @@ class PairPool:
             sides = self._sample_sides(plan, serving, opponent, seed)
             for item, (a, b, va, vb) in zip(plan, sides):
                 if a is None:
-                    log.warning("prompt %d gave identical/empty samples; skipped",
+                    log.warning("prompt %d gave two identical samples (or two empty ones); skipped",
                                 item.prompt_id)
                     continue
                 ra, rb = self._rewards(item.prompt, a, b, va, vb, serving)
@@ -165,7 +165,7 @@ class PairPool:
             again = []
             for j, i in enumerate(todo):
                 a, b = texts[2 * j].text, texts[2 * j + 1].text
-                if a and b and a != b:
+                if a != b:  # one empty side is kept: the vote against it is the signal
                     out[i] = (a, b, serving, serving)
                 else:
                     again.append(i)
@@ -176,7 +176,7 @@ class PairPool:
             mine = self.sampler.sample([plan[i].prompt for i in arena], serving, seed + 101)
             theirs = self.sampler.sample([plan[i].prompt for i in arena], opponent, seed + 102)
             for i, m, t in zip(arena, mine, theirs):
-                if not m.text or not t.text or m.text == t.text:
+                if m.text == t.text:
                     out[i] = (None, None, serving, opponent)
                 elif self.rng.random() < 0.5:
                     out[i] = (m.text, t.text, serving, opponent)

@@ -34,16 +34,20 @@ class EvalResult:
     n: int
 
 
-def evaluate(svc, oracle, prompts: list[str], samples: int, seed: int) -> EvalResult:
-    """Oracle win rate of serving vs base on ``prompts``, and per-token KL to base."""
+def evaluate(svc, oracle, prompts: list[str], samples: int, seed: int,
+             base_answers: list | None = None) -> EvalResult:
+    """Oracle win rate of serving vs base on ``prompts``, and per-token KL to base.
+
+    ``base_answers``: base's samples of the same rows (seed + 1), reused across rounds:
+    base never changes, and one fixed set makes the rounds' win rates comparable.
+    """
     serving = svc.policy.serving
     rows = [p for p in prompts for _ in range(samples)]
     mine = svc.sampler.sample(rows, serving, seed)
-    if serving == BASE:  # base vs itself: still sample a second set for an honest 50%
-        theirs = svc.sampler.sample(rows, BASE, seed + 1)
+    theirs = base_answers or svc.sampler.sample(rows, BASE, seed + 1)
+    if serving == BASE:  # base vs base: two independent sets, for an honest 50%
         kl = 0.0
     else:
-        theirs = svc.sampler.sample(rows, BASE, seed)
         fmt = [svc.sampler.format(p) for p in rows]
         kl, _ = mean_token_kl(svc.policy, fmt, [s.text for s in mine], serving, BASE,
                               svc.train_cfg.max_length)
@@ -82,10 +86,12 @@ def run(svc, oracle, *, rounds: int, pairs_per_round: int, eval_prompts: list[st
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     history = []
+    base_answers = svc.sampler.sample([p for p in eval_prompts for _ in range(samples)],
+                                      BASE, seed + 1)
     for r in range(rounds + 1):
         if r > 0:
             rnd = vote_until_round(svc, oracle, pairs_per_round, timeout_s)
-        ev = evaluate(svc, oracle, eval_prompts, samples, seed + 1000 * r)
+        ev = evaluate(svc, oracle, eval_prompts, samples, seed + 1000 * r, base_answers)
         row = {"round": r, "serving": svc.policy.serving, "win_rate": ev.win_rate,
                "kl_per_token": ev.kl_per_token, "eval_samples": ev.n,
                "elapsed_s": round(time.time() - t0, 1)}
