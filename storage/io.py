@@ -342,13 +342,13 @@ def _parse_votes(name: str, rows: Rows, max_chars: int) -> list[dict]:
 
 
 def _import_votes(store, rows: list[dict]) -> dict:
-    """Votes CSV -> pairs + votes. Pair ids are kept when none of them exists yet (a fresh
-    DB round-trips exactly); otherwise every imported pair gets a new id."""
+    """Votes CSV -> pairs + votes. Pair ids are kept when every row has one and none of
+    them exists yet (a fresh DB round-trips exactly); otherwise every pair gets a new id."""
     ids = sorted({r["key"] for r in rows if isinstance(r["key"], int)})
     pairs: dict = {}
     with store.write() as db:
-        taken = any(db.execute("select 1 from pairs where id = ?", [i]).fetchone()
-                    for i in ids)
+        taken = len(ids) < len({r["key"] for r in rows}) or any(
+            db.execute("select 1 from pairs where id = ?", [i]).fetchone() for i in ids)
         for r in rows:
             if r["key"] not in pairs:
                 keep = r["key"] if isinstance(r["key"], int) and not taken else None
@@ -405,7 +405,7 @@ def _vote_rows(store) -> list[dict]:
 
 def _csv_text(rows: list[dict]) -> str:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=VOTE_COLUMNS, lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=VOTE_COLUMNS, lineterminator="\r\n")  # quotes \r too
     w.writeheader()
     w.writerows({k: ("" if r[k] is None else r[k]) for k in VOTE_COLUMNS} for r in rows)
     return buf.getvalue()
