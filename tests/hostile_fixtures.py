@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -88,13 +90,14 @@ def fn_indices(demo, name: str, visibility: str | None = None) -> list[int]:
             and (visibility is None or fn.api_visibility == visibility)]
 
 
-def session(url: str, user: str | None = None, password: str = "") -> httpx.Client:
+@contextmanager
+def session(url: str, user: str | None = None, password: str = "") -> Iterator[httpx.Client]:
     """An HTTP client on the app, logged in as ``user`` (None: not logged in)."""
-    h = httpx.Client(base_url=url, timeout=60)
-    if user is not None:
-        r = h.post("login", data={"username": user, "password": password})
-        assert r.status_code == 200, f"login of {user} failed: {r.status_code} {r.text}"
-    return h
+    with httpx.Client(base_url=url, timeout=60) as h:
+        if user is not None:
+            r = h.post("login", data={"username": user, "password": password})
+            assert r.status_code == 200, f"login of {user} failed: {r.status_code} {r.text}"
+        yield h
 
 
 def run_event(h: httpx.Client, fn_index: int, data: list) -> dict:
