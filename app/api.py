@@ -12,6 +12,7 @@ trainer's model code (app/ imports no torch).
 
 from __future__ import annotations
 
+import html
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 import gradio as gr
 
 from app import auth, views
+from app.inputs import check_text, fail, parse_pair_id, upload_path
 from trainer import config as C
 
 CHOICES = ("a", "b", "tie", "both_bad")
@@ -33,11 +35,6 @@ AREA_CLASSES = {"train": C.TrainConfig, "pool": C.PoolConfig, "sampling": C.Samp
 ANNOTATE_OUTPUTS = ("state", "prompt", "response_a", "response_b", "reveal", "progress",
                     "better", "banner", "timer", "shown_id")
 _KEEP = len(ANNOTATE_OUTPUTS) - 3  # outputs a poll tick leaves alone (before banner)
-
-
-def fail(message: str) -> gr.Error:
-    """A user-facing error (shown in the page / returned to API clients; no traceback)."""
-    return gr.Error(message, print_exception=False)
 
 
 def is_not_ready(exc: BaseException) -> bool:
@@ -141,12 +138,10 @@ class Handlers:
         """Validate, then store the vote; returns the service's reveal dict."""
         if choice not in CHOICES:
             raise fail(f"choice {choice!r} is not valid: use one of {', '.join(CHOICES)}.")
-        try:
-            pair_id = int(pair_id)
-        except (TypeError, ValueError):
-            raise fail(f"pair id {pair_id!r} is not a number: pass the id that "
-                       "next_pair returned.") from None
-        better = (better or "").strip() or None
+        pair_id = parse_pair_id(pair_id)
+        if better is not None and not isinstance(better, str):
+            raise fail(f"The better answer must be text, not {type(better).__name__}.")
+        better = check_text(better or "", "The better answer").strip() or None
         if better and len(better) > MAX_BETTER_CHARS:
             raise fail(f"The better answer is {len(better)} characters long: shorten it to "
                        f"at most {MAX_BETTER_CHARS}.")
@@ -168,7 +163,7 @@ class Handlers:
         """Page load: the caller's first pair, the banner, and admin tabs shown or hidden."""
         user = self.access.user(request)
         admin = self.access.role(user) == "admin"
-        who = f"Logged in as **{user}** ({'admin' if admin else 'annotator'})."
+        who = f"Logged in as **{html.escape(user)}** ({'admin' if admin else 'annotator'})."
         return (*self._annotate(user, self.svc.next_pair(user)), who,
                 gr.Tab(visible=admin), gr.Tab(visible=admin))
 
@@ -216,6 +211,7 @@ class Handlers:
         text = (prompt or "").strip()
         if not text:
             raise fail("Your prompt is empty: type a question or instruction first.")
+        check_text(text, "Your prompt")
         if len(text) > self.cfg.max_prompt_chars:
             raise fail(f"Your prompt is {len(text)} characters long: shorten it to at most "
                        f"{self.cfg.max_prompt_chars} (--max-prompt-chars).")
@@ -328,8 +324,9 @@ class Handlers:
                         "'prompt' field, or .csv with a 'prompt' column).")
         from storage.io import import_prompts
 
+        real = upload_path(path)
         try:
-            n = import_prompts(self.store, path, max_chars=self.cfg.max_prompt_chars)
+            n = import_prompts(self.store, real, max_chars=self.cfg.max_prompt_chars)
         except self._user_errors as e:
             raise fail(f"Nothing imported from {Path(path).name}: {e}") from e
         return f"Imported {n} new prompt(s) from {Path(path).name}."

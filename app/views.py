@@ -20,6 +20,10 @@ import pandas as pd
 _BAD_SCHEME = re.compile(r"(?i)\b(java|vb|live)(script)(?=\s*\\?\s*:)|\b(d)(ata)(?=\\?:\S)")
 _FENCE_OPEN = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")
 _ZWSP = "\u200b"
+# Longer texts are cut ON SCREEN only (the DB keeps every character). Gradio's Markdown
+# renderer slows down sharply with size (its LaTeX block rule rescans the rest of the
+# text at every paragraph): 1 MB of Markdown took from 6 s to minutes in Chromium.
+MAX_DISPLAY_CHARS = 20_000
 CHOICE_LABELS = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both bad"}
 STEP_SERIES = {"loss": ("loss",), "accuracy": ("rewards/accuracies",),
                "margins": ("rewards/chosen", "rewards/rejected", "rewards/margins")}
@@ -39,19 +43,20 @@ def _fence_close(line: str, char: str, length: int) -> bool:
     return bool(m and m.group(1)[0] == char and len(m.group(1)) >= length)
 
 
-def safe_markdown(text: str | None) -> str:
+def safe_markdown(text: str | None, limit: int | None = None) -> str:
     """Markdown of untrusted ``text`` with raw HTML shown as text, never run.
 
     HTML is escaped outside fenced code blocks; inside them Markdown itself shows
     characters literally (so ``#include <stdio.h>`` stays readable). A fence counts as
     closed on any line that could close it, so this never treats more text as code than
-    a Markdown renderer does.
+    a Markdown renderer does. Text over ``limit`` characters is cut, with a note.
     """
     if not text:
         return ""
+    cut = limit is not None and len(text) > limit
     out: list[str] = []
     fence: tuple[str, int] | None = None
-    for line in text.replace("\r\n", "\n").split("\n"):
+    for line in (text[:limit] if cut else text).replace("\r\n", "\n").split("\n"):
         if fence:
             out.append(line)
             if _fence_close(line, *fence):
@@ -63,6 +68,10 @@ def safe_markdown(text: str | None) -> str:
             out.append(line[: m.start(2)] + _escape_text(m.group(2)))
             continue
         out.append(_escape_text(line))
+    if cut:
+        out += [fence[0] * fence[1]] if fence else []  # the note goes outside any code block
+        out.append(f"\n*(Showing the first {limit:,} of {len(text):,} characters; the whole "
+                   "text is stored.)*")
     return "\n".join(out)
 
 
@@ -72,9 +81,10 @@ def pair_markdown(pair: Mapping[str, Any] | None) -> tuple[str, str, str]:
     if not pair:
         return ("*Generating pairs… a new pair appears here as soon as the model has "
                 "written one.*", "", "")
-    return (f"**Prompt** (pair {int(pair['id'])})\n\n{safe_markdown(pair.get('prompt'))}",
-            safe_markdown(pair.get("response_a")) or "*(empty)*",
-            safe_markdown(pair.get("response_b")) or "*(empty)*")
+    prompt, a, b = (safe_markdown(pair.get(k), MAX_DISPLAY_CHARS)
+                    for k in ("prompt", "response_a", "response_b"))
+    return (f"**Prompt** (pair {int(pair['id'])})\n\n{prompt}", a or "*(empty)*",
+            b or "*(empty)*")
 
 
 def progress_bar_html(fraction: float | None, label: str) -> str:

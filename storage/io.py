@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -33,15 +34,29 @@ IMPORT_ANNOTATOR = "import"
 IMPORT_VERSION = "import"
 ARENA_VALUES = {"0": 0, "1": 1, "": 0, "false": 0, "true": 1}
 Rows = list[tuple[int, dict]]
+_NEWLINE = re.compile(r"\r\n|\r|\n")
+_MAX_ID_DIGITS = 18  # ids and times must fit SQLite's 64-bit integers
 
 
 # --- reading files -----------------------------------------------------------------------------
+def lines(text: str) -> list[str]:
+    """The lines of ``text``, split at \\n, \\r\\n and \\r only. (str.splitlines also splits at
+    U+2028, U+0085, form feeds...: characters that prompts and JSON strings hold as text.)"""
+    out = _NEWLINE.split(text)
+    return out[:-1] if out[-1] == "" else out
+
+
 def read_text(path: str | Path) -> str:
     """The file's text, refusing missing, binary, non-UTF-8 files and over-long lines."""
     p = Path(path)
     if not p.is_file():
         raise ImportFailed(p.name, None, f"no such file ({p})")
-    data = p.read_bytes()
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise ImportFailed(p.name, None, f"cannot read it ({e.strerror or e})") from None
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise ImportFailed(p.name, 1, "UTF-16/UTF-32 text; save the file as UTF-8")
     if b"\x00" in data:
         raise ImportFailed(p.name, data[:data.index(b"\x00")].count(b"\n") + 1,
                            "binary content (NUL bytes): expected a text file")
@@ -51,7 +66,7 @@ def read_text(path: str | Path) -> str:
         line = data[:e.start].count(b"\n") + 1
         raise ImportFailed(p.name, line, f"not valid UTF-8 (byte {data[e.start]:#x}); save the "
                                          "file as UTF-8") from None
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(lines(text), 1):
         if len(line) > MAX_LINE_CHARS:
             raise ImportFailed(p.name, n, f"line has {len(line)} characters (max "
                                           f"{MAX_LINE_CHARS})")
@@ -61,14 +76,20 @@ def read_text(path: str | Path) -> str:
 def _jsonl(name: str, text: str) -> Rows:
     """(line number, object) per non-blank line."""
     rows = []
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(lines(text), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ImportFailed(name, n, f"malformed JSON ({e.msg} at column {e.colno}); "
-                                        "each line must be one JSON object") from None
+            json.dumps(row, ensure_ascii=False).encode("utf-8")  # lone \\ud800 escapes
+        except UnicodeEncodeError:
+            raise ImportFailed(name, n, "a \\ud800-\\udfff escape outside a surrogate pair is "
+                                        "not valid text; remove it") from None
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, huge ints, deep nesting
+            why = f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else (
+                "nested too deeply" if isinstance(e, RecursionError) else str(e))
+            raise ImportFailed(name, n, f"malformed JSON ({why}); each line must be one JSON "
+                                        "object") from None
         if not isinstance(row, dict):
             raise ImportFailed(name, n, f"expected a JSON object per line, got "
                                         f"{type(row).__name__}")
@@ -78,10 +99,14 @@ def _jsonl(name: str, text: str) -> Rows:
 
 def _csv(name: str, text: str, required: list[str]) -> Rows:
     """(line number, row) per CSV record, after checking the header has ``required``."""
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
     try:
         header = reader.fieldnames or []
         missing = [c for c in required if c not in header]
+        twice = sorted({c for c in header if header.count(c) > 1})
+        if twice:
+            raise ImportFailed(name, 1, f"column(s) {', '.join(twice)} appear twice in the "
+                                        "header; keep one of each")
         if missing:
             raise ImportFailed(name, 1, f"missing column(s) {', '.join(missing)}; found "
                                         f"{', '.join(header) or 'none'}")
@@ -98,7 +123,9 @@ def _csv(name: str, text: str, required: list[str]) -> Rows:
 
 def _prompt(name: str, n: int, value: Any, max_chars: int) -> str:
     """The stripped prompt of line n, or ImportFailed."""
-    if not isinstance(value, str) or not value.strip():
+    if not isinstance(value, str):
+        raise ImportFailed(name, n, f"the prompt must be text, not {type(value).__name__}")
+    if not value.strip():
         raise ImportFailed(name, n, "empty prompt")
     if len(value.strip()) > max_chars:
         raise ImportFailed(name, n, f"prompt has {len(value.strip())} characters (limit "
@@ -117,7 +144,7 @@ def read_prompts(path: str | Path, max_chars: int = 4000) -> list[str]:
                                          ".txt (one prompt per line), .jsonl or .csv")
     text = read_text(p)
     if ext == ".txt":
-        rows = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+        rows = [(n, line) for n, line in enumerate(lines(text), 1) if line.strip()]
     elif ext == ".jsonl":
         rows = []
         for n, r in _jsonl(p.name, text):
@@ -138,12 +165,16 @@ def import_prompts(store, path: str | Path, max_chars: int = 4000) -> int:
 
 
 # --- preference files ------------------------------------------------------------------------------
-def _content(m: dict) -> str:
+def _content(m: dict, where: tuple[str, int]) -> str:
     """A message's text: a string, or the text parts of a multimodal content list."""
     c = m["content"]
-    if isinstance(c, list):
-        return "".join(part.get("text", "") for part in c if isinstance(part, dict))
-    return str(c)
+    if isinstance(c, str):
+        return c
+    if isinstance(c, list) and all(isinstance(p, dict) and isinstance(p.get("text", ""), str)
+                                   for p in c):
+        return "".join(p.get("text", "") for p in c)
+    raise ImportFailed(*where, 'a message "content" must be a string or a list of '
+                               '{"type": "text", "text": "..."} parts')
 
 
 def _message_text(value: Any, role: str, where: tuple[str, int], key: str) -> str:
@@ -151,7 +182,7 @@ def _message_text(value: Any, role: str, where: tuple[str, int], key: str) -> st
     if isinstance(value, str):
         return value
     if isinstance(value, list) and all(isinstance(m, dict) and "content" in m for m in value):
-        return "\n".join(_content(m) for m in value if m.get("role", role) == role)
+        return "\n".join(_content(m, where) for m in value if m.get("role", role) == role)
     raise ImportFailed(*where, f'"{key}" must be a string or a list of '
                                '{"role", "content"} messages')
 
@@ -281,8 +312,9 @@ def _vote_row(name: str, n: int, r: dict, max_chars: int) -> dict:
         if not r[k].strip():
             raise bad(f"empty {k}")
     for k in ("pair_id", "decide_ms"):
-        if r.get(k) and not r[k].isdigit():
-            raise bad(f"{k} {r[k]!r} is not a whole number")
+        if r.get(k) and not (r[k].isascii() and r[k].isdigit()
+                             and len(r[k]) <= _MAX_ID_DIGITS):
+            raise bad(f"{k} {r[k]!r} is not a whole number of at most {_MAX_ID_DIGITS} digits")
     if r["arena"].strip().lower() not in ARENA_VALUES:
         raise bad(f"arena {r['arena']!r}: use 0 or 1")
     if len(r.get("better_answer") or "") > MAX_BETTER_ANSWER:
@@ -313,13 +345,13 @@ def _parse_votes(name: str, rows: Rows, max_chars: int) -> list[dict]:
 
 
 def _import_votes(store, rows: list[dict]) -> dict:
-    """Votes CSV -> pairs + votes. Pair ids are kept when none of them exists yet (a fresh
-    DB round-trips exactly); otherwise every imported pair gets a new id."""
+    """Votes CSV -> pairs + votes. Pair ids are kept when every row has one and none of
+    them exists yet (a fresh DB round-trips exactly); otherwise every pair gets a new id."""
     ids = sorted({r["key"] for r in rows if isinstance(r["key"], int)})
     pairs: dict = {}
     with store.write() as db:
-        taken = any(db.execute("select 1 from pairs where id = ?", [i]).fetchone()
-                    for i in ids)
+        taken = len(ids) < len({r["key"] for r in rows}) or any(
+            db.execute("select 1 from pairs where id = ?", [i]).fetchone() for i in ids)
         for r in rows:
             if r["key"] not in pairs:
                 keep = r["key"] if isinstance(r["key"], int) and not taken else None
@@ -377,7 +409,7 @@ def _vote_rows(store) -> list[dict]:
 
 def _csv_text(rows: list[dict]) -> str:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=VOTE_COLUMNS, lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=VOTE_COLUMNS, lineterminator="\r\n")  # quotes \r too
     w.writeheader()
     w.writerows({k: ("" if r[k] is None else r[k]) for k in VOTE_COLUMNS} for r in rows)
     return buf.getvalue()

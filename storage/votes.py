@@ -18,12 +18,36 @@ from __future__ import annotations
 from collections import Counter
 
 from storage.common import CHOICES, ROLES, now, require_one_of, today, version_number
-from storage.errors import BadChoice, BadInput
+from storage.errors import BadChoice, BadInput, UnknownPair
 
 MAX_BETTER_ANSWER = 20_000
 MAX_ANNOTATOR = 64
+MAX_INT = 2**63 - 1  # SQLite's largest integer
 KTO_LABELS = {"a": {"a": True, "b": False}, "b": {"a": False, "b": True},
               "tie": {"a": True, "b": True}, "both_bad": {"a": False, "b": False}}
+
+
+def _text(value: str, what: str) -> str:
+    """``value`` if it can be stored as UTF-8 (no lone surrogates, e.g. from "\\ud800")."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadInput(f"{what} contains a lone surrogate (\\ud800-\\udfff): not valid text; "
+                       "remove it") from None
+    return value
+
+
+def _pair_id(value: object) -> int:
+    """A pair id: an int, an integral float or a string of digits (never a bool or 1.7)."""
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        return _pair_id(int(value))
+    if isinstance(value, float) and value.is_integer():
+        return _pair_id(int(value))
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadInput(f"pair id {value!r} is not a number: pass a whole number")
+    if not 0 <= value <= MAX_INT:
+        raise UnknownPair(f"no pair with id {value!r}: ask next_pair for a new one")
+    return value
 
 
 def _check_vote(annotator: object, choice: object, better_answer: object,
@@ -31,20 +55,20 @@ def _check_vote(annotator: object, choice: object, better_answer: object,
     """Validate a vote's fields; returns the cleaned better answer (None if blank)."""
     if choice not in CHOICES:
         raise BadChoice(f"choice {choice!r} is not valid: use one of {', '.join(CHOICES)}")
-    if not isinstance(annotator, str) or not annotator.strip():
+    if not isinstance(annotator, str) or not _text(annotator, "annotator name").strip():
         raise BadInput("annotator name is empty: log in, or pass a name")
     if len(annotator) > MAX_ANNOTATOR:
         raise BadInput(f"annotator name {annotator[:20]!r}... has {len(annotator)} "
                        f"characters; use at most {MAX_ANNOTATOR}")
     if decide_ms is not None and (isinstance(decide_ms, bool) or not isinstance(decide_ms, int)
-                                  or decide_ms < 0):
+                                  or not 0 <= decide_ms <= MAX_INT):
         raise BadInput(f"decide_ms={decide_ms!r}: must be a non-negative whole number of "
                        "milliseconds, or None")
     if better_answer is None:
         return None
     if not isinstance(better_answer, str):
         raise BadInput(f"better_answer must be text, got {type(better_answer).__name__}")
-    better = better_answer.strip()
+    better = _text(better_answer, "better answer").strip()
     if len(better) > MAX_BETTER_ANSWER:
         raise BadInput(f"better answer has {len(better)} characters; the limit is "
                        f"{MAX_BETTER_ANSWER}: shorten it")
@@ -69,11 +93,7 @@ class VotesMixin:
         id). The pair becomes 'voted'. Returns the vote id. Nothing is stored on error:
         UnknownPair, BadChoice (names the value and the allowed ones) or BadInput."""
         better = _check_vote(annotator, choice, better_answer, decide_ms)
-        if isinstance(pair_id, bool) or not isinstance(pair_id, int):
-            try:
-                pair_id = int(pair_id)
-            except (TypeError, ValueError):
-                raise BadInput(f"pair id {pair_id!r} is not a number") from None
+        pair_id = _pair_id(pair_id)
         t = now()
         with self.write() as db:
             self.get_pair(pair_id)  # UnknownPair with a clear message
