@@ -14,7 +14,7 @@ from storage.errors import BadInput
 
 PAIR_STATUSES = ("queued", "served", "voted", "expired")
 CHOICES = ("a", "b", "tie", "both_bad")
-ADAPTER_STATUSES = ("ready", "rejected", "failed")
+ADAPTER_STATUSES = ("saved", "ready", "rejected", "failed")  # saved: on disk, not yet serving
 ROUND_STATUSES = ("running", "accepted", "rejected", "failed")
 ROLES = ("annotator", "admin")
 

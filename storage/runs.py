@@ -70,7 +70,7 @@ class RunsMixin:
                 self.query("select * from adapters order by number")]
 
     def set_adapter_status(self, version: str, status: str) -> None:
-        """Mark an adapter ready, rejected or failed (BadInput if the version is unknown)."""
+        """Mark an adapter saved, ready, rejected or failed (BadInput if unknown)."""
         require_one_of(status, ADAPTER_STATUSES, "adapter status")
         with self.write() as db:
             if not db.execute("update adapters set status = ? where version = ?",
@@ -116,15 +116,11 @@ class RunsMixin:
                 raise BadInput(f"no round with id {round_id!r}: start it with start_round")
 
     def fail_interrupted_rounds(self) -> int:
-        """Rounds a crash left 'running' are closed (call at start-up): 'accepted' if their
-        adapter version was already recorded (the stop came after the save), else
-        'failed'. Returns how many were marked failed."""
+        """Rounds a crash left 'running' become 'failed', and any adapter they had saved
+        but not yet served too (call at start-up). Returns how many rounds."""
         with self.write() as db:
-            db.execute("update rounds set status = 'accepted', finished = ?, adapter_version = "
-                       "(select a.version from adapters a where a.round_id = rounds.id), "
-                       "error = 'process stopped after the adapter was saved' where status = "
-                       "'running' and exists (select 1 from adapters a where a.round_id = "
-                       "rounds.id and a.status = 'ready')", [now()])
+            db.execute("update adapters set status = 'failed' where status = 'saved' and "
+                       "round_id in (select id from rounds where status = 'running')")
             return db.execute("update rounds set status = 'failed', finished = ?, error = "
                               "'interrupted (process stopped)' where status = 'running'",
                               [now()]).rowcount

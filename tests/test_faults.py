@@ -149,10 +149,7 @@ def test_disk_full_part_way_through_the_files(svc, monkeypatch):
     check_next_round_accepted(svc, before)
 
 
-# Known gaps in trainer/rounds.py (reported; strict xfail: these fail until it is fixed).
-@pytest.mark.xfail(strict=True, reason="run_round records vN as 'ready' before the hot-swap, "
-                   "so a failed swap leaves a ready version from a failed round, offered "
-                   "for rollback")
+# Gaps these tests found in trainer/rounds.py, now fixed.
 def test_failed_hot_swap_leaves_no_ready_version(svc, monkeypatch):
     before = serving_snapshot(svc)
 
@@ -166,9 +163,6 @@ def test_failed_hot_swap_leaves_no_ready_version(svc, monkeypatch):
     assert ready == [v for v, s in before["adapters"] if s == "ready"]
 
 
-@pytest.mark.xfail(strict=True, reason="an exception in on_accept (after the swap and "
-                   "finish_round 'accepted') re-marks the round 'failed' while its version "
-                   "serves")
 def test_error_after_the_swap_keeps_round_and_serving_consistent(svc, monkeypatch):
     before = serving_snapshot(svc)
 

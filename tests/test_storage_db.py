@@ -365,12 +365,11 @@ def test_adapters_serving_rounds_steps_and_ref_cache(store):
     with pytest.raises(BadInput, match="final round status 'running' is not valid"):
         store.finish_round(rid, "running")
     store.start_round({})
-    saved = store.start_round({})  # stopped after its adapter was recorded
-    store.add_adapter("v3", "/tmp/v3", parent_version="v2", round_id=saved)
-    assert store.fail_interrupted_rounds() == 1
-    assert store.list_rounds()[1]["error"] == "interrupted (process stopped)"
-    done = store.get_round(saved)
-    assert (done["status"], done["adapter_version"]) == ("accepted", "v3")
+    saved = store.start_round({})  # stopped after saving its adapter, before serving it
+    store.add_adapter("v3", "/tmp/v3", parent_version="v2", round_id=saved, status="saved")
+    assert store.fail_interrupted_rounds() == 2
+    assert store.list_rounds()[0]["error"] == "interrupted (process stopped)"
+    assert store.get_adapter("v3")["status"] == "failed"  # never offered for rollback
     assert len(store.train_steps()) == 1 and store.get_round(999) is None
 
 

@@ -211,6 +211,7 @@ def run_round(policy, store, cfg: TrainConfig, *, fmt, adapters_dir: Path,
     serving = policy.serving
     round_id = store.start_round(config=dataclasses.asdict(cfg), trigger=trigger)
     counts: dict = {}
+    version: str | None = None
     try:
         progress.update(0, 1, f"Round {round_id}: preparing data")
         train, held, counts = load_examples(store, cfg, fmt)
@@ -241,22 +242,31 @@ def run_round(policy, store, cfg: TrainConfig, *, fmt, adapters_dir: Path,
         path = adapters.write_version(adapters_dir, version,
                                       lambda d: policy.save_train_adapter(d, meta))
         failpoint("adapter.before_record")  # crash tests: dir in place, no DB row yet
+        # 'saved' until it serves: a failed swap never leaves a 'ready' version behind.
         store.add_adapter(version, str(path), parent_version=serving, round_id=round_id,
-                          status="ready", metrics=metrics)
+                          status="saved", metrics=metrics)
         policy.swap(version, path)
-        store.set_serving_adapter(version)
         metrics["hotswap_seconds"] = round(time.perf_counter() - t_save, 3)  # save -> serving
-        store.finish_round(round_id, "accepted", counts=counts, metrics=metrics,
-                           adapter_version=version)
-        if on_accept:
-            on_accept(version)
-        progress.update(1, 1, f"Round {round_id}: accepted as {version}")
-        return RoundOutcome(round_id, "accepted", version, metrics)
+        with store.write():  # ready, serving and accepted in one transaction
+            store.set_adapter_status(version, "ready")
+            store.set_serving_adapter(version)
+            store.finish_round(round_id, "accepted", counts=counts, metrics=metrics,
+                               adapter_version=version)
     except Exception as e:  # noqa: BLE001 - any failure is recorded; serving stays
         msg = _explain(e)
         log.exception("round %d failed", round_id)
-        store.finish_round(round_id, "failed", counts=counts, error=msg)
+        with store.write():
+            if version and store.get_adapter(version):
+                store.set_adapter_status(version, "failed")
+            store.finish_round(round_id, "failed", counts=counts, error=msg)
         return RoundOutcome(round_id, "failed", None, {}, msg)
+    progress.update(1, 1, f"Round {round_id}: accepted as {version}")
+    if on_accept:  # after the commit: a failure here cannot un-accept a serving round
+        try:
+            on_accept(version)
+        except Exception:  # noqa: BLE001 - the version serves; housekeeping is retried
+            log.exception("round %d: after-swap housekeeping failed", round_id)
+    return RoundOutcome(round_id, "accepted", version, metrics)
 
 
 def _accepted(before: dict, after: dict, cfg: TrainConfig) -> bool:
