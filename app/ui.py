@@ -264,6 +264,9 @@ def _exporter(h: Handlers, fmt: str):
     return export
 
 
+MAX_UPLOAD = "200mb"  # per uploaded file (Gradio refuses larger ones before they land)
+
+
 def launch(service: Any, app_cfg: AppConfig, **kwargs: Any) -> gr.Blocks:
     """Build and launch the app (returns the Blocks); logins from ``app_cfg.auth_file``.
 
@@ -274,6 +277,6 @@ def launch(service: Any, app_cfg: AppConfig, **kwargs: Any) -> gr.Blocks:
     auth = gradio_auth(app_cfg.auth_file) if app_cfg.auth_file else None
     options = {"server_name": app_cfg.host, "server_port": app_cfg.port, "auth": auth,
                "auth_message": "LiveDPO: log in with the account an admin created for you.",
-               "css": CSS, "theme": THEME, **kwargs}
+               "css": CSS, "theme": THEME, "max_file_size": MAX_UPLOAD, **kwargs}
     demo.launch(**options)
     return demo

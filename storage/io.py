@@ -1,5 +1,6 @@
 """Import and export: prompts (.txt/.jsonl/.csv), preferences (TRL DPO / KTO JSONL, votes
-CSV). Imports are all-or-nothing: every row is parsed and checked first, then written in
+CSV). Files are decoded and split into rows by storage/readers.py. Imports are
+all-or-nothing: every row is parsed and checked first, then written in
 ONE transaction; a bad row fails the import with ImportFailed naming the file, the line
 number and the problem, and the DB is left unchanged. Exports are written atomically
 (temp file in the same folder + os.replace), so a reader never sees half a file.
@@ -14,7 +15,6 @@ import csv
 import io
 import json
 import os
-import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -23,9 +23,9 @@ from typing import Any
 from storage.common import CHOICES, now
 from storage.errors import BadInput, ImportFailed
 from storage.failpoints import failpoint
+from storage.readers import Rows, csv_rows, jsonl_rows, lines, read_text
 from storage.votes import MAX_BETTER_ANSWER
 
-MAX_LINE_CHARS = 1_000_000
 PROMPT_EXTS = (".txt", ".jsonl", ".csv")
 PREF_EXTS = (".jsonl", ".json", ".csv")
 VOTE_COLUMNS = ["pair_id", "prompt", "response_a", "response_b", "version_a", "version_b",
@@ -33,92 +33,7 @@ VOTE_COLUMNS = ["pair_id", "prompt", "response_a", "response_b", "version_a", "v
 IMPORT_ANNOTATOR = "import"
 IMPORT_VERSION = "import"
 ARENA_VALUES = {"0": 0, "1": 1, "": 0, "false": 0, "true": 1}
-Rows = list[tuple[int, dict]]
-_NEWLINE = re.compile(r"\r\n|\r|\n")
 _MAX_ID_DIGITS = 18  # ids and times must fit SQLite's 64-bit integers
-
-
-# --- reading files -----------------------------------------------------------------------------
-def lines(text: str) -> list[str]:
-    """The lines of ``text``, split at \\n, \\r\\n and \\r only. (str.splitlines also splits at
-    U+2028, U+0085, form feeds...: characters that prompts and JSON strings hold as text.)"""
-    out = _NEWLINE.split(text)
-    return out[:-1] if out[-1] == "" else out
-
-
-def read_text(path: str | Path) -> str:
-    """The file's text, refusing missing, binary, non-UTF-8 files and over-long lines."""
-    p = Path(path)
-    if not p.is_file():
-        raise ImportFailed(p.name, None, f"no such file ({p})")
-    try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise ImportFailed(p.name, None, f"cannot read it ({e.strerror or e})") from None
-    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        raise ImportFailed(p.name, 1, "UTF-16/UTF-32 text; save the file as UTF-8")
-    if b"\x00" in data:
-        raise ImportFailed(p.name, data[:data.index(b"\x00")].count(b"\n") + 1,
-                           "binary content (NUL bytes): expected a text file")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise ImportFailed(p.name, line, f"not valid UTF-8 (byte {data[e.start]:#x}); save the "
-                                         "file as UTF-8") from None
-    for n, line in enumerate(lines(text), 1):
-        if len(line) > MAX_LINE_CHARS:
-            raise ImportFailed(p.name, n, f"line has {len(line)} characters (max "
-                                          f"{MAX_LINE_CHARS})")
-    return text
-
-
-def _jsonl(name: str, text: str) -> Rows:
-    """(line number, object) per non-blank line."""
-    rows = []
-    for n, line in enumerate(lines(text), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            json.dumps(row, ensure_ascii=False).encode("utf-8")  # lone \\ud800 escapes
-        except UnicodeEncodeError:
-            raise ImportFailed(name, n, "a \\ud800-\\udfff escape outside a surrogate pair is "
-                                        "not valid text; remove it") from None
-        except (ValueError, RecursionError) as e:  # JSONDecodeError, huge ints, deep nesting
-            why = f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else (
-                "nested too deeply" if isinstance(e, RecursionError) else str(e))
-            raise ImportFailed(name, n, f"malformed JSON ({why}); each line must be one JSON "
-                                        "object") from None
-        if not isinstance(row, dict):
-            raise ImportFailed(name, n, f"expected a JSON object per line, got "
-                                        f"{type(row).__name__}")
-        rows.append((n, row))
-    return rows
-
-
-def _csv(name: str, text: str, required: list[str]) -> Rows:
-    """(line number, row) per CSV record, after checking the header has ``required``."""
-    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
-    try:
-        header = reader.fieldnames or []
-        missing = [c for c in required if c not in header]
-        twice = sorted({c for c in header if header.count(c) > 1})
-        if twice:
-            raise ImportFailed(name, 1, f"column(s) {', '.join(twice)} appear twice in the "
-                                        "header; keep one of each")
-        if missing:
-            raise ImportFailed(name, 1, f"missing column(s) {', '.join(missing)}; found "
-                                        f"{', '.join(header) or 'none'}")
-        rows = []
-        for row in reader:
-            if None in row or None in row.values():
-                raise ImportFailed(name, reader.line_num, f"expected {len(header)} fields "
-                                                          "(as in the header)")
-            rows.append((reader.line_num, row))
-        return rows
-    except csv.Error as e:
-        raise ImportFailed(name, reader.line_num, f"malformed CSV ({e})") from None
 
 
 def _prompt(name: str, n: int, value: Any, max_chars: int) -> str:
@@ -147,12 +62,12 @@ def read_prompts(path: str | Path, max_chars: int = 4000) -> list[str]:
         rows = [(n, line) for n, line in enumerate(lines(text), 1) if line.strip()]
     elif ext == ".jsonl":
         rows = []
-        for n, r in _jsonl(p.name, text):
+        for n, r in jsonl_rows(p.name, text):
             if "prompt" not in r:
                 raise ImportFailed(p.name, n, f'missing key "prompt" (found {sorted(r)})')
             rows.append((n, r["prompt"]))
     else:
-        rows = [(n, r["prompt"]) for n, r in _csv(p.name, text, ["prompt"])]
+        rows = [(n, r["prompt"]) for n, r in csv_rows(p.name, text, ["prompt"])]
     if not rows:
         raise ImportFailed(p.name, None, "no prompts found")
     return [_prompt(p.name, n, v, max_chars) for n, v in rows]
@@ -242,9 +157,9 @@ def import_prefs(store, path: str | Path, max_chars: int = 4000) -> dict:
                                          ".jsonl (TRL DPO or KTO) or .csv (votes export)")
     text = read_text(p)
     if p.suffix.lower() == ".csv":
-        rows = _csv(p.name, text, VOTE_COLUMNS[1:9])
+        rows = csv_rows(p.name, text, VOTE_COLUMNS[1:9])
         return _import_votes(store, _parse_votes(p.name, rows, max_chars))
-    rows = _jsonl(p.name, text)
+    rows = jsonl_rows(p.name, text)
     if not rows:
         raise ImportFailed(p.name, None, "no rows found")
     keys = set(rows[0][1])
