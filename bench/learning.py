@@ -97,6 +97,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
                 label=f"{r['loss']}, ref {r['reference']}")
     ax.axhline(50, color="grey", lw=0.8, ls="--")
     ax.set(xlabel="round", ylabel="oracle win rate vs base (%)", ylim=(0, 100), title=title)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.legend(fontsize=8)
     fig.tight_layout()
     tmp = path.with_suffix(".png.tmp")
