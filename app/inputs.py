@@ -3,14 +3,14 @@ problem becomes a user-facing ``gr.Error`` that says what to change, never a cra
 
 from __future__ import annotations
 
-import math
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-MAX_ID = 2**63 - 1  # SQLite's largest integer
+from storage import votes
+from storage.errors import BadInput
 
 
 def fail(message: str) -> gr.Error:
@@ -19,26 +19,24 @@ def fail(message: str) -> gr.Error:
 
 
 def check_text(text: str, what: str) -> str:
-    """``text`` if it can be stored as UTF-8; a lone surrogate (e.g. a JSON "\\ud800" escape
-    from an API client) cannot, and is refused with a clear message."""
+    """``text`` if it can be stored as UTF-8 (storage's check); a lone surrogate (e.g. a
+    JSON "\\ud800" escape from an API client) is refused with a clear message."""
     try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
+        return votes.check_text(text, what)
+    except BadInput:
         raise fail(f"{what} contains a lone surrogate character (\\ud800-\\udfff), which is "
                    "not valid text: remove it.") from None
-    return text
 
 
 def parse_pair_id(value: Any) -> int:
-    """A pair id from a client: an int, an integral float or a string of digits; never a
-    bool, a fraction (1.7 must not vote on pair 1) or a number too big for SQLite."""
-    digits = isinstance(value, str) and value.strip().isascii() and value.strip().isdigit()
-    if digits or (isinstance(value, float) and math.isfinite(value) and value.is_integer()):
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ID:
+    """A pair id from a client, as storage parses it: an int, an integral float or a string
+    of digits; never a bool, a fraction (1.7 must not vote on pair 1) or a number too big
+    for SQLite."""
+    try:
+        return votes.parse_pair_id(value)
+    except BadInput:  # UnknownPair too: out of SQLite's range
         raise fail(f"pair id {value!r} is not a number of a pair: pass the whole number "
-                   "that next_pair returned.")
-    return value
+                   "that next_pair returned.") from None
 
 
 def upload_path(path: str) -> Path:

@@ -27,7 +27,7 @@ KTO_LABELS = {"a": {"a": True, "b": False}, "b": {"a": False, "b": True},
               "tie": {"a": True, "b": True}, "both_bad": {"a": False, "b": False}}
 
 
-def _text(value: str, what: str) -> str:
+def check_text(value: str, what: str) -> str:
     """``value`` if it can be stored as UTF-8 (no lone surrogates, e.g. from "\\ud800")."""
     try:
         value.encode("utf-8")
@@ -37,12 +37,12 @@ def _text(value: str, what: str) -> str:
     return value
 
 
-def _pair_id(value: object) -> int:
+def parse_pair_id(value: object) -> int:
     """A pair id: an int, an integral float or a string of digits (never a bool or 1.7)."""
     if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
-        return _pair_id(int(value))
+        return parse_pair_id(int(value))
     if isinstance(value, float) and value.is_integer():
-        return _pair_id(int(value))
+        return parse_pair_id(int(value))
     if isinstance(value, bool) or not isinstance(value, int):
         raise BadInput(f"pair id {value!r} is not a number: pass a whole number")
     if not 0 <= value <= MAX_INT:
@@ -55,7 +55,7 @@ def _check_vote(annotator: object, choice: object, better_answer: object,
     """Validate a vote's fields; returns the cleaned better answer (None if blank)."""
     if choice not in CHOICES:
         raise BadChoice(f"choice {choice!r} is not valid: use one of {', '.join(CHOICES)}")
-    if not isinstance(annotator, str) or not _text(annotator, "annotator name").strip():
+    if not isinstance(annotator, str) or not check_text(annotator, "annotator name").strip():
         raise BadInput("annotator name is empty: log in, or pass a name")
     if len(annotator) > MAX_ANNOTATOR:
         raise BadInput(f"annotator name {annotator[:20]!r}... has {len(annotator)} "
@@ -68,7 +68,7 @@ def _check_vote(annotator: object, choice: object, better_answer: object,
         return None
     if not isinstance(better_answer, str):
         raise BadInput(f"better_answer must be text, got {type(better_answer).__name__}")
-    better = _text(better_answer, "better answer").strip()
+    better = check_text(better_answer, "better answer").strip()
     if len(better) > MAX_BETTER_ANSWER:
         raise BadInput(f"better answer has {len(better)} characters; the limit is "
                        f"{MAX_BETTER_ANSWER}: shorten it")
@@ -93,7 +93,7 @@ class VotesMixin:
         id). The pair becomes 'voted'. Returns the vote id. Nothing is stored on error:
         UnknownPair, BadChoice (names the value and the allowed ones) or BadInput."""
         better = _check_vote(annotator, choice, better_answer, decide_ms)
-        pair_id = _pair_id(pair_id)
+        pair_id = parse_pair_id(pair_id)
         t = now()
         with self.write() as db:
             self.get_pair(pair_id)  # UnknownPair with a clear message
