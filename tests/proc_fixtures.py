@@ -8,7 +8,6 @@ import json
 import os
 import random
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -20,16 +19,11 @@ from pathlib import Path
 from gradio_client import Client
 
 from storage.failpoints import ENV as FAILPOINTS_ENV
+from tests.ui_fixtures import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 300.0  # start-up on a slow, shared 2-core CI machine
 ANNOTATOR = "local"  # single-user mode: every API vote is by 'local'
-
-
-def free_port() -> int:
-    with closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def child_env(fp_dir: Path) -> dict:
@@ -38,18 +32,6 @@ def child_env(fp_dir: Path) -> dict:
     env.update({FAILPOINTS_ENV: str(fp_dir), "GRADIO_ANALYTICS_ENABLED": "False",
                 "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
     return env
-
-
-def wait_for(check, timeout: float, what: str, poll: float = 0.2):
-    """Poll ``check()`` until it returns something truthy (returned); AssertionError after
-    ``timeout`` seconds naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def wait_hit(marker: Path, timeout: float = 240.0) -> int:

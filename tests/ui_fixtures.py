@@ -86,12 +86,13 @@ def real_service(tmp: Path, model_dir: Path, *extra: str):
     return svc
 
 
-def wait_for(cond, timeout: float = 60.0, every: float = 0.2):
-    """Poll ``cond()`` until truthy; returns its value or raises TimeoutError."""
-    end = time.time() + timeout
-    while time.time() < end:
+def wait_for(cond, timeout: float = 60.0, what: str = "the condition", every: float = 0.2):
+    """Poll ``cond()`` until truthy; returns its value, or raises TimeoutError naming
+    ``what`` after ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
         value = cond()
         if value:
             return value
         time.sleep(every)
-    raise TimeoutError(f"condition not met within {timeout} s")
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
