@@ -2,11 +2,9 @@ import random
 import sqlite3
 
 import pytest
-import sqlite_utils
 
 from storage.db import Store
-from storage.errors import BadChoice, BadInput, StoreError, UnknownPair
-from storage.schema import LATEST, MIGRATIONS, applied_versions, migrate
+from storage.errors import BadChoice, BadInput, UnknownPair
 
 
 @pytest.fixture
@@ -19,48 +17,7 @@ def _pair(store, prompt="Why is the sky blue?", a="Rayleigh scattering.", b="Mag
     return store.record_pair(pid, a, b, kw.pop("va", "base"), kw.pop("vb", "base"), {}, 7, **kw)
 
 
-# --- schema and connections --------------------------------------------------------------------
-def test_migrations_are_idempotent(tmp_path):
-    s1 = Store(tmp_path / "x.db")
-    schema = s1.query("select type, name, sql from sqlite_master order by name")
-    applied = s1.query("select * from migrations")
-    s2 = Store(tmp_path / "x.db")  # migrating again changes nothing
-    assert migrate(s2._db()) == []
-    assert s2.query("select type, name, sql from sqlite_master order by name") == schema
-    assert s2.query("select * from migrations") == applied
-    assert applied_versions(s2._db()) == [v for v, _, _ in MIGRATIONS]
-    assert s2.one("pragma journal_mode")["journal_mode"] == "wal"
-    assert s2.one("pragma foreign_keys")["foreign_keys"] == 1
-    assert s2.one("pragma busy_timeout")["timeout"] == 30_000
-
-
-def test_upgrade_from_v1_backfills_imported_pairs(tmp_path):
-    db = sqlite_utils.Database(tmp_path / "old.db")
-    assert migrate(db, target=1) == [1]
-    db.execute("insert into prompts (id, text) values (1, 'q')")
-    db.execute("insert into pairs (prompt_id, response_a, response_b, version_a, version_b, "
-               "status) values (1, 'c', 'r', 'import', 'import', 'voted'), "
-               "(1, 'x', 'y', 'base', 'base', 'queued')")
-    db.conn.commit()
-    db.close()
-    s = Store(tmp_path / "old.db")
-    assert applied_versions(s._db()) == [1, 2, 3]  # every later migration applied
-    assert [p["origin"] for p in s.query("select origin from pairs order by id")] == [
-        "import", "live"]
-    assert s.take_pair("u")["id"] == 2
-
-
-def test_refuses_newer_schema_and_non_db_files(tmp_path):
-    s = Store(tmp_path / "n.db")
-    with s.write() as db:
-        db.execute("insert into migrations (version, name) values (?, 'future')", [LATEST + 1])
-    with pytest.raises(StoreError, match="newer than this LiveDPO knows"):
-        Store(tmp_path / "n.db")
-    (tmp_path / "junk.db").write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(StoreError, match="cannot open .*junk.db as a LiveDPO database"):
-        Store(tmp_path / "junk.db")
-
-
+# --- connections --------------------------------------------------------------------
 def test_open_creates_data_dir(tmp_path):
     s = Store.open(tmp_path / "data")
     assert (tmp_path / "data" / "livedpo.db").is_file()
