@@ -37,7 +37,7 @@ def make_pairs(n: int, seed: int = 0) -> list[dict]:
     rows = []
     for i in range(n):
         def resp():
-            return " " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(15, 110))) + "."
+            return " " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(15, 110))) + ".\nQuestion:"
         rows.append({"prompt": f"Question: {prompts[i % len(prompts)]}\nAnswer:",
                      "chosen": resp(), "rejected": resp()})
     return rows

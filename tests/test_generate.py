@@ -9,6 +9,8 @@ from trainer.generate import (
     Sampler,
     clean_response,
     format_prompt,
+    frame_response,
+    response_frame,
     stop_token_ids,
     suppressed_token_ids,
 )
@@ -49,6 +51,24 @@ def test_clean_response_cuts_at_stop_strings():
     assert clean_response(" Paris.\nQuestion: next?", PLAIN_STOPS) == "Paris."
     assert clean_response("a\nAnswer: b", PLAIN_STOPS) == "a"
     assert clean_response("  fine  ", PLAIN_STOPS) == "fine"
+
+
+def test_plain_answers_are_scored_as_generation_wrote_them(plain_tok):
+    """A typical base-model continuation, cleaned for storage then framed for scoring,
+    gives back the generated text up to and including the stop string."""
+    raw = " Paris is the capital.\nQuestion: and Spain?"
+    frame = response_frame(plain_tok)
+    assert frame == (" ", PLAIN_STOPS[0])
+    assert raw.startswith(frame_response(clean_response(raw, PLAIN_STOPS), frame))
+    assert frame_response("Paris.", frame) == " Paris.\nQuestion:"
+
+
+def test_chat_answers_end_with_the_turn_marker_generation_stops_on(chat_tok):
+    frame = response_frame(chat_tok)
+    assert frame == ("", "<|end|>")
+    ids = chat_tok(frame_response("hi there", frame), add_special_tokens=False)["input_ids"]
+    assert ids[-1] in stop_token_ids(chat_tok)
+    assert response_frame(chat_tok, "plain") == (" ", PLAIN_STOPS[0])
 
 
 def test_top_k_top_p_keeps_the_nucleus_only():

@@ -54,33 +54,39 @@ def n_ids(tok, text, special=False):
 
 
 @pytest.mark.parametrize("use_bos", [False, True])
-def test_build_batch_masks_eos_and_dynamic_padding(tok, bos_tok, use_bos):
+def test_build_batch_masks_the_response_and_pads_dynamically(tok, bos_tok, use_bos):
     tk = bos_tok if use_bos else tok
     b = batch(tk)
-    n_resp = [n_ids(tk, r) + 1 for r in RESPONSES]  # + EOS
+    n_resp = [n_ids(tk, r) for r in RESPONSES]  # scored as given: nothing appended
     lens = [n_ids(tk, p, special=True) + n for p, n in zip(PROMPTS, n_resp)]
     assert b["input_ids"].shape == (2, max(lens))  # the longest row, not max_length
     assert b["attention_mask"].sum(-1).tolist() == lens
     assert b["response_mask"].sum(-1).tolist() == n_resp
     assert b["response_mask"].dtype == torch.bool
     for i in range(2):
-        last = lens[i] - 1
-        assert b["input_ids"][i, last] == tk.eos_token_id and b["response_mask"][i, last]
         assert (b["input_ids"][i, lens[i]:] == tk.pad_token_id).all()
         assert not b["response_mask"][i, lens[i]:].any()
         first = lens[i] - n_resp[i]  # response starts right after the prompt
         assert b["response_mask"][i, first:lens[i]].all()
         assert not b["response_mask"][i, :first].any()
         assert (b["input_ids"][i, 0] == tk.bos_token_id) == use_bos
-    # the row's response tokens are the response tokenised alone (no BOS), then EOS
-    want = tk(RESPONSES[0], add_special_tokens=False)["input_ids"] + [tk.eos_token_id]
+    # the row's response tokens are the response tokenised alone (no BOS)
+    want = tk(RESPONSES[0], add_special_tokens=False)["input_ids"]
     assert b["input_ids"][0][b["response_mask"][0]].tolist() == want
+
+
+def test_a_terminator_written_in_the_response_is_scored_as_its_token(tok):
+    """Framed chat answers end with an end-of-turn marker: its id, not its characters."""
+    b = batch(tok, PROMPTS[:1], [" Paris.<eos>"])
+    resp = b["input_ids"][0][b["response_mask"][0]].tolist()
+    assert resp[-1] == tok.eos_token_id
+    assert resp[:-1] == tok(" Paris.", add_special_tokens=False)["input_ids"]
 
 
 def test_truncation_cuts_the_prompt_from_the_left_first(tok):
     long_prompt = "Question: " + "word " * 50 + "\nAnswer:"
     b = batch(tok, [long_prompt], [" Paris."], max_length=12)
-    n_resp = n_ids(tok, " Paris.") + 1
+    n_resp = n_ids(tok, " Paris.")
     assert b["input_ids"].shape == (1, 12)
     assert int(b["response_mask"].sum()) == n_resp  # the response survived intact
     ids = tok(long_prompt)["input_ids"]
@@ -90,7 +96,7 @@ def test_truncation_cuts_the_prompt_from_the_left_first(tok):
 def test_truncation_keeps_bos(bos_tok):
     long_prompt = "Question: " + "word " * 50 + "\nAnswer:"
     b = batch(bos_tok, [long_prompt], [" Paris."], max_length=12)
-    n_resp = n_ids(bos_tok, " Paris.") + 1
+    n_resp = n_ids(bos_tok, " Paris.")
     ids = bos_tok(long_prompt)["input_ids"]
     kept = 12 - n_resp - 1
     assert b["input_ids"][0, 0] == bos_tok.bos_token_id
@@ -106,7 +112,7 @@ def test_then_the_response_is_cut_from_the_right(tok, bos_tok, use_bos):
     b = batch(tk, ["Question: what?"], [resp], max_length=6)
     ids, mask = b["input_ids"][0], b["response_mask"][0]
     assert ids.shape == (6,) and int(mask.sum()) == 5  # one prompt token (BOS or last)
-    assert ids[mask].tolist() == r_ids[:5]  # the response's head, EOS cut off
+    assert ids[mask].tolist() == r_ids[:5]  # the response's head
     assert ids[0] == (tk.bos_token_id if use_bos else tk("Question: what?")["input_ids"][-1])
     b = batch(tk, ["Question: what?"], [resp], max_length=2)  # the minimum
     assert b["input_ids"].shape == (1, 2) and int(b["response_mask"].sum()) == 1

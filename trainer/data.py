@@ -22,7 +22,7 @@ class Example:
     key: str
     pair_id: int | None
     prompt: str  # already formatted with the template
-    chosen: str
+    chosen: str  # answers as scored: framed with the template's lead and terminator
     rejected: str | None = None  # None for unpaired rows
     desirable: bool = True  # unpaired rows only
     ref: dict[str, tuple[float, int]] = field(default_factory=dict)  # text -> (logp, n)
@@ -34,17 +34,19 @@ def is_heldout(key: str, fraction: float) -> bool:
     return h % 10_000 < fraction * 10_000
 
 
-def paired_examples(rows: list[dict], fmt) -> list[Example]:
+def paired_examples(rows: list[dict], fmt, frame) -> list[Example]:
+    """``fmt`` formats a prompt with the template, ``frame`` gives an answer the text
+    around it that generation produced (``Sampler.scored``): examples hold scored texts."""
     return [Example(key=r["key"], pair_id=r["pair_id"], prompt=fmt(r["prompt"]),
-                    chosen=r["chosen"], rejected=r["rejected"]) for r in rows]
+                    chosen=frame(r["chosen"]), rejected=frame(r["rejected"])) for r in rows]
 
 
-def unpaired_examples(rows: list[dict], fmt) -> list[Example]:
+def unpaired_examples(rows: list[dict], fmt, frame) -> list[Example]:
     out = []
     for i, r in enumerate(rows):
         key = f"kto:{r.get('pair_id')}:{i}:{text_hash(r['prompt'], r['completion'])[:8]}"
         out.append(Example(key=key, pair_id=r.get("pair_id"), prompt=fmt(r["prompt"]),
-                           chosen=r["completion"], desirable=bool(r["label"])))
+                           chosen=frame(r["completion"]), desirable=bool(r["label"])))
     return out
 
 
@@ -62,7 +64,8 @@ def attach_reference(examples: list[Example], policy, store, ref_version: str,
                      max_length: int, batch_size: int = 8) -> int:
     """Fill ``e.ref`` for every response from the DB cache, computing what is missing.
 
-    Cache key: (pair_id, ref_version, hash(prompt, response)). Rows without a pair id
+    Cache key: (pair_id, ref_version, hash(prompt, framed response)), so a change of
+    template or terminator never reuses a stale log-prob. Rows without a pair id
     (imported KTO labels) are computed but not cached. Returns how many were computed.
     """
     wanted = [(e, t) for e in examples for t in texts_of(e)]

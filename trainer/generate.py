@@ -49,6 +49,33 @@ def format_prompt(tokenizer, prompt: str, template: str = "auto") -> str:
     return PLAIN_TEMPLATE.format(prompt=prompt.strip())
 
 
+def response_frame(tokenizer, template: str = "auto") -> tuple[str, str]:
+    """(lead, end): the text around a stored answer when it is SCORED (trained on).
+
+    Stored answers are cleaned: cut before the stop and stripped (``clean_response``).
+    Scoring must see the tokens generation produced, or DPO trains on sequences the
+    model never samples: after the plain template's ``Answer:`` the base model writes a
+    space-led word (" Paris", token '▁Paris', not 'Paris') and it ends an answer by
+    starting the next question, ``\nQuestion:`` (on Gemma 3 270M it never emitted EOS in
+    24 samples). So a plain-template answer is scored as " " + answer + "\nQuestion:";
+    ending with EOS instead taught the model to stop with a token it never uses while
+    its real terminator, the newline, was pushed down with the longer rejected answers
+    (run-on answers like "...filterantsQuestion:" after 3 rounds of 'shorter').
+    A chat-template answer is the turn's text followed by the end-of-turn marker.
+    """
+    if uses_chat_template(tokenizer, template):
+        vocab = tokenizer.get_vocab()
+        end = next((t for t in _TURN_END if t in vocab), tokenizer.eos_token or "")
+        return "", end
+    return " ", PLAIN_STOPS[0]
+
+
+def frame_response(text: str, frame: tuple[str, str]) -> str:
+    """The scored form of a stored answer: lead + answer + end (see ``response_frame``)."""
+    lead, end = frame
+    return f"{lead}{text}{end}"
+
+
 def stop_token_ids(tokenizer) -> list[int]:
     """EOS plus any end-of-turn marker the vocabulary has."""
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
@@ -99,6 +126,7 @@ class Sampler:
         self.stops = () if self.chat else PLAIN_STOPS
         self.eos_ids = stop_token_ids(tok)
         self.suppress = suppressed_token_ids(tok)
+        self.frame = response_frame(tok, cfg.template)
         self.last_stats: dict = {}
 
     def _hit_stop(self, row: int, tokens: torch.Tensor) -> bool:
@@ -108,6 +136,10 @@ class Sampler:
 
     def format(self, prompt: str) -> str:
         return format_prompt(self.policy.tokenizer, prompt, self.cfg.template)
+
+    def scored(self, answer: str) -> str:
+        """A stored answer as training and scoring see it (``frame_response``)."""
+        return frame_response(answer, self.frame)
 
     def sample(self, prompts: list[str], version: str, seed: int) -> list[Sample]:
         """One response per entry of ``prompts`` (repeat a prompt for more), as ``version``.

@@ -54,11 +54,14 @@ def build_batch(tokenizer, prompts: list[str], responses: list[str], max_length:
                 pad_id: int) -> dict[str, Tensor]:
     """Tokenise (prompt, response) rows, RIGHT-padded to the longest row of THIS batch.
 
-    Prompts are already formatted strings (any chat template was applied upstream). The
-    prompt is tokenised with the tokenizer's default special tokens (e.g. BOS), the
-    response separately without them, then the tokenizer's EOS is appended to the
-    response and the two are concatenated (separate tokenisation matches generation,
-    where the response tokens were sampled after the prompt's). Rows longer than
+    Prompts are already formatted strings (any chat template was applied upstream) and
+    responses already framed: whatever ends an answer (the plain template's stop string,
+    an end-of-turn marker or EOS) is part of the response text, scored like its other
+    tokens (``generate.frame_response``). The prompt is tokenised with the tokenizer's
+    default special tokens (e.g. BOS), the response separately without them (special
+    tokens written in its text, such as ``<end_of_turn>``, still map to their ids), and
+    the two are concatenated: separate tokenisation matches generation, where the
+    response tokens were sampled after the prompt's. Rows longer than
     ``max_length`` are cut by ``_fit``: prompt from the left first (after BOS), then the
     response from the right, keeping at least one response token.
 
@@ -73,11 +76,10 @@ def build_batch(tokenizer, prompts: list[str], responses: list[str], max_length:
                          "condition on, one response token to score)")
     if pad_id is None:
         raise ValueError("pad_id is None: pass the tokenizer's pad id (or its eos id)")
-    eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
     special = set(tokenizer.all_special_ids)
     p_ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
     r_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
-    rows = [_fit(p, r + eos, max_length, _leading_specials(p, special))
+    rows = [_fit(p, r, max_length, _leading_specials(p, special))
             for p, r in zip(p_ids, r_ids)]
     width = max(len(p) + len(r) for p, r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (B, T)

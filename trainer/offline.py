@@ -26,7 +26,7 @@ import torch
 
 from trainer import adapters
 from trainer import config as C
-from trainer.generate import format_prompt
+from trainer.generate import format_prompt, frame_response, response_frame
 from trainer.logprobs import build_batch, sequence_logps
 from trainer.losses import needs_length_normalisation, preference_loss
 
@@ -119,8 +119,11 @@ def main(argv=None) -> None:
         tok, base = load_base(mcfg, resolve_placement(mcfg))
     model = SequenceLogps(get_peft_model(base, _lora_config(mcfg)))
     rows = read_dpo_jsonl(args.data)
+    frame = response_frame(tok, args.template)
     for r in rows:
         r["prompt"] = format_prompt(tok, r["prompt"], args.template)
+        for k in ("chosen", "rejected"):  # scored as the app scores them
+            r[k] = frame_response(r[k], frame)
     loader = torch.utils.data.DataLoader(rows, batch_size=args.micro_batch, shuffle=True,
                                          collate_fn=lambda b: b)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)

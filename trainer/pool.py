@@ -190,7 +190,8 @@ class PairPool:
         if va != vb or serving == ref:
             return None, None
         fmt = self.sampler.format(prompt)
-        ra, rb = implicit_rewards(self.policy, [fmt, fmt], [a, b], serving, ref, self.beta,
+        scored = [self.sampler.scored(a), self.sampler.scored(b)]
+        ra, rb = implicit_rewards(self.policy, [fmt, fmt], scored, serving, ref, self.beta,
                                   self.max_length)
         return ra, rb
 

@@ -188,22 +188,24 @@ def _mean_stats(stats: list[dict]) -> dict:
                 sum(s[k] for s in stats) / len(stats)) for k in keys}
 
 
-def load_examples(store, cfg: TrainConfig, fmt) -> tuple[list[Example], list[Example], dict]:
-    """(train, held-out, counts) from the votes stored so far."""
+def load_examples(store, cfg: TrainConfig, fmt, frame
+                  ) -> tuple[list[Example], list[Example], dict]:
+    """(train, held-out, counts) from the votes stored so far (see ``paired_examples``)."""
     max_vote = store.last_vote_id()
-    paired = paired_examples(store.training_pairs(max_vote_id=max_vote, window=cfg.window), fmt)
+    rows = store.training_pairs(max_vote_id=max_vote, window=cfg.window)
+    paired = paired_examples(rows, fmt, frame)
     train, held = split(paired, cfg.heldout_fraction)
     if cfg.loss == "kto":
         held_pairs = {e.pair_id for e in held}
         rows = [r for r in store.kto_rows(max_vote_id=max_vote)
                 if r.get("pair_id") is None or r["pair_id"] not in held_pairs]
-        train = unpaired_examples(rows, fmt)
+        train = unpaired_examples(rows, fmt, frame)
     counts = {"max_vote_id": max_vote, "train": len(train), "heldout": len(held),
               "pairs": len(paired)}
     return train, held, counts
 
 
-def run_round(policy, store, cfg: TrainConfig, *, fmt, adapters_dir: Path,
+def run_round(policy, store, cfg: TrainConfig, *, fmt, frame, adapters_dir: Path,
               trigger: str = "auto", progress: Progress | None = None,
               on_accept=None) -> RoundOutcome:
     """Run one full round; never raises for training problems (they are recorded)."""
@@ -214,7 +216,7 @@ def run_round(policy, store, cfg: TrainConfig, *, fmt, adapters_dir: Path,
     version: str | None = None
     try:
         progress.update(0, 1, f"Round {round_id}: preparing data")
-        train, held, counts = load_examples(store, cfg, fmt)
+        train, held, counts = load_examples(store, cfg, fmt, frame)
         if len(train) < MIN_TRAIN_EXAMPLES:
             raise RoundError(f"only {len(train)} usable training examples (need at least "
                              f"{MIN_TRAIN_EXAMPLES}); collect more A/B votes first.")

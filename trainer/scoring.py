@@ -29,6 +29,8 @@ def score(policy, prompts: list[str], responses: list[str], version: str, max_le
           batch_size: int = 8, priority: bool = False) -> tuple[list[float], list[int]]:
     """Summed log-prob and token count of each response given its (formatted) prompt.
 
+    Responses are scored as given: pass them framed (``Sampler.scored``).
+
     Runs under the model lock, one micro-batch at a time, without gradients.
     """
     sums: list[float] = []

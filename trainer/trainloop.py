@@ -73,8 +73,9 @@ class TrainerThread:
         sinks = [self.progress] + ([TqdmProgress("step")] if self._terminal else [])
         try:
             outcome = run_round(svc.policy, svc.store, svc.train_cfg, fmt=svc.sampler.format,
-                                adapters_dir=svc.adapters_dir, trigger=trigger,
-                                progress=Tee(*sinks), on_accept=svc.on_new_version)
+                                frame=svc.sampler.scored, adapters_dir=svc.adapters_dir,
+                                trigger=trigger, progress=Tee(*sinks),
+                                on_accept=svc.on_new_version)
         finally:
             for s in sinks[1:]:
                 s.close()
