@@ -6,6 +6,7 @@ from trainer.config import SamplingConfig
 from trainer.decode import filter_top_k_top_p
 from trainer.generate import (
     PLAIN_STOPS,
+    Sample,
     Sampler,
     clean_response,
     format_prompt,
@@ -87,3 +88,38 @@ def test_sampler_batches_and_seeds(tiny_policy):
     assert len(a) == 3 and [x.text for x in a] == [x.text for x in b]  # seed reproduces
     assert all(1 <= x.n_tokens <= 6 for x in a)
     assert s.last_stats["rows"] == 3 and s.last_stats["tokens_per_s"] > 0
+
+
+class _StopsAtOnceFirst(Sampler):
+    """The real sampler, except that its first loop's odd rows come out empty, as when
+    a policy learned to stop at once; records which prompts each loop got."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.calls: list[list[str]] = []
+
+    def _sample_once(self, prompts, version, seed):
+        out = super()._sample_once(prompts, version, seed)
+        self.calls.append(list(prompts))
+        if len(self.calls) == 1:
+            out = [Sample("", 1) if i % 2 else s for i, s in enumerate(out)]
+        return out
+
+
+def test_empty_answers_are_sampled_again(tiny_policy):
+    prompts = ["p0", "p1", "p2", "p3"]
+    cfg = SamplingConfig(max_new_tokens=6, empty_retries=2)
+    s = _StopsAtOnceFirst(tiny_policy, cfg)
+    out = s.sample(prompts, "base", seed=1)
+    assert s.calls[1] == ["p1", "p3"]  # only the empty rows, in one batch
+    plain = Sampler(tiny_policy, cfg)
+    first = plain._sample_once(prompts, "base", 1)
+    retry = plain._sample_once(["p1", "p3"], "base", 1 + 7919)
+    assert [out[0], out[2]] == [first[0], first[2]]  # answered rows are kept
+    assert all(x.text for x in retry)  # the real model answers on the retry...
+    assert [out[1], out[3]] == retry and len(s.calls) == 2  # ...so no third loop
+    assert s.last_stats["empty"] == sum(not x.text for x in out)
+
+    kept = _StopsAtOnceFirst(tiny_policy, SamplingConfig(max_new_tokens=6, empty_retries=0))
+    out = kept.sample(prompts, "base", seed=1)
+    assert len(kept.calls) == 1 and out[1].text == "" and kept.last_stats["empty"] >= 2

@@ -5,7 +5,7 @@ import torch
 
 from tests.svc_fixtures import tiny_service, vote_all
 from trainer import rounds
-from trainer.config import LOSS_TYPES
+from trainer.config import LOSS_TYPES, TrainConfig
 from trainer.policy import BASE
 
 
@@ -85,6 +85,19 @@ def test_rejected_round_when_heldout_accuracy_drops(tmp_path, tiny_model_dir, mo
     assert out.status == "rejected" and out.version is None
     assert "fell from 0.900 to 0.500" in svc.store.get_round(out.round_id)["error"]
     assert svc.policy.serving == BASE
+
+
+@pytest.mark.parametrize("before, after, n, tol, ok", [
+    (0.833, 0.667, 6, 0.05, True),   # one pair of six flipped: noise
+    (0.833, 0.5, 6, 0.05, False),    # two pairs
+    (0.9, 0.84, 50, 0.05, False),    # many pairs: the tolerance rules
+    (0.9, 0.86, 50, 0.05, True),
+    (0.9, 0.5, 4, 1.0, True),        # gate opened
+])
+def test_acceptance_gate_allows_the_tolerance_or_one_pair(before, after, n, tol, ok):
+    cfg = TrainConfig(accept_tolerance=tol)
+    assert rounds._accepted({"accuracy": before, "n": n}, {"accuracy": after, "n": n},
+                            cfg) is ok
 
 
 def test_rollback_and_branching(tmp_path, tiny_model_dir):

@@ -70,9 +70,14 @@ class SamplingConfig:
     template: str = _f("auto", "Prompt template: auto = the tokenizer's chat template when it "
                        "has one, else plain 'Question: ...\\nAnswer:'.", ("auto", "chat", "plain"))
     max_prompt_tokens: int = _f(512, "Prompts are cut (from the left) to this many tokens.")
+    empty_retries: int = _f(2, "An empty answer is sampled again up to this many times: "
+                            "annotators should not vote on nothing, and 'anything beats "
+                            "empty' votes teach the model never to stop (see README).")
 
     def problems(self) -> list[str]:
         out = _choice_problems(self)
+        if not 0 <= self.empty_retries <= 10:
+            out.append(f"empty_retries={self.empty_retries}: must be in 0..10 (try 2)")
         if not 1 <= self.max_new_tokens <= 4096:
             out.append(f"max_new_tokens={self.max_new_tokens}: must be in 1..4096 (try 96)")
         if self.temperature <= 0:
@@ -139,7 +144,7 @@ class TrainConfig:
                         "(the previous adapter version, sDPO).", ("base", "previous"))
     heldout_fraction: float = _f(0.2, "Share of votes held out to score reward accuracy.")
     accept_tolerance: float = _f(0.05, "A round is rejected when held-out accuracy drops by "
-                                 "more than this.")
+                                 "more than this (and by more than one held-out pair).")
     desirable_weight: float = _f(1.0, "KTO weight of desirable completions.")
     undesirable_weight: float = _f(1.0, "KTO weight of undesirable completions.")
     max_grad_norm: float = _f(1.0, "Gradient clipping norm.")

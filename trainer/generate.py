@@ -144,15 +144,36 @@ class Sampler:
     def sample(self, prompts: list[str], version: str, seed: int) -> list[Sample]:
         """One response per entry of ``prompts`` (repeat a prompt for more), as ``version``.
 
-        All rows go through ONE batched decode loop. Holds the model lock at high priority.
+        All rows go through ONE batched decode loop; rows whose answer came out empty
+        (the model stopped at once) are sampled again, together, up to
+        ``cfg.empty_retries`` times. Holds the model lock at high priority per loop.
         """
+        t0 = time.perf_counter()
+        samples = self._sample_once(prompts, version, seed)
+        tokens = sum(s.n_tokens for s in samples)
+        for attempt in range(1, self.cfg.empty_retries + 1):
+            empty = [i for i, s in enumerate(samples) if not s.text]
+            if not empty:
+                break
+            again = self._sample_once([prompts[i] for i in empty], version,
+                                      seed + 7919 * attempt)
+            tokens += sum(s.n_tokens for s in again)
+            for i, s in zip(empty, again):
+                samples[i] = s
+        dt = time.perf_counter() - t0
+        self.last_stats = {"rows": len(prompts), "seconds": dt, "tokens": tokens,
+                           "tokens_per_s": tokens / dt if dt else 0.0,
+                           "empty": sum(not s.text for s in samples)}
+        return samples
+
+    def _sample_once(self, prompts: list[str], version: str, seed: int) -> list[Sample]:
+        """One batched decode loop over ``prompts``; cleaned answers."""
         tok, model = self.policy.tokenizer, self.policy.model
         texts = [self.format(p) for p in prompts]
         tok.padding_side, tok.truncation_side = "left", "left"
         enc = tok(texts, return_tensors="pt", padding=True, truncation=True,
                   max_length=self.cfg.max_prompt_tokens,
                   add_special_tokens=not self.chat).to(self.policy.device)
-        t0 = time.perf_counter()
         gen = torch.Generator(device=self.policy.device).manual_seed(seed)
         with self.policy.lock.hold(priority=True), self.policy.active(version):
             new = sample_batch(
@@ -162,10 +183,6 @@ class Sampler:
                 pad_id=tok.pad_token_id, suppress_ids=self.suppress,
                 stopped=self._hit_stop if self.stops else None, generator=gen)  # (N, T_new)
         n_tokens = [_length(row, self.eos_ids, tok.pad_token_id) for row in new]
-        samples = [Sample(clean_response(tok.decode(row[:n], skip_special_tokens=True),
-                                         self.stops), n)
-                   for row, n in zip(new, n_tokens)]
-        dt = time.perf_counter() - t0
-        self.last_stats = {"rows": len(prompts), "seconds": dt, "tokens": sum(n_tokens),
-                           "tokens_per_s": sum(n_tokens) / dt if dt else 0.0}
-        return samples
+        return [Sample(clean_response(tok.decode(row[:n], skip_special_tokens=True),
+                                      self.stops), n)
+                for row, n in zip(new, n_tokens)]

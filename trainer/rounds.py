@@ -231,8 +231,8 @@ def run_round(policy, store, cfg: TrainConfig, *, fmt, frame, adapters_dir: Path
         metrics = {"heldout_before": before, "heldout_after": after, **fit}
         if not _accepted(before, after, cfg):
             reason = (f"held-out accuracy fell from {before['accuracy']:.3f} to "
-                      f"{after['accuracy']:.3f} (tolerance {cfg.accept_tolerance}); serving "
-                      f"stays {serving}")
+                      f"{after['accuracy']:.3f} on {after['n']} pairs (tolerance "
+                      f"{cfg.accept_tolerance} or one pair); serving stays {serving}")
             store.finish_round(round_id, "rejected", counts=counts, metrics=metrics,
                                error=reason)
             return RoundOutcome(round_id, "rejected", None, metrics, reason)
@@ -272,9 +272,17 @@ def run_round(policy, store, cfg: TrainConfig, *, fmt, frame, adapters_dir: Path
 
 
 def _accepted(before: dict, after: dict, cfg: TrainConfig) -> bool:
+    """Held-out accuracy may fall by the tolerance, and always by one pair.
+
+    With few held-out pairs (6 of a 32-vote round) one pair moves accuracy by 0.17, so a
+    5% tolerance alone rejected rounds for a single flipped pair: noise, not harm (seen
+    on Gemma: 0.833 -> 0.667, and the round's 32 votes were not served).
+    """
     if before["accuracy"] is None or after["accuracy"] is None:
         return True  # nothing held out (tiny data): accept on finite losses alone
-    return after["accuracy"] >= before["accuracy"] - cfg.accept_tolerance
+    one_pair = 1.0 / max(after["n"], 1)
+    allowed = max(cfg.accept_tolerance, one_pair) + 1e-9
+    return after["accuracy"] >= before["accuracy"] - allowed
 
 
 def _explain(e: Exception) -> str:

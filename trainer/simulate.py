@@ -25,6 +25,7 @@ from trainer.scoring import mean_token_kl
 
 log = logging.getLogger(__name__)
 ANNOTATOR = "oracle"
+N_EXAMPLES = 4
 
 
 @dataclass
@@ -32,6 +33,8 @@ class EvalResult:
     win_rate: float
     kl_per_token: float
     n: int
+    mean_chars: float  # of the serving adapter's answers: what the policy now writes
+    examples: list[dict]  # the first few (prompt, serving answer, base answer) rows
 
 
 def evaluate(svc, oracle, prompts: list[str], samples: int, seed: int,
@@ -53,7 +56,10 @@ def evaluate(svc, oracle, prompts: list[str], samples: int, seed: int,
         kl, _ = mean_token_kl(svc.policy, fmt, scored, serving, BASE, svc.train_cfg.max_length)
     points = {"a": 1.0, "b": 0.0, "tie": 0.5, "both_bad": 0.5}
     wins = [points[oracle(p, m.text, t.text)] for p, m, t in zip(rows, mine, theirs)]
-    return EvalResult(sum(wins) / len(wins), kl, len(wins))
+    examples = [{"prompt": p, "serving": m.text, "base": t.text}
+                for p, m, t in list(zip(rows, mine, theirs))[::samples][:N_EXAMPLES]]
+    return EvalResult(sum(wins) / len(wins), kl, len(wins),
+                      sum(len(m.text) for m in mine) / len(mine), examples)
 
 
 def vote_until_round(svc, oracle, votes: int, timeout_s: float) -> dict:
@@ -94,12 +100,13 @@ def run(svc, oracle, *, rounds: int, pairs_per_round: int, eval_prompts: list[st
         ev = evaluate(svc, oracle, eval_prompts, samples, seed + 1000 * r, base_answers)
         row = {"round": r, "serving": svc.policy.serving, "win_rate": ev.win_rate,
                "kl_per_token": ev.kl_per_token, "eval_samples": ev.n,
+               "mean_chars": round(ev.mean_chars, 1), "examples": ev.examples,
                "elapsed_s": round(time.time() - t0, 1)}
         if r > 0:
             row.update({"round_id": rnd["id"], "round_status": rnd["status"],
                         "round_error": rnd.get("error")})
         history.append(row)
-        log.info("simulate: %s", row)
+        log.info("simulate: %s", {k: v for k, v in row.items() if k != "examples"})
         if progress:
             progress.update(r, rounds, f"win rate {ev.win_rate:.0%} after round {r}")
     result = {"rounds": history, "settings": {
