@@ -7,7 +7,7 @@ Each configuration (loss x reference x seed) runs ``python app.py simulate`` in 
 process and data dir: the real pair pool, SQLite, trainer thread and hot-swaps, with a
 scripted oracle instead of a person. Prints a table of the oracle's win rate of the
 serving adapter against base after every round, and the exact per-token KL to base;
-writes bench/results/learning-<model>.json and docs/learning-<model>.png.
+writes bench/results/learning-<model>-<oracle>.json and docs/learning-<model>-<oracle>.png.
 """
 
 from __future__ import annotations
@@ -68,6 +68,8 @@ def summarise(runs: list[dict]) -> list[dict]:
         rows.append({"loss": loss, "reference": ref, "seeds": len(mine), "win_rate": win,
                      "final_win_rates": [r["rounds"][-1]["win_rate"] for r in mine],
                      "kl_final": statistics.mean(r["rounds"][-1]["kl_per_token"] for r in mine),
+                     "chars": [statistics.mean(r["rounds"][i].get("mean_chars", float("nan"))
+                                               for r in mine) for i in range(n_rounds)],
                      "minutes": statistics.mean(r["wall_s"] for r in mine) / 60})
     return rows
 
@@ -75,13 +77,15 @@ def summarise(runs: list[dict]) -> list[dict]:
 def table(rows: list[dict]) -> str:
     n = len(rows[0]["win_rate"])
     head = ("| loss | reference | seeds | " + " | ".join(f"round {i}" for i in range(n))
-            + " | final per seed | KL/token (final) | minutes/run |")
-    lines = [head, "|" + "---|" * (n + 6)]
+            + " | final per seed | KL/token (final) | answer chars (0 -> final) "
+            "| minutes/run |")
+    lines = [head, "|" + "---|" * (n + 7)]
     for r in rows:
         lines.append(f"| {r['loss']} | {r['reference']} | {r['seeds']} | "
                      + " | ".join(f"{w:.0%}" for w in r["win_rate"])
                      + f" | {', '.join(f'{w:.0%}' for w in r['final_win_rates'])} | "
-                     f"{r['kl_final']:.3f} | {r['minutes']:.1f} |")
+                     f"{r['kl_final']:.3f} | {r['chars'][0]:.0f} -> {r['chars'][-1]:.0f} | "
+                     f"{r['minutes']:.1f} |")
     return "\n".join(lines)
 
 
@@ -136,12 +140,12 @@ def main() -> None:
                   + f"  ({r['wall_s'] / 60:.1f} min)", flush=True)
     rows = summarise(runs)
     print(table(rows))
-    write_json(f"learning-{name}.json", {"machine": machine(), "model": name,
-                                         "oracle": args.oracle, "extra_flags": extra,
-                                         "summary": rows, "runs": runs})
-    plot(rows, ROOT / "docs" / f"learning-{name}.png",
+    stem = f"learning-{name}-{args.oracle.replace(':', '.')}"
+    write_json(f"{stem}.json", {"machine": machine(), "model": name, "oracle": args.oracle,
+                                "extra_flags": extra, "summary": rows, "runs": runs})
+    plot(rows, ROOT / "docs" / f"{stem}.png",
          f"LiveDPO learning curves ({name}, oracle: {args.oracle})")
-    print(f"wrote {RESULTS / f'learning-{name}.json'} and docs/learning-{name}.png")
+    print(f"wrote {RESULTS / f'{stem}.json'} and docs/{stem}.png")
 
 
 if __name__ == "__main__":

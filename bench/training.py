@@ -14,6 +14,7 @@ steps (micro-batch x grad-accum) over the same pairs for the same epochs.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import sys
@@ -44,7 +45,7 @@ def make_pairs(n: int, seed: int = 0) -> list[dict]:
 
 
 def child(variant: str, n: int, epochs: int, max_length: int, micro: int, accum: int,
-          cache_dir: str) -> dict:
+          chunk_size: int, cache_dir: str) -> dict:
     import torch
 
     from trainer.config import ModelConfig
@@ -69,7 +70,8 @@ def child(variant: str, n: int, epochs: int, max_length: int, micro: int, accum:
                                             k == "input_ids" else 0) for k, v in b.items()}
         return b
 
-    logps = naive_sequence_logps if naive else sequence_logps
+    logps = naive_sequence_logps if naive else functools.partial(sequence_logps,
+                                                                  chunk_size=chunk_size)
     ref_cache: dict[int, torch.Tensor] = {}
     tokens, t0 = 0, time.perf_counter()
     for _ in range(epochs):
@@ -94,7 +96,7 @@ def child(variant: str, n: int, epochs: int, max_length: int, micro: int, accum:
     base = model.get_base_model()
     p_head = base.get_output_embeddings().weight.numel()
     p_body = sum(p.numel() for p in base.model.parameters()) - p_head  # tied embeddings
-    return {"variant": variant, "pairs": n, "epochs": epochs, "seconds": dt,
+    return {"variant": variant, "chunk_size": None if naive else chunk_size, "pairs": n, "epochs": epochs, "seconds": dt,
             "pairs_per_s": n * epochs / dt, "tokens": tokens, "peak_rss_mb": peak_rss_mb(),
             "p_body": p_body, "p_head": p_head}
 
@@ -106,20 +108,23 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=320)
     ap.add_argument("--micro-batch", type=int, default=2)
     ap.add_argument("--grad-accum", type=int, default=2)
+    ap.add_argument("--chunk-size", type=int, default=1024,
+                    help="LM-head rows per chunk in ours (sequence_logps' chunk_size)")
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--child", default=None)
     args = ap.parse_args()
     from trainer.config import default_cache_dir
 
     cache = args.cache_dir or default_cache_dir()
-    sizes = (args.pairs, args.epochs, args.max_length, args.micro_batch, args.grad_accum)
+    sizes = (args.pairs, args.epochs, args.max_length, args.micro_batch, args.grad_accum,
+             args.chunk_size)
     if args.child:
         print(json.dumps(child(args.child, *sizes, cache)))
         return
     me = str(Path(__file__).resolve())
     common = ["--pairs", str(args.pairs), "--epochs", str(args.epochs), "--max-length",
               str(args.max_length), "--micro-batch", str(args.micro_batch), "--grad-accum",
-              str(args.grad_accum), "--cache-dir", cache]
+              str(args.grad_accum), "--chunk-size", str(args.chunk_size), "--cache-dir", cache]
     naive = run_child(me, "naive", *common)
     ours = run_child(me, "ours", *common)
     gflops = matmul_gflops()
