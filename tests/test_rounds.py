@@ -33,11 +33,11 @@ def test_round_creates_v1_and_swap_changes_generation(tmp_path, tiny_model_dir):
     assert steps and {"loss", "rewards/margins", "grad_norm", "tokens_per_s"} <= set(
         steps[0]["metrics"])
     meta = (tmp_path / "data" / "adapters" / "v1" / "metadata.json").read_text()
-    assert '"parent_version": "base"' in meta and '"loss": "sigmoid"' in meta
+    assert '"parent_version": "base"' in meta and f'"loss": "{TrainConfig().loss}"' in meta
     assert all(math.isfinite(s["metrics"]["loss"]) for s in steps)
 
 
-@pytest.mark.parametrize("loss", [x for x in LOSS_TYPES if x != "sigmoid"])
+@pytest.mark.parametrize("loss", [x for x in LOSS_TYPES if x != TrainConfig().loss])
 def test_every_loss_type_runs_a_round(tmp_path, tiny_model_dir, loss):
     svc = _trained_svc(tmp_path, tiny_model_dir, "--loss", loss, "--label-smoothing",
                        "0.1" if loss == "robust" else "0")

@@ -129,7 +129,8 @@ class PoolConfig:
 class TrainConfig:
     """DPO rounds: when they start, what they optimise, and when a result is accepted."""
 
-    loss: str = _f("sigmoid", "Preference loss (see README: loss variants).", LOSS_TYPES)
+    loss: str = _f("nca_pair", "Preference loss (see README: loss variants; nca_pair keeps "
+                   "live rounds from collapsing, measured on Gemma).", LOSS_TYPES)
     beta: float = _f(0.1, "beta: strength of the KL tie to the reference policy.")
     label_smoothing: float = _f(0.0, "epsilon for cDPO / robust DPO (assumed label noise).")
     lr: float = _f(5e-5, "AdamW learning rate of the LoRA weights.")
