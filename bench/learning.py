@@ -8,6 +8,11 @@ process and data dir: the real pair pool, SQLite, trainer thread and hot-swaps, 
 scripted oracle instead of a person. Prints a table of the oracle's win rate of the
 serving adapter against base after every round, and the exact per-token KL to base;
 writes bench/results/learning-<model>-<oracle>.json and docs/learning-<model>-<oracle>.png.
+
+Each finished run is also kept at bench/results/runs/<stem>/<loss>-<reference>-seed<N>.json
+at once, so an hour of Gemma runs survives a crash in the next one. ``--reuse FILE ...`` adds
+earlier ``app.py simulate`` outputs (learning_curve.json) to the table; their settings must
+match this run's (pairs per round, samples, eval prompts, rounds, model), else it refuses.
 """
 
 from __future__ import annotations
@@ -56,6 +61,28 @@ def run_one(model: str, loss: str, reference: str, seed: int, args, extra: list[
     res.update({"loss": loss, "reference": reference, "seed": seed,
                 "wall_s": round(time.time() - t, 1)})
     return res
+
+
+def reused_run(path: Path, args, model_name: str) -> dict:
+    """An earlier simulate output as a run of this table, refused if its settings differ."""
+    res = json.loads(path.read_text())
+    st = res["settings"]
+    want = {"pairs_per_round": args.pairs_per_round, "samples_per_prompt": args.samples,
+            "eval_prompts": args.eval_prompts, "model": model_name}
+    bad = {k: (st.get(k), v) for k, v in want.items() if st.get(k) != v}
+    if len(res["rounds"]) != args.rounds + 1:
+        bad["rounds"] = (len(res["rounds"]) - 1, args.rounds)
+    if bad:
+        sys.exit(f"--reuse {path}: its settings differ from this run's "
+                 f"(setting: (file, this run)) {bad}; rerun it with the same flags instead.")
+    res.update({"loss": st["loss"], "reference": st["reference"],
+                "seed": st.get("seed", 0), "wall_s": res["seconds"], "reused_from": str(path)})
+    return res
+
+
+def keep_run(stem: str, run: dict) -> None:
+    """Write one finished run at once (atomically), before the next one starts."""
+    write_json(f"runs/{stem}/{run['loss']}-{run['reference']}-seed{run['seed']}.json", run)
 
 
 def summarise(runs: list[dict]) -> list[dict]:
@@ -122,6 +149,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--configs", default=",".join(f"{lo}:{re}" for lo, re in CONFIGS),
                     help="loss:reference pairs, comma-separated")
+    ap.add_argument("--reuse", nargs="*", default=[], type=Path,
+                    help="earlier simulate outputs (learning_curve.json) to add to the table")
     args, extra = ap.parse_known_args()
     name = args.model
     if args.model == "tiny":
@@ -129,18 +158,19 @@ def main() -> None:
         extra = [*TINY_FLAGS, *extra]
     else:
         model, name = args.model, Path(args.model).name
-    configs = [tuple(c.split(":")) for c in args.configs.split(",")]
-    runs = []
+    configs = [tuple(c.split(":")) for c in args.configs.split(",") if c]
+    stem = f"learning-{name}-{args.oracle.replace(':', '.')}"
+    runs = [reused_run(p, args, name) for p in args.reuse]
     for loss, ref in configs:
         for seed in (int(s) for s in args.seeds.split(",")):
             runs.append(run_one(model, loss, ref, seed, args, extra))
             r = runs[-1]
+            keep_run(stem, r)
             print(f"{loss:8} {ref:8} seed {seed}: "
                   + " ".join(f"{x['win_rate']:.0%}" for x in r["rounds"])
                   + f"  ({r['wall_s'] / 60:.1f} min)", flush=True)
     rows = summarise(runs)
     print(table(rows))
-    stem = f"learning-{name}-{args.oracle.replace(':', '.')}"
     write_json(f"{stem}.json", {"machine": machine(), "model": name, "oracle": args.oracle,
                                 "extra_flags": extra, "summary": rows, "runs": runs})
     plot(rows, ROOT / "docs" / f"{stem}.png",

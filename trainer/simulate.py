@@ -113,9 +113,11 @@ def run(svc, oracle, *, rounds: int, pairs_per_round: int, eval_prompts: list[st
         "pairs_per_round": pairs_per_round, "samples_per_prompt": samples,
         "eval_prompts": len(eval_prompts), "loss": svc.train_cfg.loss,
         "beta": svc.train_cfg.beta, "lr": svc.train_cfg.lr, "epochs": svc.train_cfg.epochs,
-        "reference": svc.train_cfg.reference, "model": svc.model_cfg.model},
+        "reference": svc.train_cfg.reference, "model": svc.model_cfg.model, "seed": seed},
         "seconds": round(time.time() - t0, 1)}
-    (out_dir / "learning_curve.json").write_text(json.dumps(result, indent=2))
+    tmp = out_dir / "learning_curve.json.tmp"
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(out_dir / "learning_curve.json")
     plot(history, out_dir / "learning_curve.png")
     return result
 
