@@ -223,8 +223,14 @@ def heldout_frame(rounds: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(data, columns=["label", "accuracy", "before", "round", "status"])
 
 
+def _healthy(metrics: Mapping[str, Any] | None, key: str) -> float | None:
+    v = ((metrics or {}).get(key) or {}).get("healthy")
+    return float(v) if isinstance(v, (int, float)) else None
+
+
 def rounds_frame(rounds: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    """One row per round: status, result version, data counts, accuracy, error."""
+    """One row per round: status, result version, data counts, accuracy, answer health
+    (share of sampled answers that ended by themselves: serving -> draft), error."""
     data = []
     for r in rounds:
         m, c = r.get("metrics") or {}, r.get("counts") or {}
@@ -233,11 +239,14 @@ def rounds_frame(rounds: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
                      "train": c.get("train"), "held out": c.get("heldout"),
                      "acc before": _heldout(m, "heldout_before"),
                      "acc after": _heldout(m, "heldout_after"),
+                     "ended before": _healthy(m, "health_before"),
+                     "ended after": _healthy(m, "health_after"),
                      "steps": m.get("steps"), "seconds": m.get("train_seconds"),
                      "error": r.get("error") or ""})
     return pd.DataFrame(data, columns=["round", "status", "trigger", "version", "train",
-                                       "held out", "acc before", "acc after", "steps",
-                                       "seconds", "error"])
+                                       "held out", "acc before", "acc after",
+                                       "ended before", "ended after", "steps", "seconds",
+                                       "error"])
 
 
 # --------------------------------------------------------------------------- leaderboard

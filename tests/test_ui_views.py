@@ -90,13 +90,17 @@ def test_heldout_and_rounds_frames():
     rounds = [{"id": 2, "status": "rejected", "metrics": {"heldout_before": {"accuracy": 0.6},
                                                           "heldout_after": {"accuracy": 0.4}},
                "error": "fell"},
+              {"id": 4, "status": "rejected", "error": "answers stopped ending",
+               "metrics": {"health_before": {"healthy": 0.9}, "health_after": {"healthy": 0.1}}},
               {"id": 1, "status": "accepted", "adapter_version": "v1", "counts": {"train": 5},
                "metrics": {"heldout_after": {"accuracy": 0.6}}},
               {"id": 3, "status": "failed", "metrics": {}, "error": "boom"}]
     held = views.heldout_frame(rounds)
     assert list(held["label"]) == ["v1", "r2 (rejected)"]
     table = views.rounds_frame(rounds)
-    assert list(table["round"]) == [2, 1, 3] and table.iloc[2]["error"] == "boom"
+    assert list(table["round"]) == [2, 4, 1, 3] and table.iloc[3]["error"] == "boom"
+    assert (table.iloc[1]["ended before"], table.iloc[1]["ended after"]) == (0.9, 0.1)
+    assert table.iloc[0][["ended before", "ended after"]].isna().all()  # no check recorded
 
 
 def test_reveal_markdown_cases():

@@ -146,6 +146,11 @@ class TrainConfig:
     heldout_fraction: float = _f(0.2, "Share of votes held out to score reward accuracy.")
     accept_tolerance: float = _f(0.05, "A round is rejected when held-out accuracy drops by "
                                  "more than this (and by more than one held-out pair).")
+    health_samples: int = _f(12, "Prompts the draft and the serving version each answer "
+                             "before a round is accepted (0 = no answer-health check).")
+    health_tolerance: float = _f(0.25, "A round is rejected when the draft's share of answers "
+                                 "that end by themselves (not empty, not cut at max tokens) "
+                                 "is lower than serving's by more than this (1 = off).")
     desirable_weight: float = _f(1.0, "KTO weight of desirable completions.")
     undesirable_weight: float = _f(1.0, "KTO weight of undesirable completions.")
     max_grad_norm: float = _f(1.0, "Gradient clipping norm.")
@@ -173,6 +178,11 @@ class TrainConfig:
             out.append(f"heldout_fraction={self.heldout_fraction}: must be in [0, 1)")
         if self.accept_tolerance < 0:
             out.append(f"accept_tolerance={self.accept_tolerance}: must be >= 0")
+        if not 0 <= self.health_samples <= 256:
+            out.append(f"health_samples={self.health_samples}: must be in 0..256 (0 = off)")
+        if not 0.0 <= self.health_tolerance <= 1.0:
+            out.append(f"health_tolerance={self.health_tolerance}: must be in [0, 1] "
+                       "(1 = off; try 0.25)")
         return out
 
 

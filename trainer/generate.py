@@ -10,6 +10,7 @@ per token than one prompt at a time (see bench/generation.py).
 from __future__ import annotations
 
 import re
+import threading
 import time
 from dataclasses import dataclass
 
@@ -30,6 +31,7 @@ _TURN_END = ("<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|end|>")
 class Sample:
     text: str
     n_tokens: int
+    finished: bool = True  # ended by a stop string or EOS, not by running out of tokens
 
 
 def uses_chat_template(tokenizer, template: str) -> bool:
@@ -105,14 +107,18 @@ def clean_response(text: str, stops: tuple[str, ...]) -> str:
     return text.strip()
 
 
-def _length(row: torch.Tensor, eos_ids: list[int], pad_id: int) -> int:
-    """Tokens a row generated: through its EOS, or up to the padding after a stop string."""
+def _length(row: torch.Tensor, eos_ids: list[int], pad_id: int) -> tuple[int, bool]:
+    """(tokens a row generated, whether it stopped by itself).
+
+    A row ends at its EOS, or at the padding that follows a stop string; a row with
+    neither ran out of tokens (``max_new_tokens``).
+    """
     for i, t in enumerate(row.tolist()):
         if t in eos_ids:
-            return i + 1
+            return i + 1, True
         if t == pad_id:
-            return i
-    return len(row)
+            return i, True
+    return len(row), False
 
 
 class Sampler:
@@ -127,7 +133,13 @@ class Sampler:
         self.eos_ids = stop_token_ids(tok)
         self.suppress = suppressed_token_ids(tok)
         self.frame = response_frame(tok, cfg.template)
-        self.last_stats: dict = {}
+        self._local = threading.local()
+
+    @property
+    def last_stats(self) -> dict:
+        """Stats of THIS thread's last ``sample`` call (the pool thread and the trainer's
+        answer-health check sample concurrently; neither sees the other's numbers)."""
+        return getattr(self._local, "stats", {})
 
     def _hit_stop(self, row: int, tokens: torch.Tensor) -> bool:
         """True once a row's text contains a stop string (checked on its last tokens)."""
@@ -161,7 +173,7 @@ class Sampler:
             for i, s in zip(empty, again):
                 samples[i] = s
         dt = time.perf_counter() - t0
-        self.last_stats = {"rows": len(prompts), "seconds": dt, "tokens": tokens,
+        self._local.stats = {"rows": len(prompts), "seconds": dt, "tokens": tokens,
                            "tokens_per_s": tokens / dt if dt else 0.0,
                            "empty": sum(not s.text for s in samples)}
         return samples
@@ -182,7 +194,10 @@ class Sampler:
                 top_k=self.cfg.top_k, top_p=self.cfg.top_p, eos_ids=self.eos_ids,
                 pad_id=tok.pad_token_id, suppress_ids=self.suppress,
                 stopped=self._hit_stop if self.stops else None, generator=gen)  # (N, T_new)
-        n_tokens = [_length(row, self.eos_ids, tok.pad_token_id) for row in new]
-        return [Sample(clean_response(tok.decode(row[:n], skip_special_tokens=True),
-                                      self.stops), n)
-                for row, n in zip(new, n_tokens)]
+        out = []
+        for row in new:
+            n, ended = _length(row, self.eos_ids, tok.pad_token_id)
+            raw = tok.decode(row[:n], skip_special_tokens=True)
+            ended = ended or any(s in raw for s in self.stops)  # stop on the very last token
+            out.append(Sample(clean_response(raw, self.stops), n, ended))
+        return out

@@ -5,9 +5,11 @@ A round (1) turns the stored votes into examples with a deterministic held-out s
 disabled, or the serving version for sDPO), (3) starts the draft adapter from the
 serving version and trains it with AdamW for E epochs of micro-batches with gradient
 accumulation, holding the model lock one micro-batch at a time so generation can cut
-in, (4) scores held-out reward accuracy before and after, and (5) if the losses were
-finite and held-out accuracy did not drop by more than the tolerance, saves the draft
-atomically as the next version and hot-swaps it into serving.
+in, (4) scores held-out reward accuracy before and after, (5) has the draft and the
+serving version answer the same prompts (trainer/health.py: do answers still end?), and
+(6) if the losses were finite, held-out accuracy did not drop by more than the tolerance
+and the answers stayed healthy, saves the draft atomically as the next version and
+hot-swaps it into serving.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 import torch
 
 from storage.failpoints import failpoint
-from trainer import adapters
+from trainer import adapters, health
 from trainer.config import TrainConfig
 from trainer.data import Example, attach_reference, paired_examples, split, unpaired_examples
 from trainer.logprobs import build_batch, sequence_logps
@@ -207,8 +209,12 @@ def load_examples(store, cfg: TrainConfig, fmt, frame
 
 def run_round(policy, store, cfg: TrainConfig, *, fmt, frame, adapters_dir: Path,
               trigger: str = "auto", progress: Progress | None = None,
-              on_accept=None) -> RoundOutcome:
-    """Run one full round; never raises for training problems (they are recorded)."""
+              on_accept=None, sampler=None) -> RoundOutcome:
+    """Run one full round; never raises for training problems (they are recorded).
+
+    ``sampler`` (a ``generate.Sampler``) runs the answer-health check; without one, or
+    with ``cfg.health_samples == 0``, the round is judged on held-out accuracy alone.
+    """
     progress = progress or NullProgress()
     serving = policy.serving
     round_id = store.start_round(config=dataclasses.asdict(cfg), trigger=trigger)
@@ -229,10 +235,16 @@ def run_round(policy, store, cfg: TrainConfig, *, fmt, frame, adapters_dir: Path
         fit = train_draft(policy, store, train, cfg, round_id, ref_version, progress)
         after = heldout_accuracy(policy, held, TRAIN, cfg)
         metrics = {"heldout_before": before, "heldout_after": after, **fit}
+        reason = None
         if not _accepted(before, after, cfg):
             reason = (f"held-out accuracy fell from {before['accuracy']:.3f} to "
                       f"{after['accuracy']:.3f} on {after['n']} pairs (tolerance "
                       f"{cfg.accept_tolerance} or one pair); serving stays {serving}")
+        elif sampler is not None and cfg.health_samples:
+            progress.update(0, 1, f"Round {round_id}: answer health ({cfg.health_samples} "
+                            "answers each)")
+            reason = _health_problem(sampler, train, held, serving, cfg, round_id, metrics)
+        if reason:
             store.finish_round(round_id, "rejected", counts=counts, metrics=metrics,
                                error=reason)
             return RoundOutcome(round_id, "rejected", None, metrics, reason)
@@ -269,6 +281,25 @@ def run_round(policy, store, cfg: TrainConfig, *, fmt, frame, adapters_dir: Path
         except Exception:  # noqa: BLE001 - the version serves; housekeeping is retried
             log.exception("round %d: after-swap housekeeping failed", round_id)
     return RoundOutcome(round_id, "accepted", version, metrics)
+
+
+def _health_problem(sampler, train: list[Example], held: list[Example], serving: str,
+                    cfg: TrainConfig, round_id: int, metrics: dict) -> str | None:
+    """Why the draft's answers are unhealthy (see trainer/health.py), or None if they are not.
+
+    Records both versions' answer health in ``metrics`` either way.
+    """
+    prompts = health.health_prompts([e.prompt for e in held], [e.prompt for e in train],
+                                    cfg.health_samples)
+    was, now = health.compare(sampler, prompts, serving, TRAIN, cfg.seed + round_id)
+    metrics["health_before"] = dataclasses.asdict(was)
+    metrics["health_after"] = dataclasses.asdict(now)
+    if health.healthy_enough(was, now, cfg.health_tolerance):
+        return None
+    return (f"answers stopped ending by themselves: {now.healthy:.0%} of {now.n} draft "
+            f"answers ended (not empty, not cut at max tokens) vs {was.healthy:.0%} for "
+            f"{serving}, mean length {was.mean_chars:.0f} -> {now.mean_chars:.0f} chars "
+            f"(health tolerance {cfg.health_tolerance}); serving stays {serving}")
 
 
 def _accepted(before: dict, after: dict, cfg: TrainConfig) -> bool:

@@ -75,7 +75,7 @@ class TrainerThread:
             outcome = run_round(svc.policy, svc.store, svc.train_cfg, fmt=svc.sampler.format,
                                 frame=svc.sampler.scored, adapters_dir=svc.adapters_dir,
                                 trigger=trigger, progress=Tee(*sinks),
-                                on_accept=svc.on_new_version)
+                                on_accept=svc.on_new_version, sampler=svc.sampler)
         finally:
             for s in sinks[1:]:
                 s.close()

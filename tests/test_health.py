@@ -1,0 +1,122 @@
+"""Answer health: the sample-based acceptance check (trainer/health.py) and its wiring."""
+
+import pytest
+import torch
+
+from tests.svc_fixtures import tiny_service, vote_all
+from trainer import health
+from trainer.config import SamplingConfig, TrainConfig
+from trainer.generate import Sample, Sampler, _length
+from trainer.policy import BASE, TRAIN
+
+
+def test_measure_counts_finished_unfinished_and_empty():
+    h = health.measure([Sample("Paris", 2), Sample("", 1), Sample("and so on", 96, False),
+                        Sample("Rome", 2)])
+    assert (h.healthy, h.unfinished, h.empty, h.n) == (0.5, 0.25, 0.25, 4)
+    assert h.mean_chars == pytest.approx((5 + 0 + 9 + 4) / 4)
+    with pytest.raises(ValueError, match="at least one sample"):
+        health.measure([])
+
+
+def test_health_prompts_put_held_out_first_and_cycle():
+    assert health.health_prompts(["h1", "h2"], ["t1", "h1", "t2"], 4) == ["h1", "h2", "t1", "t2"]
+    assert health.health_prompts(["h1"], ["t1"], 5) == ["h1", "t1", "h1", "t1", "h1"]
+    assert health.health_prompts([], [], 3) == [] and health.health_prompts(["h"], [], 0) == []
+
+
+@pytest.mark.parametrize(("before", "after", "tol", "ok"), [
+    (1.0, 0.75, 0.25, True),    # exactly the tolerance
+    (1.0, 0.70, 0.25, False),
+    (0.5, 0.9, 0.0, True),      # healthier is always fine
+    (1.0, 0.0, 1.0, True),      # tolerance 1 turns the check off
+])
+def test_healthy_enough(before, after, tol, ok):
+    mk = lambda share: health.AnswerHealth(share, 1 - share, 0.0, 10.0, 12)  # noqa: E731
+    assert health.healthy_enough(mk(before), mk(after), tol) is ok
+
+
+def test_length_tells_a_stop_from_running_out():
+    eos, pad = [1], 0
+    assert _length(torch.tensor([5, 6, 1, 0]), eos, pad) == (3, True)   # EOS
+    assert _length(torch.tensor([5, 6, 7, 0]), eos, pad) == (3, True)   # stop string, padded
+    assert _length(torch.tensor([5, 6, 7, 8]), eos, pad) == (4, False)  # max_new_tokens
+
+
+def test_every_unfinished_sample_used_its_whole_budget(tiny_policy):
+    s = Sampler(tiny_policy, SamplingConfig(max_new_tokens=5, empty_retries=0))
+    out = s.sample(["hello", "world"] * 8, BASE, seed=2)
+    assert all(x.finished or x.n_tokens == 5 for x in out)
+    assert any(not x.finished for x in out)  # a random model rarely stops within 5 tokens
+
+
+def _svc(tmp_path, tiny_model_dir, *flags):
+    svc = tiny_service(tmp_path / "data", tiny_model_dir, "--accept-tolerance", "1", *flags)
+    svc.pool.fill_once(8)
+    vote_all(svc)
+    return svc
+
+
+def _rambling_draft(svc, monkeypatch):
+    """The real sampler, except that the draft's answers all run to max_new_tokens: what a
+    draft that learned to dodge its stop string writes (Gemma, sigmoid run 3)."""
+    real, budget = svc.sampler.sample, svc.sampler.cfg.max_new_tokens
+    asked = []
+
+    def sample(prompts, version, seed):
+        asked.append(version)
+        out = real(prompts, version, seed)
+        if version != TRAIN:
+            return [Sample(x.text or "ok", x.n_tokens, True) for x in out]
+        return [Sample(x.text + " and so on", budget, False) for x in out]
+
+    monkeypatch.setattr(svc.sampler, "sample", sample)
+    return asked
+
+
+def test_a_draft_whose_answers_stop_ending_is_rejected(tmp_path, tiny_model_dir, monkeypatch):
+    svc = _svc(tmp_path, tiny_model_dir)
+    asked = _rambling_draft(svc, monkeypatch)
+    out = svc.trainer.run_one("test")
+    assert out.status == "rejected", out
+    assert "answers stopped ending" in out.error and "0% of 12 draft answers" in out.error
+    assert "100% for base" in out.error and "serving stays base" in out.error
+    assert asked == [BASE, TRAIN]  # serving and draft, once each
+    assert svc.policy.serving == BASE and svc.store.list_adapters() == []
+    row = svc.store.list_rounds(limit=1)[0]
+    assert row["status"] == "rejected"
+    assert row["metrics"]["health_after"]["unfinished"] == 1.0
+    assert row["metrics"]["health_before"]["healthy"] == 1.0
+
+
+def test_health_tolerance_one_turns_the_check_off(tmp_path, tiny_model_dir, monkeypatch):
+    svc = _svc(tmp_path, tiny_model_dir, "--health-tolerance", "1")
+    _rambling_draft(svc, monkeypatch)
+    out = svc.trainer.run_one("test")
+    assert out.status == "accepted", out.error
+    assert out.metrics["health_after"]["healthy"] == 0.0
+
+
+def test_health_samples_zero_skips_sampling(tmp_path, tiny_model_dir, monkeypatch):
+    svc = _svc(tmp_path, tiny_model_dir, "--health-samples", "0")
+    asked = _rambling_draft(svc, monkeypatch)
+    out = svc.trainer.run_one("test")
+    assert out.status == "accepted" and asked == [] and "health_after" not in out.metrics
+
+
+def test_real_round_records_both_versions_health(tmp_path, tiny_model_dir):
+    svc = _svc(tmp_path, tiny_model_dir, "--health-samples", "6")
+    out = svc.trainer.run_one("test")
+    assert out.status in ("accepted", "rejected"), out.error
+    for key in ("health_before", "health_after"):
+        h = out.metrics[key]
+        assert h["n"] == 6 and 0.0 <= h["healthy"] <= 1.0
+        assert h["healthy"] + h["unfinished"] + h["empty"] >= 1.0 - 1e-9
+
+
+@pytest.mark.parametrize(("flag", "value", "msg"), [
+    ("health_samples", -1, "health_samples=-1: must be in 0..256"),
+    ("health_tolerance", 1.5, "health_tolerance=1.5: must be in [0, 1]"),
+])
+def test_bad_health_settings_are_named(flag, value, msg):
+    assert any(msg in p for p in TrainConfig(**{flag: value}).problems())
