@@ -22,11 +22,9 @@ from tests.hostile_fixtures import (
     sqlite_value,
 )
 from tests.svc_fixtures import tiny_service
-from tests.ui_fixtures import launch_app
+from tests.ui_fixtures import chromium_page, launch_app, skip_without_chromium
 
 pytestmark = pytest.mark.browser
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 PANES = "#ldpo-prompt, #ldpo-response-a, #ldpo-response-b, #ldpo-reveal, #ldpo-progress"
 HALF = len(TAG_PAYLOADS) // 2
 PAIRS = [  # (prompt, response A, response B), shown in this order
@@ -107,8 +105,7 @@ def votes_csv(tmp: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory, tiny_model_dir):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} not installed")
+    skip_without_chromium()
     from storage.io import import_prefs
 
     tmp = tmp_path_factory.mktemp("hostile-browser")
@@ -124,14 +121,10 @@ def app(tmp_path_factory, tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def browser_page():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
+    with chromium_page() as page:
         dialogs: list[str] = []
         page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
         yield page, dialogs
-        browser.close()
 
 
 def wait_pair(page, pair_id: int) -> None:

@@ -3,14 +3,13 @@ the tiny model, an auth file with an annotator and an admin)."""
 
 from __future__ import annotations
 
-import json
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
 import pytest
 from gradio_client import Client
 
 from app.auth import add_user
+from tests.hostile_fixtures import run_event, session
 from tests.ui_fixtures import (
     ADMIN,
     ANNOTATOR,
@@ -126,16 +125,7 @@ def test_admin_can(served):
 
 def raw_call(url: str, user: str, fn_index: int) -> dict:
     """Log in and call an event by fn_index over plain HTTP (what gradio_client refuses)."""
-    with httpx.Client(base_url=url, timeout=30) as h:
-        assert h.post("login", data={"username": user, "password": PASSWORD}).status_code == 200
-        session = f"raw-{user}"
-        h.post("gradio_api/queue/join", json={"data": [], "fn_index": fn_index,
-                                              "session_hash": session, "event_data": None,
-                                              "trigger_id": None}).raise_for_status()
-        with h.stream("GET", "gradio_api/queue/data", params={"session_hash": session}) as s:
-            for line in s.iter_lines():
-                if line.startswith("data:"):
-                    msg = json.loads(line[5:])
-                    if msg.get("msg") == "process_completed":
-                        return msg
-    raise AssertionError("no process_completed message")
+    with session(url, user, PASSWORD) as h:
+        msg = run_event(h, fn_index, [])
+    assert "refused" not in msg, f"the queue refused the join: {msg}"
+    return msg

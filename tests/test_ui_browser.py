@@ -8,20 +8,23 @@ from pathlib import Path
 
 import pytest
 
-from tests.ui_fixtures import launch_app, real_service, wait_for
+from tests.ui_fixtures import (
+    chromium_page,
+    launch_app,
+    real_service,
+    skip_without_chromium,
+    wait_for,
+)
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = Path(__file__).parent / "artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 XSS_PROMPT = 'Say hi <img src=x onerror="window.__xss=1"> 1 2 s'
 
 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory, tiny_model_dir):
     pytest.importorskip("storage.db")
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} not installed")
+    skip_without_chromium()
     tmp = tmp_path_factory.mktemp("ui-browser")
     svc = real_service(tmp / "data", tiny_model_dir)
     demo, url = launch_app(svc, tmp)
@@ -33,12 +36,8 @@ def app_url(tmp_path_factory, tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def page():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        pg = browser.new_page(viewport={"width": 1280, "height": 900})
+    with chromium_page() as pg:
         yield pg
-        browser.close()
 
 
 def db_votes(svc) -> list[tuple]:

@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import pytest
 
 from trainer.config import AppConfig
 
 ADMIN, ANNOTATOR, PASSWORD = "alice", "bob", "correct-horse-9"
+# Debian's chromium, driven by playwright (playwright's own browser download is not used).
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 # Texts that try to run script when rendered: stored as typed, shown inert.
 HOSTILE = {"prompt": "Prompt <script>x()</script>",
            "response_a": "A <img src=x onerror=alert(1)>",
@@ -96,3 +103,20 @@ def wait_for(cond, timeout: float = 60.0, what: str = "the condition", every: fl
             return value
         time.sleep(every)
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def skip_without_chromium() -> None:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
+
+
+@contextmanager
+def chromium_page(width: int = 1280, height: int = 900) -> Iterator[object]:
+    """A fresh page in headless Debian Chromium; the browser closes on exit."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser.new_page(viewport={"width": width, "height": height})
+        finally:
+            browser.close()
