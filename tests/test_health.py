@@ -1,10 +1,12 @@
 """Answer health: the sample-based acceptance check (trainer/health.py) and its wiring."""
 
+import dataclasses
+
 import pytest
 import torch
 
 from tests.svc_fixtures import tiny_service, vote_all
-from trainer import health
+from trainer import health, rounds
 from trainer.config import SamplingConfig, TrainConfig
 from trainer.generate import Sample, Sampler, _length
 from trainer.policy import BASE, TRAIN
@@ -41,6 +43,7 @@ def test_length_tells_a_stop_from_running_out():
     assert _length(torch.tensor([5, 6, 1, 0]), eos, pad) == (3, True)   # EOS
     assert _length(torch.tensor([5, 6, 7, 0]), eos, pad) == (3, True)   # stop string, padded
     assert _length(torch.tensor([5, 6, 7, 8]), eos, pad) == (4, False)  # max_new_tokens
+    assert _length(torch.tensor([5, 1, 1, 1]), eos, 1) == (2, True)     # pad is EOS
 
 
 def test_every_unfinished_sample_used_its_whole_budget(tiny_policy):
@@ -59,13 +62,14 @@ def _svc(tmp_path, tiny_model_dir, *flags):
 
 def _rambling_draft(svc, monkeypatch):
     """The real sampler, except that the draft's answers all run to max_new_tokens: what a
-    draft that learned to dodge its stop string writes (Gemma, sigmoid run 3)."""
+    draft that learned to dodge its stop string writes (Gemma, sigmoid run 3). Records
+    (version, prompts) of each call."""
     real, budget = svc.sampler.sample, svc.sampler.cfg.max_new_tokens
     asked = []
 
-    def sample(prompts, version, seed):
-        asked.append(version)
-        out = real(prompts, version, seed)
+    def sample(prompts, version, seed, empty_retries=None):
+        asked.append((version, list(prompts)))
+        out = real(prompts, version, seed, empty_retries)
         if version != TRAIN:
             return [Sample(x.text or "ok", x.n_tokens, True) for x in out]
         return [Sample(x.text + " and so on", budget, False) for x in out]
@@ -81,7 +85,10 @@ def test_a_draft_whose_answers_stop_ending_is_rejected(tmp_path, tiny_model_dir,
     assert out.status == "rejected", out
     assert "answers stopped ending" in out.error and "0% of 12 draft answers" in out.error
     assert "100% for base" in out.error and "serving stays base" in out.error
-    assert asked == [BASE, TRAIN]  # serving and draft, once each
+    assert [v for v, _ in asked] == [BASE, TRAIN]  # serving and draft, once each
+    voted = {p["prompt"] for p in svc.store.training_pairs(max_vote_id=10**9, window=0)}
+    assert asked[0][1] == asked[1][1] and set(asked[0][1]) <= voted  # users' texts, no
+    assert not any(p.startswith("Question:") for p in asked[0][1])  # template applied twice
     assert svc.policy.serving == BASE and svc.store.list_adapters() == []
     row = svc.store.list_rounds(limit=1)[0]
     assert row["status"] == "rejected"
@@ -107,15 +114,37 @@ def test_health_samples_zero_skips_sampling(tmp_path, tiny_model_dir, monkeypatc
 def test_real_round_records_both_versions_health(tmp_path, tiny_model_dir):
     svc = _svc(tmp_path, tiny_model_dir, "--health-samples", "6")
     out = svc.trainer.run_one("test")
-    assert out.status in ("accepted", "rejected"), out.error
-    for key in ("health_before", "health_after"):
-        h = out.metrics[key]
-        assert h["n"] == 6 and 0.0 <= h["healthy"] <= 1.0
-        assert h["healthy"] + h["unfinished"] + h["empty"] >= 1.0 - 1e-9
+    assert out.status == "accepted", out.error
+    before, after = out.metrics["health_before"], out.metrics["health_after"]
+    assert before["n"] == after["n"] == 6
+    # What was recorded for serving (base) is base's health on those prompts and seed.
+    rows = svc.store.training_pairs(max_vote_id=10**9, window=0)
+    train, held = rounds.split(rounds.paired_examples(rows, svc.sampler.format,
+                                                      svc.sampler.scored), 0.2)
+    prompts = health.health_prompts([e.question for e in held],
+                                    [e.question for e in train], 6)
+    again = health.measure(svc.sampler.sample(prompts, BASE, out.round_id, empty_retries=0))
+    assert before == dataclasses.asdict(again)
+
+
+def test_serving_changed_during_the_round_is_not_served(tmp_path, tiny_model_dir, monkeypatch):
+    svc = _svc(tmp_path, tiny_model_dir)
+    real = rounds.train_draft
+
+    def train_then_rollback(policy, *a, **k):
+        fit = real(policy, *a, **k)
+        policy.serving = "v9"  # as if an admin rolled back while the round trained
+        return fit
+
+    monkeypatch.setattr(rounds, "train_draft", train_then_rollback)
+    out = svc.trainer.run_one("test")
+    assert out.status == "rejected" and "serving changed from base to v9" in out.error
+    assert svc.store.list_adapters() == []
 
 
 @pytest.mark.parametrize(("flag", "value", "msg"), [
-    ("health_samples", -1, "health_samples=-1: must be in 0..256"),
+    ("health_samples", -1, "health_samples=-1: must be in 0..64"),
+    ("health_samples", 65, "health_samples=65: must be in 0..64 (0 = off)"),
     ("health_tolerance", 1.5, "health_tolerance=1.5: must be in [0, 1]"),
 ])
 def test_bad_health_settings_are_named(flag, value, msg):

@@ -150,7 +150,8 @@ class TrainConfig:
                              "before a round is accepted (0 = no answer-health check).")
     health_tolerance: float = _f(0.25, "A round is rejected when the draft's share of answers "
                                  "that end by themselves (not empty, not cut at max tokens) "
-                                 "is lower than serving's by more than this (1 = off).")
+                                 "is lower than serving's by more than this (1 = measure "
+                                 "only, never reject).")
     desirable_weight: float = _f(1.0, "KTO weight of desirable completions.")
     undesirable_weight: float = _f(1.0, "KTO weight of undesirable completions.")
     max_grad_norm: float = _f(1.0, "Gradient clipping norm.")
@@ -178,8 +179,9 @@ class TrainConfig:
             out.append(f"heldout_fraction={self.heldout_fraction}: must be in [0, 1)")
         if self.accept_tolerance < 0:
             out.append(f"accept_tolerance={self.accept_tolerance}: must be >= 0")
-        if not 0 <= self.health_samples <= 256:
-            out.append(f"health_samples={self.health_samples}: must be in 0..256 (0 = off)")
+        if not 0 <= self.health_samples <= 64:
+            out.append(f"health_samples={self.health_samples}: must be in 0..64 (0 = off); "
+                       "they are sampled in one batch while annotators wait")
         if not 0.0 <= self.health_tolerance <= 1.0:
             out.append(f"health_tolerance={self.health_tolerance}: must be in [0, 1] "
                        "(1 = off; try 0.25)")

@@ -26,6 +26,7 @@ class Example:
     rejected: str | None = None  # None for unpaired rows
     desirable: bool = True  # unpaired rows only
     ref: dict[str, tuple[float, int]] = field(default_factory=dict)  # text -> (logp, n)
+    question: str = ""  # the prompt as the annotator saw it (before the template)
 
 
 def is_heldout(key: str, fraction: float) -> bool:
@@ -38,7 +39,8 @@ def paired_examples(rows: list[dict], fmt, frame) -> list[Example]:
     """``fmt`` formats a prompt with the template, ``frame`` gives an answer the text
     around it that generation produced (``Sampler.scored``): examples hold scored texts."""
     return [Example(key=r["key"], pair_id=r["pair_id"], prompt=fmt(r["prompt"]),
-                    chosen=frame(r["chosen"]), rejected=frame(r["rejected"])) for r in rows]
+                    chosen=frame(r["chosen"]), rejected=frame(r["rejected"]),
+                    question=r["prompt"]) for r in rows]
 
 
 def unpaired_examples(rows: list[dict], fmt, frame) -> list[Example]:
@@ -46,7 +48,8 @@ def unpaired_examples(rows: list[dict], fmt, frame) -> list[Example]:
     for i, r in enumerate(rows):
         key = f"kto:{r.get('pair_id')}:{i}:{text_hash(r['prompt'], r['completion'])[:8]}"
         out.append(Example(key=key, pair_id=r.get("pair_id"), prompt=fmt(r["prompt"]),
-                           chosen=frame(r["completion"]), desirable=bool(r["label"])))
+                           chosen=frame(r["completion"]), desirable=bool(r["label"]),
+                           question=r["prompt"]))
     return out
 
 

@@ -153,17 +153,21 @@ class Sampler:
         """A stored answer as training and scoring see it (``frame_response``)."""
         return frame_response(answer, self.frame)
 
-    def sample(self, prompts: list[str], version: str, seed: int) -> list[Sample]:
+    def sample(self, prompts: list[str], version: str, seed: int,
+               empty_retries: int | None = None) -> list[Sample]:
         """One response per entry of ``prompts`` (repeat a prompt for more), as ``version``.
 
-        All rows go through ONE batched decode loop; rows whose answer came out empty
-        (the model stopped at once) are sampled again, together, up to
-        ``cfg.empty_retries`` times. Holds the model lock at high priority per loop.
+        ``prompts`` are the user's texts; the template is applied here. All rows go
+        through ONE batched decode loop; rows whose answer came out empty (the model
+        stopped at once) are sampled again, together, up to ``empty_retries`` times
+        (default ``cfg.empty_retries``; 0 to see the model as it is, as the answer-health
+        check does). Holds the model lock at high priority per loop.
         """
+        retries = self.cfg.empty_retries if empty_retries is None else empty_retries
         t0 = time.perf_counter()
         samples = self._sample_once(prompts, version, seed)
         tokens = sum(s.n_tokens for s in samples)
-        for attempt in range(1, self.cfg.empty_retries + 1):
+        for attempt in range(1, retries + 1):
             empty = [i for i, s in enumerate(samples) if not s.text]
             if not empty:
                 break

@@ -53,11 +53,15 @@ def health_prompts(held_prompts: list[str], train_prompts: list[str], n: int) ->
 
 def compare(sampler, prompts: list[str], serving: str, draft: str,
             seed: int) -> tuple[AnswerHealth, AnswerHealth]:
-    """(serving's health, draft's health) on the same prompts with the same seed."""
-    return (measure(sampler.sample(prompts, serving, seed)),
-            measure(sampler.sample(prompts, draft, seed)))
+    """(serving's health, draft's health) on the same prompts with the same seed.
+
+    ``prompts`` are the users' texts (the sampler applies the template). Empty answers
+    are NOT resampled here: an adapter that learned to stop at once must show it.
+    """
+    return (measure(sampler.sample(prompts, serving, seed, empty_retries=0)),
+            measure(sampler.sample(prompts, draft, seed, empty_retries=0)))
 
 
 def healthy_enough(before: AnswerHealth, after: AnswerHealth, tolerance: float) -> bool:
-    """The draft may lose at most ``tolerance`` of healthy answers (1.0 turns the check off)."""
+    """The draft may lose at most ``tolerance`` of healthy answers (1.0: never rejects)."""
     return after.healthy >= before.healthy - tolerance - 1e-9

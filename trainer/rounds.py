@@ -285,13 +285,19 @@ def run_round(policy, store, cfg: TrainConfig, *, fmt, frame, adapters_dir: Path
 
 def _health_problem(sampler, train: list[Example], held: list[Example], serving: str,
                     cfg: TrainConfig, round_id: int, metrics: dict) -> str | None:
-    """Why the draft's answers are unhealthy (see trainer/health.py), or None if they are not.
+    """Why the draft must not serve after sampling it against serving (trainer/health.py:
+    its answers stopped ending, or serving changed under the round), or None.
 
-    Records both versions' answer health in ``metrics`` either way.
+    Records both versions' answer health in ``metrics`` when they were sampled.
     """
-    prompts = health.health_prompts([e.prompt for e in held], [e.prompt for e in train],
+    prompts = health.health_prompts([e.question for e in held], [e.question for e in train],
                                     cfg.health_samples)
-    was, now = health.compare(sampler, prompts, serving, TRAIN, cfg.seed + round_id)
+    with sampler.policy.lock.hold(priority=True):  # no swap or rollback between the two
+        if sampler.policy.serving != serving:
+            return (f"serving changed from {serving} to {sampler.policy.serving} during the "
+                    f"round (a rollback?); this draft started from {serving}, so it is not "
+                    "served; its votes stay in the next round's data.")
+        was, now = health.compare(sampler, prompts, serving, TRAIN, cfg.seed + round_id)
     metrics["health_before"] = dataclasses.asdict(was)
     metrics["health_after"] = dataclasses.asdict(now)
     if health.healthy_enough(was, now, cfg.health_tolerance):
