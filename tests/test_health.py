@@ -116,7 +116,7 @@ def test_real_round_records_both_versions_health(tmp_path, tiny_model_dir):
     out = svc.trainer.run_one("test")
     assert out.status == "accepted", out.error
     before, after = out.metrics["health_before"], out.metrics["health_after"]
-    assert before["n"] == after["n"] == 6
+    assert before["n"] == after["n"] == 6 and out.metrics["health_seconds"] > 0
     # What was recorded for serving (base) is base's health on those prompts and seed.
     rows = svc.store.training_pairs(max_vote_id=10**9, window=0)
     train, held = rounds.split(rounds.paired_examples(rows, svc.sampler.format,

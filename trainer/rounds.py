@@ -297,7 +297,9 @@ def _health_problem(sampler, train: list[Example], held: list[Example], serving:
             return (f"serving changed from {serving} to {sampler.policy.serving} during the "
                     f"round (a rollback?); this draft started from {serving}, so it is not "
                     "served; its votes stay in the next round's data.")
+        t0 = time.perf_counter()
         was, now = health.compare(sampler, prompts, serving, TRAIN, cfg.seed + round_id)
+    metrics["health_seconds"] = round(time.perf_counter() - t0, 2)
     metrics["health_before"] = dataclasses.asdict(was)
     metrics["health_after"] = dataclasses.asdict(now)
     if health.healthy_enough(was, now, cfg.health_tolerance):
