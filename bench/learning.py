@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -97,21 +98,28 @@ def summarise(runs: list[dict]) -> list[dict]:
                      "kl_final": statistics.mean(r["rounds"][-1]["kl_per_token"] for r in mine),
                      "chars": [statistics.mean(r["rounds"][i].get("mean_chars", float("nan"))
                                                for r in mine) for i in range(n_rounds)],
+                     "ended": [statistics.mean(r["rounds"][i].get("ended", float("nan"))
+                                               for r in mine) for i in range(n_rounds)],
                      "minutes": statistics.mean(r["wall_s"] for r in mine) / 60})
     return rows
+
+
+def _share(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x:.0%}"  # runs from before 'ended' was recorded
 
 
 def table(rows: list[dict]) -> str:
     n = len(rows[0]["win_rate"])
     head = ("| loss | reference | seeds | " + " | ".join(f"round {i}" for i in range(n))
             + " | final per seed | KL/token (final) | answer chars (0 -> final) "
-            "| minutes/run |")
-    lines = [head, "|" + "---|" * (n + 7)]
+            "| answers that end (0 -> final) | minutes/run |")
+    lines = [head, "|" + "---|" * (n + 8)]
     for r in rows:
         lines.append(f"| {r['loss']} | {r['reference']} | {r['seeds']} | "
                      + " | ".join(f"{w:.0%}" for w in r["win_rate"])
                      + f" | {', '.join(f'{w:.0%}' for w in r['final_win_rates'])} | "
                      f"{r['kl_final']:.3f} | {r['chars'][0]:.0f} -> {r['chars'][-1]:.0f} | "
+                     f"{_share(r['ended'][0])} -> {_share(r['ended'][-1])} | "
                      f"{r['minutes']:.1f} |")
     return "\n".join(lines)
 

@@ -51,5 +51,6 @@ def test_tiny_learning_curve_rises_above_chance(tmp_path, tiny_model_dir):
     # reference is not yet stable on this model, so only the rise itself is asserted.
     assert max(rates[1:]) >= 0.65, rates
     assert all(r["kl_per_token"] > 0 for r in res["rounds"][1:])
+    assert all(0.0 <= r["ended"] <= 1.0 for r in res["rounds"])
     assert (tmp_path / "out" / "learning_curve.png").stat().st_size > 1000
     assert (tmp_path / "out" / "learning_curve.json").is_file()

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainer.health import measure
 from trainer.policy import BASE
 from trainer.scoring import mean_token_kl
 
@@ -34,6 +35,7 @@ class EvalResult:
     kl_per_token: float
     n: int
     mean_chars: float  # of the serving adapter's answers: what the policy now writes
+    ended: float  # share of them that ended by themselves (trainer/health.py)
     examples: list[dict]  # the first few (prompt, serving answer, base answer) rows
 
 
@@ -59,7 +61,8 @@ def evaluate(svc, oracle, prompts: list[str], samples: int, seed: int,
     examples = [{"prompt": p, "serving": m.text, "base": t.text}
                 for p, m, t in list(zip(rows, mine, theirs))[::samples][:N_EXAMPLES]]
     return EvalResult(sum(wins) / len(wins), kl, len(wins),
-                      sum(len(m.text) for m in mine) / len(mine), examples)
+                      sum(len(m.text) for m in mine) / len(mine), measure(mine).healthy,
+                      examples)
 
 
 def vote_until_round(svc, oracle, votes: int, timeout_s: float) -> dict:
@@ -100,7 +103,8 @@ def run(svc, oracle, *, rounds: int, pairs_per_round: int, eval_prompts: list[st
         ev = evaluate(svc, oracle, eval_prompts, samples, seed + 1000 * r, base_answers)
         row = {"round": r, "serving": svc.policy.serving, "win_rate": ev.win_rate,
                "kl_per_token": ev.kl_per_token, "eval_samples": ev.n,
-               "mean_chars": round(ev.mean_chars, 1), "examples": ev.examples,
+               "mean_chars": round(ev.mean_chars, 1), "ended": round(ev.ended, 3),
+               "examples": ev.examples,
                "elapsed_s": round(time.time() - t0, 1)}
         if r > 0:
             row.update({"round_id": rnd["id"], "round_status": rnd["status"],
