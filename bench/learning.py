@@ -100,6 +100,8 @@ def summarise(runs: list[dict]) -> list[dict]:
                                                for r in mine) for i in range(n_rounds)],
                      "ended": [statistics.mean(r["rounds"][i].get("ended", float("nan"))
                                                for r in mine) for i in range(n_rounds)],
+                     "accepted": [sum(x.get("round_status") == "accepted" for x in r["rounds"])
+                                  for r in mine],
                      "minutes": statistics.mean(r["wall_s"] for r in mine) / 60})
     return rows
 
@@ -112,14 +114,15 @@ def table(rows: list[dict]) -> str:
     n = len(rows[0]["win_rate"])
     head = ("| loss | reference | seeds | " + " | ".join(f"round {i}" for i in range(n))
             + " | final per seed | KL/token (final) | answer chars (0 -> final) "
-            "| answers that end (0 -> final) | minutes/run |")
-    lines = [head, "|" + "---|" * (n + 8)]
+            "| answers that end (0 -> final) | rounds accepted | minutes/run |")
+    lines = [head, "|" + "---|" * (n + 9)]
     for r in rows:
         lines.append(f"| {r['loss']} | {r['reference']} | {r['seeds']} | "
                      + " | ".join(f"{w:.0%}" for w in r["win_rate"])
                      + f" | {', '.join(f'{w:.0%}' for w in r['final_win_rates'])} | "
                      f"{r['kl_final']:.3f} | {r['chars'][0]:.0f} -> {r['chars'][-1]:.0f} | "
                      f"{_share(r['ended'][0])} -> {_share(r['ended'][-1])} | "
+                     f"{', '.join(f'{a}/{n - 1}' for a in r['accepted'])} | "
                      f"{r['minutes']:.1f} |")
     return "\n".join(lines)
 
