@@ -77,7 +77,8 @@ def reused_run(path: Path, args, model_name: str) -> dict:
         sys.exit(f"--reuse {path}: its settings differ from this run's "
                  f"(setting: (file, this run)) {bad}; rerun it with the same flags instead.")
     res.update({"loss": st["loss"], "reference": st["reference"],
-                "seed": st.get("seed", 0), "wall_s": res["seconds"], "reused_from": str(path)})
+                "seed": st.get("seed", 0), "wall_s": res.get("wall_s", res["seconds"]),
+                "reused_from": str(path)})
     return res
 
 
