@@ -11,6 +11,7 @@ from trainer.generate import (
     clean_response,
     format_prompt,
     frame_response,
+    left_pad,
     response_frame,
     stop_token_ids,
     suppressed_token_ids,
@@ -123,3 +124,42 @@ def test_empty_answers_are_sampled_again(tiny_policy):
     kept = _StopsAtOnceFirst(tiny_policy, SamplingConfig(max_new_tokens=6, empty_retries=0))
     out = kept.sample(prompts, "base", seed=1)
     assert len(kept.calls) == 1 and out[1].text == "" and kept.last_stats["empty"] >= 2
+
+
+def test_left_pad_cuts_from_the_left_and_keeps_bos():
+    ids, mask = left_pad([[2, 5, 6, 7, 8], [2, 9]], max_tokens=3, pad_id=0, bos_id=2)
+    assert ids.tolist() == [[2, 7, 8], [0, 2, 9]]
+    assert mask.tolist() == [[1, 1, 1], [0, 1, 1]]
+    ids, _ = left_pad([[5, 6, 7, 8]], max_tokens=2, pad_id=0, bos_id=2)
+    assert ids.tolist() == [[7, 8]]
+
+
+def test_sampling_leaves_the_shared_tokenizer_alone(tiny_policy):
+    """Padding/truncation switched on in the Rust tokenizer by one thread and off by
+    another ('Already borrowed' under load): sampling must not switch them at all."""
+    backend = tiny_policy.tokenizer._tokenizer
+    Sampler(tiny_policy, SamplingConfig(max_new_tokens=3)).sample(["a", "longer one"], "base", 0)
+    assert backend.padding is None and backend.truncation is None
+
+
+def test_sampling_and_scoring_threads_share_the_tokenizer(tiny_policy):
+    import threading
+
+    from trainer.logprobs import build_batch
+
+    tok, errors = tiny_policy.tokenizer, []
+    s = Sampler(tiny_policy, SamplingConfig(max_new_tokens=2))
+
+    def score_loop():
+        try:
+            for _ in range(200):
+                build_batch(tok, ["a prompt"] * 4, [" an answer"] * 4, 64, tok.pad_token_id)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    t = threading.Thread(target=score_loop)
+    t.start()
+    for i in range(20):
+        s.sample(["hello", "a much longer prompt than that"], "base", i)
+    t.join()
+    assert errors == []

@@ -107,6 +107,26 @@ def clean_response(text: str, stops: tuple[str, ...]) -> str:
     return text.strip()
 
 
+def left_pad(ids: list[list[int]], max_tokens: int, pad_id: int,
+             bos_id: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), both (N, T): rows cut to their last ``max_tokens``
+    tokens (a leading BOS stays first) and padded on the left.
+
+    Done here, not by the tokenizer: ``tokenizer(..., padding=True, truncation=True)``
+    switches padding and truncation on in the shared Rust tokenizer, and the trainer
+    thread's ``tokenizer(...)`` without them switches them off again; two threads doing
+    that at once fail with "RuntimeError: Already borrowed" (seen under load while the
+    answer-health check sampled from the trainer thread).
+    """
+    cut = [r if len(r) <= max_tokens else
+           r[:1] + r[len(r) - max_tokens + 1:] if r[0] == bos_id else r[-max_tokens:]
+           for r in ids]
+    width = max(len(r) for r in cut)
+    input_ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in cut])  # (N, T)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in cut])  # (N, T)
+    return input_ids, mask
+
+
 def _length(row: torch.Tensor, eos_ids: list[int], pad_id: int) -> tuple[int, bool]:
     """(tokens a row generated, whether it stopped by itself).
 
@@ -185,15 +205,15 @@ class Sampler:
     def _sample_once(self, prompts: list[str], version: str, seed: int) -> list[Sample]:
         """One batched decode loop over ``prompts``; cleaned answers."""
         tok, model = self.policy.tokenizer, self.policy.model
-        texts = [self.format(p) for p in prompts]
-        tok.padding_side, tok.truncation_side = "left", "left"
-        enc = tok(texts, return_tensors="pt", padding=True, truncation=True,
-                  max_length=self.cfg.max_prompt_tokens,
-                  add_special_tokens=not self.chat).to(self.policy.device)
+        ids = tok([self.format(p) for p in prompts],
+                  add_special_tokens=not self.chat)["input_ids"]
+        input_ids, mask = left_pad(ids, self.cfg.max_prompt_tokens, tok.pad_token_id,
+                                   tok.bos_token_id)
+        input_ids, mask = input_ids.to(self.policy.device), mask.to(self.policy.device)
         gen = torch.Generator(device=self.policy.device).manual_seed(seed)
         with self.policy.lock.hold(priority=True), self.policy.active(version):
             new = sample_batch(
-                model, enc["input_ids"], enc["attention_mask"],
+                model, input_ids, mask,
                 max_new_tokens=self.cfg.max_new_tokens, temperature=self.cfg.temperature,
                 top_k=self.cfg.top_k, top_p=self.cfg.top_p, eos_ids=self.eos_ids,
                 pad_id=tok.pad_token_id, suppress_ids=self.suppress,
