@@ -43,10 +43,19 @@ def call(client, api_name: str, *args: Any) -> Any:
 
 
 def log_errors(path: Path) -> dict:
-    """Tracebacks and ERROR lines the server logged."""
+    """Tracebacks and ERROR lines the server logged; ``raised`` has each traceback's
+    final line (the exception and its message), so a failure can be read from the result
+    after the server's work dir is gone."""
     lines = path.read_text(errors="replace").splitlines() if path.exists() else []
     bad = [ln for ln in lines if "Traceback" in ln or " ERROR " in ln]
-    return {"count": len(bad), "examples": bad[:5]}
+    raised, in_tb = [], False
+    for ln in lines:
+        if ln.startswith("Traceback"):
+            in_tb = True
+        elif in_tb and ln and not ln.startswith((" ", "\t")):
+            raised.append(ln)
+            in_tb = ln.startswith(("The above exception", "During handling"))
+    return {"count": len(bad), "examples": bad[:5], "raised": raised[:5]}
 
 
 def free_port() -> int:

@@ -98,3 +98,14 @@ def test_checker_catches_each_fault(db):
     con.close()
     c = check_votes(db, logs((3, "tie", "")))
     assert c["assigned_twice"] == 1 and c["duplicated"] == 1
+
+
+def test_log_errors_keep_what_was_raised(tmp_path):
+    from bench.appserver import log_errors
+
+    log = tmp_path / "server.log"
+    log.write_text("ok\n2026 ERROR trainer.pool: pair generation failed\n"
+                   "Traceback (most recent call last):\n  File \"x.py\", line 1\n    f()\n"
+                   "RuntimeError: Already borrowed\nserving again\n")
+    got = log_errors(log)
+    assert got["count"] == 2 and got["raised"] == ["RuntimeError: Already borrowed"]
