@@ -184,7 +184,7 @@ class TrainConfig:
                        "they are sampled in one batch while annotators wait")
         if not 0.0 <= self.health_tolerance <= 1.0:
             out.append(f"health_tolerance={self.health_tolerance}: must be in [0, 1] "
-                       "(1 = off; try 0.25)")
+                       "(1 = measure only; try 0.25)")
         return out
 
 

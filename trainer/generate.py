@@ -114,9 +114,9 @@ def left_pad(ids: list[list[int]], max_tokens: int, pad_id: int,
 
     Done here, not by the tokenizer: ``tokenizer(..., padding=True, truncation=True)``
     switches padding and truncation on in the shared Rust tokenizer, and the trainer
-    thread's ``tokenizer(...)`` without them switches them off again; two threads doing
-    that at once fail with "RuntimeError: Already borrowed" (seen under load while the
-    answer-health check sampled from the trainer thread).
+    thread's ``tokenizer(...)`` without them switches them off again: two threads doing
+    that at once break each other's calls (e.g. a ValueError about unpadded batches).
+    The pool thread and the trainer's answer-health check both sample.
     """
     cut = [r if len(r) <= max_tokens else
            r[:1] + r[len(r) - max_tokens + 1:] if r[0] == bos_id else r[-max_tokens:]

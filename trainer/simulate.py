@@ -60,8 +60,8 @@ def evaluate(svc, oracle, prompts: list[str], samples: int, seed: int,
     wins = [points[oracle(p, m.text, t.text)] for p, m, t in zip(rows, mine, theirs)]
     examples = [{"prompt": p, "serving": m.text, "base": t.text}
                 for p, m, t in list(zip(rows, mine, theirs))[::samples][:N_EXAMPLES]]
-    return EvalResult(sum(wins) / len(wins), kl, len(wins),
-                      sum(len(m.text) for m in mine) / len(mine), measure(mine).healthy,
+    health = measure(mine)
+    return EvalResult(sum(wins) / len(wins), kl, len(wins), health.mean_chars, health.healthy,
                       examples)
 
 
