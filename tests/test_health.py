@@ -38,6 +38,14 @@ def test_healthy_enough(before, after, tol, ok):
     assert health.healthy_enough(mk(before), mk(after), tol) is ok
 
 
+def test_trading_empty_answers_for_run_on_ones_is_caught():
+    """Gemma, sigmoid round 4: healthy 58% -> 50% (within 0.25) but cut 8% -> 50%."""
+    serving = health.AnswerHealth(7 / 12, 1 / 12, 4 / 12, 48.5, 12)
+    draft = health.AnswerHealth(6 / 12, 6 / 12, 0.0, 124.6, 12)
+    assert not health.healthy_enough(serving, draft, 0.25)
+    assert health.healthy_enough(serving, draft, 1.0)
+
+
 def test_length_tells_a_stop_from_running_out():
     eos, pad = [1], 0
     assert _length(torch.tensor([5, 6, 1, 0]), eos, pad) == (3, True)   # EOS
@@ -85,6 +93,7 @@ def test_a_draft_whose_answers_stop_ending_is_rejected(tmp_path, tiny_model_dir,
     assert out.status == "rejected", out
     assert "answers stopped ending" in out.error and "0% of 12 draft answers" in out.error
     assert "100% for base" in out.error and "serving stays base" in out.error
+    assert "cut at max tokens 0% -> 100%" in out.error
     assert [v for v, _ in asked] == [BASE, TRAIN]  # serving and draft, once each
     voted = {p["prompt"] for p in svc.store.training_pairs(max_vote_id=10**9, window=0)}
     assert asked[0][1] == asked[1][1] and set(asked[0][1]) <= voted  # users' texts, no

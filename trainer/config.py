@@ -150,8 +150,8 @@ class TrainConfig:
                              "before a round is accepted (0 = no answer-health check).")
     health_tolerance: float = _f(0.25, "A round is rejected when the draft's share of answers "
                                  "that end by themselves (not empty, not cut at max tokens) "
-                                 "is lower than serving's by more than this (1 = measure "
-                                 "only, never reject).")
+                                 "is lower than serving's, or its share cut at max tokens "
+                                 "higher, by more than this (1 = measure only).")
     desirable_weight: float = _f(1.0, "KTO weight of desirable completions.")
     undesirable_weight: float = _f(1.0, "KTO weight of undesirable completions.")
     max_grad_norm: float = _f(1.0, "Gradient clipping norm.")

@@ -306,7 +306,8 @@ def _health_problem(sampler, train: list[Example], held: list[Example], serving:
         return None
     return (f"answers stopped ending by themselves: {now.healthy:.0%} of {now.n} draft "
             f"answers ended (not empty, not cut at max tokens) vs {was.healthy:.0%} for "
-            f"{serving}, mean length {was.mean_chars:.0f} -> {now.mean_chars:.0f} chars "
+            f"{serving}; cut at max tokens {was.unfinished:.0%} -> {now.unfinished:.0%}, "
+            f"mean length {was.mean_chars:.0f} -> {now.mean_chars:.0f} chars "
             f"(health tolerance {cfg.health_tolerance}); serving stays {serving}")
 
 
