@@ -44,8 +44,12 @@ def make_tokenizer(chat: bool = False):
     return fast
 
 
-def make_tiny_model_dir(path: Path, chat: bool = False, seed: int = 0) -> Path:
-    """Write a tiny random Gemma 3 text model + tokenizer to ``path`` and return it."""
+def make_tiny_model_dir(path: Path, chat: bool = False, seed: int = 0,
+                        init_std: float = 0.02) -> Path:
+    """Write a tiny random Gemma 3 text model + tokenizer to ``path`` and return it.
+
+    ``init_std``: the std of the random weights (transformers' default 0.02).
+    """
     import torch
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
@@ -56,6 +60,7 @@ def make_tiny_model_dir(path: Path, chat: bool = False, seed: int = 0) -> Path:
         num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=1024,
         sliding_window=64, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
         bos_token_id=tok.bos_token_id, tie_word_embeddings=True,
+        initializer_range=init_std,
     )
     model = Gemma3ForCausalLM(cfg)
     path.mkdir(parents=True, exist_ok=True)

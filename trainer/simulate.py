@@ -91,7 +91,17 @@ def vote_until_round(svc, oracle, votes: int, timeout_s: float) -> dict:
 def run(svc, oracle, *, rounds: int, pairs_per_round: int, eval_prompts: list[str],
         samples: int, out_dir: Path, seed: int = 0, timeout_s: float = 3600,
         progress=None) -> dict:
-    """Run the loop for ``rounds`` rounds; write learning_curve.json and .png."""
+    """Run the loop for ``rounds`` rounds; write learning_curve.json and .png.
+
+    Each round is exactly ``pairs_per_round`` votes, then one DPO round on them: the
+    service must start a round at that many votes (``votes_per_round``). Otherwise the
+    trainer would start rounds while the oracle is still voting, and which votes a round
+    sees would depend on thread timing.
+    """
+    if svc.train_cfg.votes_per_round != pairs_per_round:
+        raise ValueError(f"pairs_per_round={pairs_per_round} but the service starts a round "
+                         f"every votes_per_round={svc.train_cfg.votes_per_round} votes: set "
+                         "both to the same number (app.py simulate does)")
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     history = []
