@@ -79,11 +79,20 @@ def _v3_skips(db: sqlite_utils.Database) -> None:
                        pk=("pair_id", "annotator"), foreign_keys=[("pair_id", "pairs", "id")])
 
 
+def _v4_ended(db: sqlite_utils.Database) -> None:
+    """pairs.ended_a / ended_b: 1 if that answer ended by itself (EOS or a stop string),
+    0 if it was cut at the token limit; NULL (older and imported pairs) counts as ended.
+    A cut answer is scored without the end-of-answer marker (trainer/generate.py)."""
+    db["pairs"].add_column("ended_a", int)
+    db["pairs"].add_column("ended_b", int)
+
+
 Migration = tuple[int, str, Callable[[sqlite_utils.Database], None]]
 MIGRATIONS: list[Migration] = [
     (1, "initial schema", _v1_initial),
     (2, "pair origin, lookup indexes", _v2_origin_and_indexes),
     (3, "skipped pairs", _v3_skips),
+    (4, "answers cut at the token limit", _v4_ended),
 ]
 LATEST = MIGRATIONS[-1][0]
 

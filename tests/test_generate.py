@@ -63,6 +63,7 @@ def test_plain_answers_are_scored_as_generation_wrote_them(plain_tok):
     assert frame == (" ", PLAIN_STOPS[0])
     assert raw.startswith(frame_response(clean_response(raw, PLAIN_STOPS), frame))
     assert frame_response("Paris.", frame) == " Paris.\nQuestion:"
+    assert frame_response("Paris is the", frame, ended=False) == " Paris is the"  # cut
 
 
 def test_chat_answers_end_with_the_turn_marker_generation_stops_on(chat_tok):

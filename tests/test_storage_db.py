@@ -111,6 +111,26 @@ def test_better_answer_is_chosen_over_both(store):
         (r["pair_id"], r["completion"], r["label"]) for r in store.kto_rows()}
 
 
+def test_answers_cut_at_the_token_limit_are_flagged_in_training_rows(store):
+    """Whether each answer ended by itself travels from the pair to every training row;
+    a written better answer counts as ended, unknown (None) as ended."""
+    cut = _pair(store, "q0", "short.", "a long answer that ran out of", ended_a=True,
+                ended_b=False)
+    old = _pair(store, "q1", "x", "y")  # unknown, as before the flags existed
+    store.record_vote(cut, "ann", "a")
+    store.record_vote(old, "ann", "b")
+    rows = store.training_pairs()
+    assert [(r["chosen"], r["chosen_ended"], r["rejected_ended"]) for r in rows] == [
+        ("short.", True, False), ("y", True, True)]
+    kto = {r["completion"]: r["ended"] for r in store.kto_rows()}
+    assert kto == {"short.": True, "a long answer that ran out of": False, "x": True,
+                   "y": True}
+    store.record_vote(cut, "ann", "b", better_answer="Better.")
+    better = [r for r in store.training_pairs() if r["kind"] == "better"]
+    assert {(r["rejected"], r["chosen_ended"], r["rejected_ended"]) for r in better} == {
+        ("short.", True, True), ("a long answer that ran out of", True, False)}
+
+
 def test_majority_and_agreement(store):
     p = _pair(store)
     for who, c in (("x", "a"), ("y", "a"), ("z", "b")):

@@ -32,10 +32,13 @@ def test_upgrade_from_v1_backfills_imported_pairs(tmp_path):
     db.conn.commit()
     db.close()
     s = Store(tmp_path / "old.db")
-    assert applied_versions(s._db()) == [1, 2, 3]  # every later migration applied
+    assert applied_versions(s._db()) == [1, 2, 3, 4]  # every later migration applied
     assert [p["origin"] for p in s.query("select origin from pairs order by id")] == [
         "import", "live"]
     assert s.take_pair("u")["id"] == 2
+    s.record_vote(2, "u", "a")  # pairs from before v4 have no ended flags: scored as ended
+    assert [(r["chosen_ended"], r["rejected_ended"]) for r in s.training_pairs()] == [
+        (True, True)]
 
 
 def test_refuses_newer_schema_and_non_db_files(tmp_path):

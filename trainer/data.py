@@ -36,10 +36,12 @@ def is_heldout(key: str, fraction: float) -> bool:
 
 
 def paired_examples(rows: list[dict], fmt, frame) -> list[Example]:
-    """``fmt`` formats a prompt with the template, ``frame`` gives an answer the text
-    around it that generation produced (``Sampler.scored``): examples hold scored texts."""
+    """``fmt`` formats a prompt with the template, ``frame(answer, ended)`` gives an answer
+    the text around it that generation produced (``Sampler.scored``; no end marker if the
+    answer was cut at the token limit): examples hold scored texts."""
     return [Example(key=r["key"], pair_id=r["pair_id"], prompt=fmt(r["prompt"]),
-                    chosen=frame(r["chosen"]), rejected=frame(r["rejected"]),
+                    chosen=frame(r["chosen"], r.get("chosen_ended", True)),
+                    rejected=frame(r["rejected"], r.get("rejected_ended", True)),
                     question=r["prompt"]) for r in rows]
 
 
@@ -48,7 +50,8 @@ def unpaired_examples(rows: list[dict], fmt, frame) -> list[Example]:
     for i, r in enumerate(rows):
         key = f"kto:{r.get('pair_id')}:{i}:{text_hash(r['prompt'], r['completion'])[:8]}"
         out.append(Example(key=key, pair_id=r.get("pair_id"), prompt=fmt(r["prompt"]),
-                           chosen=frame(r["completion"]), desirable=bool(r["label"]),
+                           chosen=frame(r["completion"], r.get("ended", True)),
+                           desirable=bool(r["label"]),
                            question=r["prompt"]))
     return out
 

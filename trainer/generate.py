@@ -72,10 +72,16 @@ def response_frame(tokenizer, template: str = "auto") -> tuple[str, str]:
     return " ", PLAIN_STOPS[0]
 
 
-def frame_response(text: str, frame: tuple[str, str]) -> str:
-    """The scored form of a stored answer: lead + answer + end (see ``response_frame``)."""
+def frame_response(text: str, frame: tuple[str, str], ended: bool = True) -> str:
+    """The scored form of a stored answer: lead + answer + end (see ``response_frame``).
+
+    ``ended=False``: the answer was cut at the token limit, so it is scored without the
+    end: the model never wrote a terminator there. Appending one anyway made every
+    vote against a long, cut answer a vote against stopping after it; on a tiny model
+    whose answers end at random, "prefer the shorter" then made answers LONGER.
+    """
     lead, end = frame
-    return f"{lead}{text}{end}"
+    return f"{lead}{text}{end if ended else ''}"
 
 
 def stop_token_ids(tokenizer) -> list[int]:
@@ -169,9 +175,9 @@ class Sampler:
     def format(self, prompt: str) -> str:
         return format_prompt(self.policy.tokenizer, prompt, self.cfg.template)
 
-    def scored(self, answer: str) -> str:
+    def scored(self, answer: str, ended: bool = True) -> str:
         """A stored answer as training and scoring see it (``frame_response``)."""
-        return frame_response(answer, self.frame)
+        return frame_response(answer, self.frame, ended)
 
     def sample(self, prompts: list[str], version: str, seed: int,
                empty_retries: int | None = None) -> list[Sample]:

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 
 from trainer.config import PoolConfig
-from trainer.generate import Sampler
+from trainer.generate import Sample, Sampler
 from trainer.policy import BASE
 from trainer.scoring import implicit_rewards
 
@@ -139,8 +139,9 @@ class PairPool:
                     continue
                 ra, rb = self._rewards(item.prompt, a, b, va, vb, serving)
                 ids.append(self.store.record_pair(
-                    item.prompt_id, a, b, va, vb, gen_config=self._gen_config(ra, rb),
-                    seed=seed, arena=item.arena, status=status))
+                    item.prompt_id, a.text, b.text, va, vb, gen_config=self._gen_config(ra, rb),
+                    seed=seed, arena=item.arena, status=status, ended_a=a.finished,
+                    ended_b=b.finished))
         dt = time.perf_counter() - t0
         self.produced += len(ids)
         self.last_batch = {"pairs": len(ids), "seconds": round(dt, 2),
@@ -152,7 +153,8 @@ class PairPool:
         return self._seed * 1_000_003 + self.store.counts()["pairs"] * 16
 
     def _sample_sides(self, plan, serving, opponent, seed, retries: int = 2):
-        """(a, b, version_a, version_b) per plan item; a is None if no distinct pair."""
+        """(a, b, version_a, version_b) per plan item, a and b ``Sample``s; a is None if
+        no distinct pair."""
         regular = [i for i, p in enumerate(plan) if not p.arena]
         arena = [i for i, p in enumerate(plan) if p.arena]
         out: list = [None] * len(plan)
@@ -164,8 +166,8 @@ class PairPool:
                                         serving, seed + attempt)
             again = []
             for j, i in enumerate(todo):
-                a, b = texts[2 * j].text, texts[2 * j + 1].text
-                if a != b:  # one empty side is kept: the vote against it is the signal
+                a, b = texts[2 * j], texts[2 * j + 1]
+                if a.text != b.text:  # one empty side is kept: the vote against it is the signal
                     out[i] = (a, b, serving, serving)
                 else:
                     again.append(i)
@@ -179,18 +181,18 @@ class PairPool:
                 if m.text == t.text:
                     out[i] = (None, None, serving, opponent)
                 elif self.rng.random() < 0.5:
-                    out[i] = (m.text, t.text, serving, opponent)
+                    out[i] = (m, t, serving, opponent)
                 else:
-                    out[i] = (t.text, m.text, opponent, serving)
+                    out[i] = (t, m, opponent, serving)
         return out
 
-    def _rewards(self, prompt: str, a: str, b: str, va: str, vb: str, serving: str):
+    def _rewards(self, prompt: str, a: Sample, b: Sample, va: str, vb: str, serving: str):
         """Implicit rewards of both sides under the serving policy (None for arena/base)."""
         ref = self.reference(serving)
         if va != vb or serving == ref:
             return None, None
         fmt = self.sampler.format(prompt)
-        scored = [self.sampler.scored(a), self.sampler.scored(b)]
+        scored = [self.sampler.scored(a.text, a.finished), self.sampler.scored(b.text, b.finished)]
         ra, rb = implicit_rewards(self.policy, [fmt, fmt], scored, serving, ref, self.beta,
                                   self.max_length)
         return ra, rb
