@@ -37,10 +37,6 @@ DB_NAME = "livedpo.db"
 DEFAULT_PATH = Path("data") / DB_NAME
 
 
-
-def _flag(x: bool | None) -> int | None:
-    return None if x is None else int(bool(x))
-
 class Store(VotesMixin, RunsMixin):
     """All LiveDPO data in one SQLite DB. ``Store(None)`` is an in-memory DB (tests)."""
 
@@ -192,12 +188,12 @@ class Store(VotesMixin, RunsMixin):
     # --- pairs -------------------------------------------------------------------------------
     def record_pair(self, prompt_id: int, response_a: str, response_b: str, version_a: str,
                     version_b: str, gen_config: dict, seed: int, arena: bool = False,
-                    status: str = "queued", ended_a: bool | None = None,
-                    ended_b: bool | None = None) -> int:
+                    status: str = "queued", end_a: str | None = None,
+                    end_b: str | None = None) -> int:
         """Store a freshly sampled pair and count the prompt as served; returns its id.
 
-        ``ended_a``/``ended_b``: False if that answer was cut at the token limit (None:
-        unknown, scored as ended)."""
+        ``end_a``/``end_b``: what generation ended that answer with, '' if it was cut at
+        the token limit, None if unknown (see ``frame_response``)."""
         require_one_of(status, PAIR_STATUSES, "pair status")
         if not version_a or not version_b:
             raise BadInput(f"pair versions {version_a!r}/{version_b!r}: both sides need an "
@@ -208,10 +204,10 @@ class Store(VotesMixin, RunsMixin):
                 raise BadInput(f"no prompt with id {prompt_id!r}: add it with add_prompt first")
             cur = db.execute(
                 "insert into pairs (prompt_id, response_a, response_b, version_a, version_b, "
-                "arena, gen_config, seed, created, status, ended_a, ended_b) "
+                "arena, gen_config, seed, created, status, end_a, end_b) "
                 "values (?,?,?,?,?,?,?,?,?,?,?,?)",
                 [prompt_id, response_a, response_b, version_a, version_b, int(arena),
-                 config, seed, now(), status, _flag(ended_a), _flag(ended_b)])
+                 config, seed, now(), status, end_a, end_b])
             db.execute("update prompts set served_count = served_count + 1 where id = ?",
                        [prompt_id])
             return cur.lastrowid

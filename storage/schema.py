@@ -79,12 +79,13 @@ def _v3_skips(db: sqlite_utils.Database) -> None:
                        pk=("pair_id", "annotator"), foreign_keys=[("pair_id", "pairs", "id")])
 
 
-def _v4_ended(db: sqlite_utils.Database) -> None:
-    """pairs.ended_a / ended_b: 1 if that answer ended by itself (EOS or a stop string),
-    0 if it was cut at the token limit; NULL (older and imported pairs) counts as ended.
-    A cut answer is scored without the end-of-answer marker (trainer/generate.py)."""
-    db["pairs"].add_column("ended_a", int)
-    db["pairs"].add_column("ended_b", int)
+def _v4_answer_ends(db: sqlite_utils.Database) -> None:
+    """pairs.end_a / end_b: what generation ended each answer with ('<eos>',
+    '\nQuestion:', ...), '' if it was cut at the token limit, NULL if unknown (older and
+    imported pairs: scored with the template's usual end). Training scores an answer
+    with the end it really had (trainer/generate.py: frame_response)."""
+    db["pairs"].add_column("end_a", str)
+    db["pairs"].add_column("end_b", str)
 
 
 Migration = tuple[int, str, Callable[[sqlite_utils.Database], None]]
@@ -92,7 +93,7 @@ MIGRATIONS: list[Migration] = [
     (1, "initial schema", _v1_initial),
     (2, "pair origin, lookup indexes", _v2_origin_and_indexes),
     (3, "skipped pairs", _v3_skips),
-    (4, "answers cut at the token limit", _v4_ended),
+    (4, "how each answer ended", _v4_answer_ends),
 ]
 LATEST = MIGRATIONS[-1][0]
 

@@ -128,7 +128,7 @@ class VotesMixin:
         cap = "" if max_vote_id is None else "and v.id <= ?"
         rows = self.query(
             "select v.pair_id, v.annotator, v.choice, v.better_answer, v.id as vote_id, "
-            "p.response_a, p.response_b, p.ended_a, p.ended_b, pr.text as prompt "
+            "p.response_a, p.response_b, p.end_a, p.end_b, pr.text as prompt "
             "from votes v join pairs p on "
             f"p.id = v.pair_id join prompts pr on pr.id = p.prompt_id where 1 {cap} "
             "order by v.pair_id, v.id", [] if max_vote_id is None else [max_vote_id])
@@ -136,7 +136,7 @@ class VotesMixin:
         for r in rows:
             p = pairs.setdefault(r["pair_id"], {
                 "prompt": r["prompt"], "a": r["response_a"], "b": r["response_b"],
-                "ended": {"a": r["ended_a"] != 0, "b": r["ended_b"] != 0}, "votes": []})
+                "end": {"a": r["end_a"], "b": r["end_b"]}, "votes": []})
             p["votes"].append(r)
             p["last"] = r["vote_id"]
         return pairs
@@ -151,20 +151,20 @@ class VotesMixin:
         if choice in ("a", "b"):
             loser = "b" if choice == "a" else "a"
             out.append({**base, "key": f"{pid}:ab", "kind": "ab", "chosen": p[choice],
-                        "rejected": p[loser], "chosen_ended": p["ended"][choice],
-                        "rejected_ended": p["ended"][loser]})
+                        "rejected": p[loser], "chosen_end": p["end"][choice],
+                        "rejected_end": p["end"][loser]})
         for v in p["votes"]:
             for side in ("a", "b") if v["better_answer"] else ():
                 if v["better_answer"] != p[side]:
                     out.append({**base, "key": f"{pid}:better:{v['annotator']}:{side}",
                                 "kind": "better", "chosen": v["better_answer"],
-                                "rejected": p[side], "chosen_ended": True,
-                                "rejected_ended": p["ended"][side]})
+                                "rejected": p[side], "chosen_end": None,
+                                "rejected_end": p["end"][side]})
         return out
 
     def training_pairs(self, max_vote_id: int | None = None, window: int = 0) -> list[dict]:
-        """DPO rows {key, kind, pair_id, prompt, chosen, rejected, chosen_ended,
-        rejected_ended, agreement, n_votes} from
+        """DPO rows {key, kind, pair_id, prompt, chosen, rejected, chosen_end, rejected_end,
+        agreement, n_votes} from
         votes with id <= ``max_vote_id``, in pair order. ``window`` > 0 keeps the pairs
         with the most recent votes. ``key`` is stable per row (held-out splits)."""
         pairs = self._voted_pairs(max_vote_id)
@@ -182,12 +182,12 @@ class VotesMixin:
             choice, _ = majority([v["choice"] for v in p["votes"]])
             for side, good in KTO_LABELS.get(choice, {}).items():
                 out.append({"pair_id": pid, "prompt": p["prompt"], "completion": p[side],
-                            "label": good, "ended": p["ended"][side]})
+                            "label": good, "end": p["end"][side]})
             for v in p["votes"]:
                 if v["better_answer"]:
                     out.append({"pair_id": pid, "prompt": p["prompt"],
                                 "completion": v["better_answer"], "label": True,
-                                "ended": True})
+                                "end": None})
         for r in self.query("select l.completion, l.label, pr.text as prompt from labels l "
                             "join prompts pr on pr.id = l.prompt_id order by l.id"):
             out.append({"pair_id": None, "prompt": r["prompt"], "completion": r["completion"],

@@ -8,6 +8,7 @@ from trainer.generate import (
     PLAIN_STOPS,
     Sample,
     Sampler,
+    answer_end,
     clean_response,
     format_prompt,
     frame_response,
@@ -63,7 +64,16 @@ def test_plain_answers_are_scored_as_generation_wrote_them(plain_tok):
     assert frame == (" ", PLAIN_STOPS[0])
     assert raw.startswith(frame_response(clean_response(raw, PLAIN_STOPS), frame))
     assert frame_response("Paris.", frame) == " Paris.\nQuestion:"
-    assert frame_response("Paris is the", frame, ended=False) == " Paris is the"  # cut
+    assert frame_response("Paris is the", frame, "") == " Paris is the"  # cut
+    assert frame_response("Paris.", frame, "<eos>") == " Paris.<eos>"  # ended with EOS
+
+
+def test_answer_end_is_what_generation_ended_with():
+    stops = PLAIN_STOPS
+    assert answer_end(" Paris.\nAnswer: x\nQuestion: y", stops, None, True) == "\nAnswer:"
+    assert answer_end(" Paris.", stops, "<eos>", True) == "<eos>"
+    assert answer_end(" Paris is the capital of", stops, None, False) == ""  # cut
+    assert answer_end(" Paris.", stops, None, True) is None  # ended, unknown how
 
 
 def test_chat_answers_end_with_the_turn_marker_generation_stops_on(chat_tok):

@@ -51,21 +51,21 @@ def test_identical_samples_are_resampled_never_shown(svc, monkeypatch):
     assert (pair["response_a"], pair["response_b"]) == ("an answer", "")
 
 
-def test_pairs_record_which_answers_were_cut_at_the_token_limit(svc, monkeypatch):
-    """The flag decides how training scores the answer (with or without the end)."""
+def test_pairs_record_how_each_answer_ended(svc, monkeypatch):
+    """Training scores each answer with the end it really had, none if it was cut."""
     from trainer.generate import Sample
 
     monkeypatch.setattr(svc.sampler, "sample", lambda p, v, s: [
-        Sample("it ends.", 3, finished=True), Sample("it runs on and on", 10, finished=False)
+        Sample("it ends.", 3, True, "<eos>"), Sample("it runs on and on", 10, False, "")
     ] * (len(p) // 2))
     (pid,) = svc.pool.produce([PlannedPair(1, "q", False)], None)
     pair = svc.store.get_pair(pid)
-    assert (pair["ended_a"], pair["ended_b"]) == (1, 0)
+    assert (pair["end_a"], pair["end_b"]) == ("<eos>", "")
     svc.store.record_vote(pid, "ann", "a")
     train, held, _ = load_examples(svc.store, svc.train_cfg, svc.sampler.format,
                                    svc.sampler.scored)
     (ex,) = train + held
-    assert ex.chosen == " it ends.\nQuestion:"  # the plain template's end, as generated
+    assert ex.chosen == " it ends.<eos>"  # ended with EOS, not the usual "\nQuestion:"
     assert ex.rejected == " it runs on and on"  # cut: no end the model never wrote
 
 

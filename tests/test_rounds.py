@@ -6,6 +6,7 @@ import torch
 from tests.svc_fixtures import tiny_service, vote_all
 from trainer import rounds
 from trainer.config import LOSS_TYPES, TrainConfig
+from trainer.generate import PLAIN_STOPS
 from trainer.policy import BASE
 from trainer.scoring import score, text_hash
 
@@ -167,23 +168,24 @@ def test_out_of_memory_message_suggests_smaller_micro_batch():
 
 
 def test_reference_logps_are_of_answers_framed_as_generated(tmp_path, tiny_model_dir):
-    """Rounds score ' ' + answer + '\\nQuestion:' (plain template), not the bare text + EOS,
-    and an answer cut at the token limit without the end: every cached reference
+    """Rounds score ' ' + answer + the end generation produced (plain template: usually
+    '\\nQuestion:'), none for an answer cut at the token limit: every cached reference
     log-prob is keyed by, and equal to, the framed answer's."""
     svc = _trained_svc(tmp_path, tiny_model_dir)
     assert svc.trainer.run_one("test").status == "accepted"
     rows = svc.store.query(
-        "select r.text_hash, r.logp, r.n_tokens, p.response_a, p.response_b, p.ended_a, "
-        "p.ended_b, t.text "
+        "select r.text_hash, r.logp, r.n_tokens, p.response_a, p.response_b, p.end_a, "
+        "p.end_b, t.text "
         "from ref_logps r join pairs p on p.id = r.pair_id join prompts t on t.id = p.prompt_id")
     assert rows
     s = svc.sampler
     for r in rows[:4]:
         prompt = s.format(r["text"])
-        framed = {text_hash(prompt, s.scored(a, bool(e))): (s.scored(a, bool(e)), bool(e))
-                  for a, e in ((r["response_a"], r["ended_a"]), (r["response_b"], r["ended_b"]))}
+        framed = {text_hash(prompt, s.scored(a, e)): (s.scored(a, e), e)
+                  for a, e in ((r["response_a"], r["end_a"]), (r["response_b"], r["end_b"]))}
         assert r["text_hash"] in framed
-        text, ended = framed[r["text_hash"]]
-        assert text.startswith(" ") and text.endswith("\nQuestion:") == ended
+        text, end = framed[r["text_hash"]]
+        assert text.startswith(" ") and text.endswith(end)
+        assert end in ("", "<eos>", *PLAIN_STOPS)
         (logp,), (n,) = score(svc.policy, [prompt], [text], BASE, svc.train_cfg.max_length)
         assert (logp, n) == (pytest.approx(r["logp"], abs=1e-4), r["n_tokens"])

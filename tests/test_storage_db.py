@@ -111,24 +111,24 @@ def test_better_answer_is_chosen_over_both(store):
         (r["pair_id"], r["completion"], r["label"]) for r in store.kto_rows()}
 
 
-def test_answers_cut_at_the_token_limit_are_flagged_in_training_rows(store):
-    """Whether each answer ended by itself travels from the pair to every training row;
-    a written better answer counts as ended, unknown (None) as ended."""
-    cut = _pair(store, "q0", "short.", "a long answer that ran out of", ended_a=True,
-                ended_b=False)
-    old = _pair(store, "q1", "x", "y")  # unknown, as before the flags existed
+def test_how_each_answer_ended_travels_to_every_training_row(store):
+    """'' = cut at the token limit, a string = the terminator generated, None = unknown
+    (older pairs; a written better answer)."""
+    cut = _pair(store, "q0", "short.", "a long answer that ran out of", end_a="<eos>",
+                end_b="")
+    old = _pair(store, "q1", "x", "y")  # unknown, as before the column existed
     store.record_vote(cut, "ann", "a")
     store.record_vote(old, "ann", "b")
     rows = store.training_pairs()
-    assert [(r["chosen"], r["chosen_ended"], r["rejected_ended"]) for r in rows] == [
-        ("short.", True, False), ("y", True, True)]
-    kto = {r["completion"]: r["ended"] for r in store.kto_rows()}
-    assert kto == {"short.": True, "a long answer that ran out of": False, "x": True,
-                   "y": True}
+    assert [(r["chosen"], r["chosen_end"], r["rejected_end"]) for r in rows] == [
+        ("short.", "<eos>", ""), ("y", None, None)]
+    kto = {r["completion"]: r["end"] for r in store.kto_rows()}
+    assert kto == {"short.": "<eos>", "a long answer that ran out of": "", "x": None,
+                   "y": None}
     store.record_vote(cut, "ann", "b", better_answer="Better.")
     better = [r for r in store.training_pairs() if r["kind"] == "better"]
-    assert {(r["rejected"], r["chosen_ended"], r["rejected_ended"]) for r in better} == {
-        ("short.", True, True), ("a long answer that ran out of", True, False)}
+    assert {(r["rejected"], r["chosen_end"], r["rejected_end"]) for r in better} == {
+        ("short.", None, "<eos>"), ("a long answer that ran out of", None, "")}
 
 
 def test_majority_and_agreement(store):

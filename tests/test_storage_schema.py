@@ -36,9 +36,9 @@ def test_upgrade_from_v1_backfills_imported_pairs(tmp_path):
     assert [p["origin"] for p in s.query("select origin from pairs order by id")] == [
         "import", "live"]
     assert s.take_pair("u")["id"] == 2
-    s.record_vote(2, "u", "a")  # pairs from before v4 have no ended flags: scored as ended
-    assert [(r["chosen_ended"], r["rejected_ended"]) for r in s.training_pairs()] == [
-        (True, True)]
+    s.record_vote(2, "u", "a")  # pairs from before v4: how they ended is unknown (None)
+    assert [(r["chosen_end"], r["rejected_end"]) for r in s.training_pairs()] == [
+        (None, None)]
 
 
 def test_refuses_newer_schema_and_non_db_files(tmp_path):

@@ -36,12 +36,12 @@ def is_heldout(key: str, fraction: float) -> bool:
 
 
 def paired_examples(rows: list[dict], fmt, frame) -> list[Example]:
-    """``fmt`` formats a prompt with the template, ``frame(answer, ended)`` gives an answer
-    the text around it that generation produced (``Sampler.scored``; no end marker if the
-    answer was cut at the token limit): examples hold scored texts."""
+    """``fmt`` formats a prompt with the template, ``frame(answer, end)`` gives an answer
+    the text around it that generation produced (``Sampler.scored``: the end it really
+    had, none if it was cut at the token limit): examples hold scored texts."""
     return [Example(key=r["key"], pair_id=r["pair_id"], prompt=fmt(r["prompt"]),
-                    chosen=frame(r["chosen"], r.get("chosen_ended", True)),
-                    rejected=frame(r["rejected"], r.get("rejected_ended", True)),
+                    chosen=frame(r["chosen"], r.get("chosen_end")),
+                    rejected=frame(r["rejected"], r.get("rejected_end")),
                     question=r["prompt"]) for r in rows]
 
 
@@ -50,7 +50,7 @@ def unpaired_examples(rows: list[dict], fmt, frame) -> list[Example]:
     for i, r in enumerate(rows):
         key = f"kto:{r.get('pair_id')}:{i}:{text_hash(r['prompt'], r['completion'])[:8]}"
         out.append(Example(key=key, pair_id=r.get("pair_id"), prompt=fmt(r["prompt"]),
-                           chosen=frame(r["completion"], r.get("ended", True)),
+                           chosen=frame(r["completion"], r.get("end")),
                            desirable=bool(r["label"]),
                            question=r["prompt"]))
     return out

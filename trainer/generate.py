@@ -32,6 +32,12 @@ class Sample:
     text: str
     n_tokens: int
     finished: bool = True  # ended by a stop string or EOS, not by running out of tokens
+    end: str | None = None  # what it ended with ("<eos>", "\nQuestion:"...); None: unknown
+
+    @property
+    def scored_end(self) -> str | None:
+        """The end to score it with (``frame_response``): '' if it was cut."""
+        return self.end if self.finished else ""
 
 
 def uses_chat_template(tokenizer, template: str) -> bool:
@@ -72,16 +78,31 @@ def response_frame(tokenizer, template: str = "auto") -> tuple[str, str]:
     return " ", PLAIN_STOPS[0]
 
 
-def frame_response(text: str, frame: tuple[str, str], ended: bool = True) -> str:
+def frame_response(text: str, frame: tuple[str, str], end: str | None = None) -> str:
     """The scored form of a stored answer: lead + answer + end (see ``response_frame``).
 
-    ``ended=False``: the answer was cut at the token limit, so it is scored without the
-    end: the model never wrote a terminator there. Appending one anyway made every
-    vote against a long, cut answer a vote against stopping after it; on a tiny model
-    whose answers end at random, "prefer the shorter" then made answers LONGER.
+    ``end``: what generation actually ended the answer with (``answer_end``): '' if it
+    was cut at the token limit, so no terminator the model never wrote is trained on;
+    None (unknown: older or imported pairs, written answers) -> the frame's usual end.
+    Scoring a cut answer with a terminator made every vote against a long, cut answer
+    a vote against stopping after it; scoring an answer that ended with EOS with
+    "\nQuestion:" taught a terminator the model did not use, and left EOS untouched.
     """
-    lead, end = frame
-    return f"{lead}{text}{end if ended else ''}"
+    lead, usual = frame
+    return f"{lead}{text}{usual if end is None else end}"
+
+
+def answer_end(raw: str, stops: tuple[str, ...], stop_token: str | None,
+               finished: bool) -> str | None:
+    """What a generated answer ended with: the earliest stop string in its raw text, else
+    the stop token's text (e.g. '<eos>', '<end_of_turn>'); '' if it was cut; None if it
+    ended but neither is found (scored with the usual end)."""
+    hits = [(raw.find(s), s) for s in stops if s in raw]
+    if hits:
+        return min(hits)[1]
+    if not finished:
+        return ""
+    return stop_token
 
 
 def stop_token_ids(tokenizer) -> list[int]:
@@ -175,9 +196,9 @@ class Sampler:
     def format(self, prompt: str) -> str:
         return format_prompt(self.policy.tokenizer, prompt, self.cfg.template)
 
-    def scored(self, answer: str, ended: bool = True) -> str:
+    def scored(self, answer: str, end: str | None = None) -> str:
         """A stored answer as training and scoring see it (``frame_response``)."""
-        return frame_response(answer, self.frame, ended)
+        return frame_response(answer, self.frame, end)
 
     def sample(self, prompts: list[str], version: str, seed: int,
                empty_retries: int | None = None) -> list[Sample]:
@@ -229,5 +250,8 @@ class Sampler:
             n, ended = _length(row, self.eos_ids, tok.pad_token_id)
             raw = tok.decode(row[:n], skip_special_tokens=True)
             ended = ended or any(s in raw for s in self.stops)  # stop on the very last token
-            out.append(Sample(clean_response(raw, self.stops), n, ended))
+            last = int(row[n - 1]) if n else None
+            token = tok.decode([last]) if last in self.eos_ids else None
+            out.append(Sample(clean_response(raw, self.stops), n, ended,
+                              answer_end(raw, self.stops, token, ended)))
         return out

@@ -140,8 +140,8 @@ class PairPool:
                 ra, rb = self._rewards(item.prompt, a, b, va, vb, serving)
                 ids.append(self.store.record_pair(
                     item.prompt_id, a.text, b.text, va, vb, gen_config=self._gen_config(ra, rb),
-                    seed=seed, arena=item.arena, status=status, ended_a=a.finished,
-                    ended_b=b.finished))
+                    seed=seed, arena=item.arena, status=status, end_a=a.scored_end,
+                    end_b=b.scored_end))
         dt = time.perf_counter() - t0
         self.produced += len(ids)
         self.last_batch = {"pairs": len(ids), "seconds": round(dt, 2),
@@ -192,7 +192,8 @@ class PairPool:
         if va != vb or serving == ref:
             return None, None
         fmt = self.sampler.format(prompt)
-        scored = [self.sampler.scored(a.text, a.finished), self.sampler.scored(b.text, b.finished)]
+        scored = [self.sampler.scored(a.text, a.scored_end),
+                  self.sampler.scored(b.text, b.scored_end)]
         ra, rb = implicit_rewards(self.policy, [fmt, fmt], scored, serving, ref, self.beta,
                                   self.max_length)
         return ra, rb

@@ -54,7 +54,7 @@ def evaluate(svc, oracle, prompts: list[str], samples: int, seed: int,
         kl = 0.0
     else:
         fmt = [svc.sampler.format(p) for p in rows]
-        scored = [svc.sampler.scored(s.text, s.finished) for s in mine]
+        scored = [svc.sampler.scored(s.text, s.scored_end) for s in mine]
         kl, _ = mean_token_kl(svc.policy, fmt, scored, serving, BASE, svc.train_cfg.max_length)
     points = {"a": 1.0, "b": 0.0, "tie": 0.5, "both_bad": 0.5}
     wins = [points[oracle(p, m.text, t.text)] for p, m, t in zip(rows, mine, theirs)]
