@@ -29,7 +29,8 @@ from storage.votes import MAX_BETTER_ANSWER
 PROMPT_EXTS = (".txt", ".jsonl", ".csv")
 PREF_EXTS = (".jsonl", ".json", ".csv")
 VOTE_COLUMNS = ["pair_id", "prompt", "response_a", "response_b", "version_a", "version_b",
-                "arena", "annotator", "choice", "better_answer", "decide_ms", "created"]
+                "arena", "annotator", "choice", "better_answer", "decide_ms", "created",
+                "end_a", "end_b"]  # end_*: optional on import (see _end_cell)
 IMPORT_ANNOTATOR = "import"
 IMPORT_VERSION = "import"
 ARENA_VALUES = {"0": 0, "1": 1, "": 0, "false": 0, "true": 1}
@@ -179,13 +180,13 @@ def _prompt_id(db, text: str) -> int:
 
 
 def _insert_pair(db, pair_id: int | None, prompt_id: int, a: str, b: str, va: str, vb: str,
-                 arena: int) -> int:
+                 arena: int, end_a: str | None = None, end_b: str | None = None) -> int:
     """An imported, already voted pair (never handed to annotators)."""
     return db.execute(
         "insert into pairs (id, prompt_id, response_a, response_b, version_a, version_b, "
-        "arena, gen_config, seed, created, status, origin) values "
-        "(?,?,?,?,?,?,?,'{}',0,?,'voted','import')",
-        [pair_id, prompt_id, a, b, va, vb, arena, now()]).lastrowid
+        "arena, gen_config, seed, created, status, origin, end_a, end_b) values "
+        "(?,?,?,?,?,?,?,'{}',0,?,'voted','import',?,?)",
+        [pair_id, prompt_id, a, b, va, vb, arena, now(), end_a, end_b]).lastrowid
 
 
 def _import_dpo(store, rows: list[dict]) -> dict:
@@ -213,7 +214,27 @@ def _import_kto(store, rows: list[dict]) -> dict:
 
 
 # --- votes CSV -------------------------------------------------------------------------------------
-PAIR_FIELDS = ("prompt", "response_a", "response_b", "version_a", "version_b", "arena")
+PAIR_FIELDS = ("prompt", "response_a", "response_b", "version_a", "version_b", "arena",
+               "end_a", "end_b")
+
+
+def _end_cell(end: str | None) -> str:
+    """How an answer ended, in a CSV cell: empty if unknown, else a JSON string, so that
+    '' (cut at the token limit) and '\\nQuestion:' survive the round trip."""
+    return "" if end is None else json.dumps(end)
+
+
+def _end_value(cell: str | None, column: str, bad) -> str | None:
+    if not cell:
+        return None
+    try:
+        end = json.loads(cell)
+    except json.JSONDecodeError:
+        end = None
+    if not isinstance(end, str):
+        raise bad(f"{column} {cell!r}: leave it empty, or write a JSON string such as "
+                  '"<eos>" (or "" for an answer cut at the token limit)')
+    return end
 
 
 def _vote_row(name: str, n: int, r: dict, max_chars: int) -> dict:
@@ -239,7 +260,9 @@ def _vote_row(name: str, n: int, r: dict, max_chars: int) -> dict:
             "pair_id": int(r["pair_id"]) if r.get("pair_id") else None,
             "decide_ms": int(r["decide_ms"]) if r.get("decide_ms") else None,
             "better_answer": (r.get("better_answer") or "").strip() or None,
-            "created": r.get("created") or None}
+            "created": r.get("created") or None,
+            "end_a": _end_value(r.get("end_a"), "end_a", bad),
+            "end_b": _end_value(r.get("end_b"), "end_b", bad)}
 
 
 def _parse_votes(name: str, rows: Rows, max_chars: int) -> list[dict]:
@@ -272,7 +295,7 @@ def _import_votes(store, rows: list[dict]) -> dict:
                 keep = r["key"] if isinstance(r["key"], int) and not taken else None
                 pairs[r["key"]] = _insert_pair(
                     db, keep, _prompt_id(db, r["prompt"]), r["response_a"], r["response_b"],
-                    r["version_a"], r["version_b"], r["arena"])
+                    r["version_a"], r["version_b"], r["arena"], r["end_a"], r["end_b"])
             t = now()
             db.execute("insert into votes (pair_id, annotator, choice, better_answer, decide_ms,"
                        " created, updated) values (?,?,?,?,?,?,?) on conflict (pair_id, "
@@ -315,11 +338,13 @@ def _kto_rows(store) -> list[dict]:
 
 
 def _vote_rows(store) -> list[dict]:
-    return store.query(
+    rows = store.query(
         "select v.pair_id, pr.text as prompt, p.response_a, p.response_b, p.version_a, "
         "p.version_b, p.arena, v.annotator, v.choice, v.better_answer, v.decide_ms, "
-        "v.created from votes v join pairs p on p.id = v.pair_id join prompts pr on "
-        "pr.id = p.prompt_id order by v.pair_id, v.id")
+        "v.created, p.end_a, p.end_b from votes v join pairs p on p.id = v.pair_id join "
+        "prompts pr on pr.id = p.prompt_id order by v.pair_id, v.id")
+    return [{**r, "end_a": _end_cell(r["end_a"]), "end_b": _end_cell(r["end_b"])}
+            for r in rows]
 
 
 def _csv_text(rows: list[dict]) -> str:

@@ -11,7 +11,8 @@ def _filled() -> Store:
     s = Store(None)
     pid = s.add_prompt("Why is the sky blue?")
     qid = s.add_prompt('Say "hi", in CSV, please\nline two')
-    p1 = s.record_pair(pid, "Rayleigh, scattering.", "Magic.", "base", "base", {}, 1)
+    p1 = s.record_pair(pid, "Rayleigh, scattering.", "Magic.", "base", "base", {}, 1,
+                       end_a="\nQuestion:", end_b="")  # b was cut at the token limit
     p2 = s.record_pair(qid, "hi", "hello ✓", "v1", "base", {}, 2, arena=True)
     p3 = s.record_pair(pid, "x", "y", "base", "base", {}, 3)
     s.record_vote(p1, "ann", "a", decide_ms=1500)
@@ -30,6 +31,30 @@ def test_export_import_export_is_identical(tmp_path, fmt, ext):
     export(fresh, fmt, second)
     assert first.read_bytes() == second.read_bytes()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files
+
+
+def test_votes_csv_keeps_how_each_answer_ended(tmp_path):
+    """'' (cut), a stop string and unknown (None) all survive export -> import; a votes
+    CSV from before the end_a/end_b columns imports with them unknown."""
+    f = tmp_path / "v.csv"
+    export(_filled(), "votes", f)
+    fresh = Store(None)
+    import_prefs(fresh, f)
+    ends = {r["chosen"]: (r["chosen_end"], r["rejected_end"]) for r in fresh.training_pairs()
+            if r["kind"] == "ab"}
+    assert ends == {"Rayleigh, scattering.": ("\nQuestion:", "")}
+    old = tmp_path / "old.csv"
+    lines = f.read_text().splitlines()
+    old.write_text("\n".join(",".join(x.split(",")[:12]) for x in lines[:1]) + "\n"
+                   + "0,q,a,b,base,base,0,ann,a,,,\n")
+    older = Store(None)
+    import_prefs(older, old)
+    assert [(r["chosen_end"], r["rejected_end"]) for r in older.training_pairs()] == [
+        (None, None)]
+    bad = tmp_path / "bad.csv"
+    bad.write_text(lines[0] + "\n" + "0,q,a,b,base,base,0,ann,a,,,,<eos>,\n")
+    with pytest.raises(ImportFailed, match="end_a '<eos>': leave it empty, or write a JSON"):
+        import_prefs(Store(None), bad)
 
 
 def test_conversational_dpo_rows(tmp_path):
