@@ -157,14 +157,14 @@ def simulate(args, cfgs: dict) -> int:
     from trainer.service import Service
 
     oracle = checked(load_oracle(args.oracle, args.keyword))
+    prompts = [t.strip() for t in DEFAULT_PROMPTS.read_text().splitlines() if t.strip()]
+    held_out, voted = sim.split_prompts(prompts, args.eval_prompts)
     app = cfgs["AppConfig"]
     data_dir = Path(app.data_dir)
     if (data_dir / "livedpo.db").exists():
         raise ValueError(f"--data-dir {data_dir} already has a database; simulate needs a "
                          "fresh one (e.g. --data-dir data-sim-1) so the oracle's votes do "
                          "not mix with real ones")
-    prompts = [t.strip() for t in DEFAULT_PROMPTS.read_text().splitlines() if t.strip()]
-    held_out, voted = prompts[-args.eval_prompts:], prompts[:-args.eval_prompts]
     store = Store.open(data_dir)
     store.add_prompts(voted, source="default")
     store.set_state(SEEDED_KEY, True)

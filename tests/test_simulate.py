@@ -17,6 +17,10 @@ def test_shipped_oracles():
     kw = keyword_oracle("because")
     assert kw("q", "yes", "yes because reasons") == "b"
     assert kw("q", "because a", "because bb") == "a"  # both mention it: the shorter
+    assert kw("q", "It is, BECAUSE.", "it is so") == "a"  # any case, next to punctuation
+    you = keyword_oracle("you")
+    assert you("q", "a young tree", "if you can") == "b"  # whole words: not in 'young'
+    assert keyword_oracle("thank you")("q", "Thank  you", "Thank you!") == "b"
     assert positive("q", "a great and happy day", "a day") == "a"
     assert load_oracle("keyword", "x")("q", "x", "y") == "a"
     assert load_oracle("trainer.oracles:shorter") is shorter
@@ -26,11 +30,26 @@ def test_shipped_oracles():
         assert oracle("q", "", " ") == "both_bad"
 
 
+def test_held_out_prompts_are_spread_over_the_whole_list():
+    prompts = [f"p{i}" for i in range(102)]
+    held, voted = sim.split_prompts(prompts, 16)
+    assert len(held) == 16 and len(voted) == 86 and not set(held) & set(voted)
+    idx = [prompts.index(p) for p in held]
+    assert idx[0] < 8 and idx[-1] > 94  # from the head to the tail, not the last 16
+    assert max(b - a for a, b in zip(idx, idx[1:])) <= 7
+    assert sim.split_prompts(["a", "b"], 1) == (["b"], ["a"])
+    for bad in (0, 102, -3):
+        with pytest.raises(ValueError, match=f"--eval-prompts {bad}: there are 102"):
+            sim.split_prompts(prompts, bad)
+
+
 def test_oracle_errors_are_clear():
     with pytest.raises(ValueError, match="unknown. Use 'shorter'"):
         load_oracle("longest")
     with pytest.raises(ValueError, match="cannot import it"):
         load_oracle("no_such_module:f")
+    with pytest.raises(ValueError, match="--keyword ' ' is empty"):
+        load_oracle("keyword", " ")
     with pytest.raises(ValueError, match="oracle returned 'A'"):
         checked(lambda p, a, b: "A")("q", "a", "b")
 

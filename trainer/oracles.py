@@ -55,13 +55,19 @@ def positive(prompt: str, a: str, b: str) -> str:
 
 
 def keyword_oracle(keyword: str) -> Oracle:
-    """Prefers answers that mention ``keyword``; both or neither: the shorter one."""
-    kw = keyword.lower()
+    """Prefers answers that mention ``keyword``; both or neither: the shorter one.
+
+    Matched as a whole word or phrase, ignoring case: 'you' is not in 'young'.
+    """
+    if not keyword.strip():
+        raise ValueError(f"--keyword {keyword!r} is empty: give the word the oracle should "
+                         "prefer, e.g. --keyword because")
+    pattern = re.compile(rf"(?<!\w){re.escape(keyword.strip())}(?!\w)", re.IGNORECASE)
 
     def keyword(prompt: str, a: str, b: str) -> str:
         if verdict := _empty_loses(a, b):
             return verdict
-        has_a, has_b = kw in a.lower(), kw in b.lower()
+        has_a, has_b = bool(pattern.search(a)), bool(pattern.search(b))
         if has_a != has_b:
             return "a" if has_a else "b"
         return shorter(prompt, a, b)

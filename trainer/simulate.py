@@ -39,6 +39,22 @@ class EvalResult:
     examples: list[dict]  # the first few (prompt, serving answer, base answer) rows
 
 
+def split_prompts(prompts: list[str], n_eval: int) -> tuple[list[str], list[str]]:
+    """(held-out, voted): ``n_eval`` prompts spread evenly over ``prompts``, and the rest.
+
+    Evenly spaced, not the last ``n_eval``: the default prompt file is grouped by kind
+    (advice, explanations, stories, code, summaries, short facts), and its tail is all
+    short facts, where few answers can say "because" however well the policy learnt to.
+    The held-out prompts must come from the same mix the oracle votes on.
+    """
+    if not 0 < n_eval < len(prompts):
+        raise ValueError(f"--eval-prompts {n_eval}: there are {len(prompts)} prompts; hold out "
+                         f"between 1 and {len(prompts) - 1} so some are left to vote on")
+    picked = {int((i + 0.5) * len(prompts) / n_eval) for i in range(n_eval)}
+    return ([p for i, p in enumerate(prompts) if i in picked],
+            [p for i, p in enumerate(prompts) if i not in picked])
+
+
 def evaluate(svc, oracle, prompts: list[str], samples: int, seed: int,
              base_answers: list | None = None) -> EvalResult:
     """Oracle win rate of serving vs base on ``prompts``, and per-token KL to base.
