@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--oracle", required=True, help="shorter | keyword | positive | "
                    "package.module:function (func(prompt, a, b) -> a|b|tie|both_bad)")
     s.add_argument("--keyword", default="because", help="Keyword for --oracle keyword.")
+    s.add_argument("--keyword-tiebreak", dest="keyword_tiebreak", default="shorter",
+                   choices=("shorter", "tie"), help="--oracle keyword, when both or neither "
+                   "answer mention it: the shorter wins, or a tie (only the keyword teaches).")
     s.add_argument("--rounds", type=int, default=5)
     s.add_argument("--pairs-per-round", dest="pairs_per_round", type=int, default=32)
     s.add_argument("--eval-prompts", dest="eval_prompts", type=int, default=12,

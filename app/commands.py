@@ -156,7 +156,7 @@ def simulate(args, cfgs: dict) -> int:
     from trainer.oracles import checked, load_oracle
     from trainer.service import Service
 
-    oracle = checked(load_oracle(args.oracle, args.keyword))
+    oracle = checked(load_oracle(args.oracle, args.keyword, args.keyword_tiebreak))
     prompts = [t.strip() for t in DEFAULT_PROMPTS.read_text().splitlines() if t.strip()]
     held_out, voted = sim.split_prompts(prompts, args.eval_prompts)
     app = cfgs["AppConfig"]

@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,9 @@ def test_shipped_oracles():
     assert kw("q", "yes", "yes because reasons") == "b"
     assert kw("q", "because a", "because bb") == "a"  # both mention it: the shorter
     assert kw("q", "It is, BECAUSE.", "it is so") == "a"  # any case, next to punctuation
+    pure = load_oracle("keyword", "because", "tie")  # only the keyword decides
+    assert pure("q", "no", "a longer answer") == pure("q", "x because", "y because") == "tie"
+    assert pure("q", "short", "long because") == "b"
     you = keyword_oracle("you")
     assert you("q", "a young tree", "if you can") == "b"  # whole words: not in 'young'
     assert keyword_oracle("thank you")("q", "Thank  you", "Thank you!") == "b"
@@ -43,6 +47,15 @@ def test_held_out_prompts_are_spread_over_the_whole_list():
             sim.split_prompts(prompts, bad)
 
 
+def test_oracles_report_what_they_reward():
+    name, fn = checked(keyword_oracle("because")).measure  # survives the checking wrapper
+    assert name == "share saying 'because'" and fn("yes, because") == 1.0 and fn("no") == 0.0
+    answers = [{"serving": "a great day", "base": "a day"}, {"serving": "good", "base": "x"}]
+    assert sim.oracle_measure(positive, answers) == {
+        "name": "positive words per answer", "serving": 1.0, "base": 0.0}
+    assert sim.oracle_measure(lambda p, a, b: "a", answers) is None  # a plug-in without one
+
+
 def test_oracle_errors_are_clear():
     with pytest.raises(ValueError, match="unknown. Use 'shorter'"):
         load_oracle("longest")
@@ -50,6 +63,8 @@ def test_oracle_errors_are_clear():
         load_oracle("no_such_module:f")
     with pytest.raises(ValueError, match="--keyword ' ' is empty"):
         load_oracle("keyword", " ")
+    with pytest.raises(ValueError, match="--keyword-tiebreak 'longer': use one of"):
+        load_oracle("keyword", "because", "longer")
     with pytest.raises(ValueError, match="oracle returned 'A'"):
         checked(lambda p, a, b: "A")("q", "a", "b")
 
@@ -114,3 +129,9 @@ def test_tiny_learning_curve_rises_above_chance(tmp_path, learnable_tiny_dir):
     out = tmp_path / f"seed{seed}" / "out"
     assert (out / "learning_curve.png").stat().st_size > 1000
     assert (out / "learning_curve.json").is_file()
+    rows = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    assert len(rows) == 5 * 8 * 16 and {r["round"] for r in rows} == {0, 1, 2, 3, 4}
+    last = [r for r in rows if r["round"] == 4]
+    assert sum(len(r["serving"]) for r in last) / len(last) == pytest.approx(
+        res["rounds"][-1]["oracle_measure"]["serving"], abs=1e-3)  # mean answer chars
+

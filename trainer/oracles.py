@@ -2,7 +2,9 @@
 
 An oracle is any callable ``oracle(prompt, a, b) -> 'a' | 'b' | 'tie' | 'both_bad'``.
 Ship-with-the-project oracles are looked up by name; any importable callable can be
-plugged in by dotted path, ``--oracle mypkg.mod:func``.
+plugged in by dotted path, ``--oracle mypkg.mod:func``. An oracle may carry
+``measure = (name, fn(answer) -> float)``, what it rewards per answer; ``simulate``
+reports its mean for the serving adapter and for base.
 """
 
 from __future__ import annotations
@@ -48,41 +50,59 @@ def shorter(prompt: str, a: str, b: str) -> str:
     return _empty_loses(a, b) or _by_score(-len(a), -len(b))
 
 
+def _positive_words(text: str) -> int:
+    return sum(w in POSITIVE_WORDS for w in _words(text))
+
+
 def positive(prompt: str, a: str, b: str) -> str:
     """Prefers the answer with more words from a positive-sentiment word list."""
-    return _empty_loses(a, b) or _by_score(sum(w in POSITIVE_WORDS for w in _words(a)),
-                                           sum(w in POSITIVE_WORDS for w in _words(b)))
+    return _empty_loses(a, b) or _by_score(_positive_words(a), _positive_words(b))
 
 
-def keyword_oracle(keyword: str) -> Oracle:
-    """Prefers answers that mention ``keyword``; both or neither: the shorter one.
+# What an oracle rewards, per answer: simulate reports its mean for the serving adapter
+# and for base, so a win rate can be read as "says the keyword more" or "is shorter".
+shorter.measure = ("answer chars", len)
+positive.measure = ("positive words per answer", _positive_words)
+
+TIEBREAKS = ("shorter", "tie")
+
+
+def keyword_oracle(keyword: str, tiebreak: str = "shorter") -> Oracle:
+    """Prefers answers that mention ``keyword``; both or neither: ``tiebreak``.
 
     Matched as a whole word or phrase, ignoring case: 'you' is not in 'young'.
+    ``tiebreak`` 'shorter': the shorter answer wins when the keyword does not decide;
+    'tie': a tie (no pairwise training example), so only the keyword teaches.
     """
     if not keyword.strip():
         raise ValueError(f"--keyword {keyword!r} is empty: give the word the oracle should "
                          "prefer, e.g. --keyword because")
-    pattern = re.compile(rf"(?<!\w){re.escape(keyword.strip())}(?!\w)", re.IGNORECASE)
+    if tiebreak not in TIEBREAKS:
+        raise ValueError(f"--keyword-tiebreak {tiebreak!r}: use one of {', '.join(TIEBREAKS)}")
+    word = keyword.strip()
+    pattern = re.compile(rf"(?<!\w){re.escape(word)}(?!\w)", re.IGNORECASE)
 
-    def keyword(prompt: str, a: str, b: str) -> str:
+    def prefers_keyword(prompt: str, a: str, b: str) -> str:
         if verdict := _empty_loses(a, b):
             return verdict
         has_a, has_b = bool(pattern.search(a)), bool(pattern.search(b))
         if has_a != has_b:
             return "a" if has_a else "b"
-        return shorter(prompt, a, b)
+        return shorter(prompt, a, b) if tiebreak == "shorter" else "tie"
 
-    return keyword
+    prefers_keyword.measure = (f"share saying {word!r}",
+                               lambda text: float(bool(pattern.search(text))))
+    return prefers_keyword
 
 
-def load_oracle(name: str, keyword: str = "because") -> Oracle:
+def load_oracle(name: str, keyword: str = "because", tiebreak: str = "shorter") -> Oracle:
     """A shipped oracle by name (shorter, keyword, positive) or 'module:function'."""
     if name == "shorter":
         return shorter
     if name == "positive":
         return positive
     if name == "keyword":
-        return keyword_oracle(keyword)
+        return keyword_oracle(keyword, tiebreak)
     if ":" in name:
         module, _, attr = name.partition(":")
         try:
@@ -104,4 +124,5 @@ def checked(oracle: Oracle) -> Oracle:
         if out not in CHOICES:
             raise ValueError(f"oracle returned {out!r}; it must return one of {CHOICES}")
         return out
+    call.measure = getattr(oracle, "measure", None)
     return call

@@ -36,7 +36,16 @@ class EvalResult:
     n: int
     mean_chars: float  # of the serving adapter's answers: what the policy now writes
     ended: float  # share of them that ended by themselves (trainer/health.py)
-    examples: list[dict]  # the first few (prompt, serving answer, base answer) rows
+    answers: list[dict]  # every (prompt, serving answer, base answer, verdict) row
+    measure: dict | None  # the oracle's own measure (oracles.py), serving vs base
+
+    @property
+    def examples(self) -> list[dict]:
+        """One row for each of the first few prompts, for the JSON summary."""
+        seen: dict[str, dict] = {}
+        for row in self.answers:
+            seen.setdefault(row["prompt"], row)
+        return list(seen.values())[:N_EXAMPLES]
 
 
 def split_prompts(prompts: list[str], n_eval: int) -> tuple[list[str], list[str]]:
@@ -73,12 +82,23 @@ def evaluate(svc, oracle, prompts: list[str], samples: int, seed: int,
         scored = [svc.sampler.scored(s.text, s.scored_end) for s in mine]
         kl, _ = mean_token_kl(svc.policy, fmt, scored, serving, BASE, svc.train_cfg.max_length)
     points = {"a": 1.0, "b": 0.0, "tie": 0.5, "both_bad": 0.5}
-    wins = [points[oracle(p, m.text, t.text)] for p, m, t in zip(rows, mine, theirs)]
-    examples = [{"prompt": p, "serving": m.text, "base": t.text}
-                for p, m, t in list(zip(rows, mine, theirs))[::samples][:N_EXAMPLES]]
+    answers = [{"prompt": p, "serving": m.text, "base": t.text, "verdict": oracle(p, m.text, t.text)}
+               for p, m, t in zip(rows, mine, theirs)]
+    wins = [points[a["verdict"]] for a in answers]
     health = measure(mine)
     return EvalResult(sum(wins) / len(wins), kl, len(wins), health.mean_chars, health.healthy,
-                      examples)
+                      answers, oracle_measure(oracle, answers))
+
+
+def oracle_measure(oracle, answers: list[dict]) -> dict | None:
+    """Mean of the oracle's ``measure`` over the serving and the base answers, if it has one."""
+    named = getattr(oracle, "measure", None)
+    if not named:
+        return None
+    name, fn = named
+    return {"name": name,
+            "serving": round(sum(fn(a["serving"]) for a in answers) / len(answers), 4),
+            "base": round(sum(fn(a["base"]) for a in answers) / len(answers), 4)}
 
 
 def vote_until_round(svc, oracle, votes: int, timeout_s: float) -> dict:
@@ -107,7 +127,7 @@ def vote_until_round(svc, oracle, votes: int, timeout_s: float) -> dict:
 def run(svc, oracle, *, rounds: int, pairs_per_round: int, eval_prompts: list[str],
         samples: int, out_dir: Path, seed: int = 0, timeout_s: float = 3600,
         progress=None) -> dict:
-    """Run the loop for ``rounds`` rounds; write learning_curve.json and .png.
+    """Run the loop for ``rounds`` rounds; write learning_curve.json / .png, answers.jsonl.
 
     Each round is exactly ``pairs_per_round`` votes, then one DPO round on them: the
     service must start a round at that many votes (``votes_per_round``). Otherwise the
@@ -120,7 +140,13 @@ def run(svc, oracle, *, rounds: int, pairs_per_round: int, eval_prompts: list[st
                          "both to the same number (app.py simulate does)")
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    history = []
+    history: list[dict] = []
+    answers: list[dict] = []
+    settings = {"pairs_per_round": pairs_per_round, "samples_per_prompt": samples,
+                "eval_prompts": len(eval_prompts), "loss": svc.train_cfg.loss,
+                "beta": svc.train_cfg.beta, "lr": svc.train_cfg.lr,
+                "epochs": svc.train_cfg.epochs, "reference": svc.train_cfg.reference,
+                "model": svc.model_cfg.model, "seed": seed}
     base_answers = svc.sampler.sample([p for p in eval_prompts for _ in range(samples)],
                                       BASE, seed + 1)
     for r in range(rounds + 1):
@@ -130,26 +156,29 @@ def run(svc, oracle, *, rounds: int, pairs_per_round: int, eval_prompts: list[st
         row = {"round": r, "serving": svc.policy.serving, "win_rate": ev.win_rate,
                "kl_per_token": ev.kl_per_token, "eval_samples": ev.n,
                "mean_chars": round(ev.mean_chars, 1), "ended": round(ev.ended, 3),
-               "examples": ev.examples,
+               "oracle_measure": ev.measure, "examples": ev.examples,
                "elapsed_s": round(time.time() - t0, 1)}
         if r > 0:
             row.update({"round_id": rnd["id"], "round_status": rnd["status"],
                         "round_error": rnd.get("error")})
         history.append(row)
+        answers += [{"round": r, "serving_version": row["serving"], **a} for a in ev.answers]
         log.info("simulate: %s", {k: v for k, v in row.items() if k != "examples"})
+        result = {"rounds": history, "settings": settings, "seconds": round(time.time() - t0, 1)}
+        _write(out_dir, result, answers)  # after every round: a crash keeps what was measured
         if progress:
             progress.update(r, rounds, f"win rate {ev.win_rate:.0%} after round {r}")
-    result = {"rounds": history, "settings": {
-        "pairs_per_round": pairs_per_round, "samples_per_prompt": samples,
-        "eval_prompts": len(eval_prompts), "loss": svc.train_cfg.loss,
-        "beta": svc.train_cfg.beta, "lr": svc.train_cfg.lr, "epochs": svc.train_cfg.epochs,
-        "reference": svc.train_cfg.reference, "model": svc.model_cfg.model, "seed": seed},
-        "seconds": round(time.time() - t0, 1)}
-    tmp = out_dir / "learning_curve.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(out_dir / "learning_curve.json")
     plot(history, out_dir / "learning_curve.png")
     return result
+
+
+def _write(out_dir: Path, result: dict, answers: list[dict]) -> None:
+    """learning_curve.json and answers.jsonl (every evaluation answer), each atomically."""
+    for name, text in (("learning_curve.json", json.dumps(result, indent=2)),
+                       ("answers.jsonl", "".join(json.dumps(a) + "\n" for a in answers))):
+        tmp = out_dir / f"{name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(out_dir / name)
 
 
 def plot(history: list[dict], path: Path) -> None:
