@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keyword", default="because", help="Keyword for --oracle keyword.")
     s.add_argument("--keyword-tiebreak", dest="keyword_tiebreak", default="shorter",
                    choices=("shorter", "tie"), help="--oracle keyword, when both or neither "
-                   "answer mention it: the shorter wins, or a tie (only the keyword teaches).")
+                   "answer mention it: the shorter wins, or a tie (no pairwise example, so only the "
+                   "keyword teaches; with --loss kto a tie marks both answers desirable).")
     s.add_argument("--rounds", type=int, default=5)
     s.add_argument("--pairs-per-round", dest="pairs_per_round", type=int, default=32)
     s.add_argument("--eval-prompts", dest="eval_prompts", type=int, default=12,

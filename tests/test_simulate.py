@@ -1,12 +1,15 @@
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from tests.svc_fixtures import tiny_service
 from tests.tiny import make_tiny_model_dir
 from trainer import simulate as sim
+from trainer.generate import Sample
 from trainer.oracles import checked, keyword_oracle, load_oracle, positive, shorter
+from trainer.policy import BASE
 
 EVAL = ["Tell me a story.", "What is water?", "Name a color.", "Why do cats purr?",
         "Explain rain.", "Write a poem.", "Define gravity.", "Describe a tree."]
@@ -24,7 +27,10 @@ def test_shipped_oracles():
     assert pure("q", "short", "long because") == "b"
     you = keyword_oracle("you")
     assert you("q", "a young tree", "if you can") == "b"  # whole words: not in 'young'
-    assert keyword_oracle("thank you")("q", "Thank  you", "Thank you!") == "b"
+    thanks = keyword_oracle("thank  you")
+    assert thanks("q", "Thank\nyou, friend", "thanks") == "a"  # a phrase, any spacing
+    assert keyword_oracle("c++")("q", "I like c++.", "I like c") == "a"  # edges not letters
+    assert keyword_oracle(".net")("q", "use asp.net", "no") == "b"  # not inside a word
     assert positive("q", "a great and happy day", "a day") == "a"
     assert load_oracle("keyword", "x")("q", "x", "y") == "a"
     assert load_oracle("trainer.oracles:shorter") is shorter
@@ -56,6 +62,44 @@ def test_oracles_report_what_they_reward():
     assert sim.oracle_measure(lambda p, a, b: "a", answers) is None  # a plug-in without one
 
 
+class _FakeSampler:
+    """Answers whose length depends on the version: what the loop does, minus the model."""
+
+    def sample(self, rows, version, seed):
+        return [Sample(text=f"{version} says {'so ' * (i % 3)}because", n_tokens=3, end="\n")
+                for i, _ in enumerate(rows)]
+
+
+def test_run_writes_each_round_as_it_goes(tmp_path, monkeypatch):
+    """Results are on disk after every round: a run that dies in round 1 keeps round 0."""
+    svc = SimpleNamespace(
+        train_cfg=SimpleNamespace(votes_per_round=4, loss="nca_pair", beta=0.1, lr=5e-5,
+                                  epochs=2, reference="base", max_length=64),
+        model_cfg=SimpleNamespace(model="fake"), policy=SimpleNamespace(serving=BASE),
+        sampler=_FakeSampler())
+
+    def dies(*args, **kwargs):
+        raise TimeoutError("no round finished")
+
+    monkeypatch.setattr(sim, "vote_until_round", dies)
+    with pytest.raises(TimeoutError):
+        sim.run(svc, checked(keyword_oracle("because")), rounds=2, pairs_per_round=4,
+                eval_prompts=EVAL[:3], samples=2, out_dir=tmp_path)
+    res = json.loads((tmp_path / "learning_curve.json").read_text())
+    assert [r["round"] for r in res["rounds"]] == [0]
+    assert res["rounds"][0]["oracle_measure"] == {"name": "share saying 'because'",
+                                                  "serving": 1.0, "base": 1.0}
+    rows = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 * 2 and {r["round"] for r in rows} == {0}
+    assert set(rows[0]) == {"round", "serving_version", "prompt", "serving", "base", "verdict"}
+    assert (tmp_path / "learning_curve.png").stat().st_size > 1000
+    assert not list(tmp_path.glob("*tmp*"))
+    for bad in ({"rounds": -1}, {"samples": 0}):
+        with pytest.raises(ValueError, match="need rounds >= 0 and the other two >= 1"):
+            sim.run(svc, shorter, **{"rounds": 1, "pairs_per_round": 4, "samples": 1,
+                                     "eval_prompts": EVAL, "out_dir": tmp_path / "x", **bad})
+
+
 def test_oracle_errors_are_clear():
     with pytest.raises(ValueError, match="unknown. Use 'shorter'"):
         load_oracle("longest")
@@ -65,6 +109,11 @@ def test_oracle_errors_are_clear():
         load_oracle("keyword", " ")
     with pytest.raises(ValueError, match="--keyword-tiebreak 'longer': use one of"):
         load_oracle("keyword", "because", "longer")
+    def odd(prompt, a, b):
+        return "a"
+    odd.measure = len  # not (name, fn)
+    with pytest.raises(ValueError, match="'odd' has measure=<built-in function len>: it must"):
+        checked(odd)
     with pytest.raises(ValueError, match="oracle returned 'A'"):
         checked(lambda p, a, b: "A")("q", "a", "b")
 

@@ -9,6 +9,7 @@ reports its mean for the serving adapter and for base.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import re
 from collections.abc import Callable
@@ -70,7 +71,8 @@ TIEBREAKS = ("shorter", "tie")
 def keyword_oracle(keyword: str, tiebreak: str = "shorter") -> Oracle:
     """Prefers answers that mention ``keyword``; both or neither: ``tiebreak``.
 
-    Matched as a whole word or phrase, ignoring case: 'you' is not in 'young'.
+    Matched as a whole word or phrase, ignoring case and the spacing between a phrase's
+    words: 'you' is not in 'young', 'thank you' is in 'Thank\nyou!'.
     ``tiebreak`` 'shorter': the shorter answer wins when the keyword does not decide;
     'tie': a tie (no pairwise training example), so only the keyword teaches.
     """
@@ -79,8 +81,9 @@ def keyword_oracle(keyword: str, tiebreak: str = "shorter") -> Oracle:
                          "prefer, e.g. --keyword because")
     if tiebreak not in TIEBREAKS:
         raise ValueError(f"--keyword-tiebreak {tiebreak!r}: use one of {', '.join(TIEBREAKS)}")
-    word = keyword.strip()
-    pattern = re.compile(rf"(?<!\w){re.escape(word)}(?!\w)", re.IGNORECASE)
+    word = " ".join(keyword.split())
+    body = r"\s+".join(map(re.escape, word.split()))  # a phrase matches across any spacing
+    pattern = re.compile(rf"(?<!\w){body}(?!\w)", re.IGNORECASE)
 
     def prefers_keyword(prompt: str, a: str, b: str) -> str:
         if verdict := _empty_loses(a, b):
@@ -118,11 +121,17 @@ def load_oracle(name: str, keyword: str = "because", tiebreak: str = "shorter") 
 
 
 def checked(oracle: Oracle) -> Oracle:
-    """Wrap an oracle so a bad return value is a clear error."""
+    """Wrap an oracle so a bad return value, or a malformed ``measure``, is a clear error."""
+    named = getattr(oracle, "measure", None)
+    if named is not None and not (isinstance(named, tuple) and len(named) == 2
+                                  and isinstance(named[0], str) and callable(named[1])):
+        raise ValueError(f"oracle {getattr(oracle, '__name__', oracle)!r} has measure="
+                         f"{named!r}: it must be (name, fn(answer) -> float), or absent")
+
+    @functools.wraps(oracle)  # keeps measure, __name__ and the docstring
     def call(prompt: str, a: str, b: str) -> str:
         out = oracle(prompt, a, b)
         if out not in CHOICES:
             raise ValueError(f"oracle returned {out!r}; it must return one of {CHOICES}")
         return out
-    call.measure = getattr(oracle, "measure", None)
     return call

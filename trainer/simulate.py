@@ -134,6 +134,9 @@ def run(svc, oracle, *, rounds: int, pairs_per_round: int, eval_prompts: list[st
     trainer would start rounds while the oracle is still voting, and which votes a round
     sees would depend on thread timing.
     """
+    if rounds < 0 or samples < 1 or pairs_per_round < 1:
+        raise ValueError(f"--rounds {rounds}, --samples-per-prompt {samples}, --pairs-per-round "
+                         f"{pairs_per_round}: need rounds >= 0 and the other two >= 1")
     if svc.train_cfg.votes_per_round != pairs_per_round:
         raise ValueError(f"pairs_per_round={pairs_per_round} but the service starts a round "
                          f"every votes_per_round={svc.train_cfg.votes_per_round} votes: set "
@@ -168,17 +171,20 @@ def run(svc, oracle, *, rounds: int, pairs_per_round: int, eval_prompts: list[st
         _write(out_dir, result, answers)  # after every round: a crash keeps what was measured
         if progress:
             progress.update(r, rounds, f"win rate {ev.win_rate:.0%} after round {r}")
-    plot(history, out_dir / "learning_curve.png")
     return result
 
 
 def _write(out_dir: Path, result: dict, answers: list[dict]) -> None:
-    """learning_curve.json and answers.jsonl (every evaluation answer), each atomically."""
+    """learning_curve.json, answers.jsonl (every evaluation answer) and the plot, each
+    atomically (each row of the JSONL names its round, so the files may differ by one)."""
     for name, text in (("learning_curve.json", json.dumps(result, indent=2)),
                        ("answers.jsonl", "".join(json.dumps(a) + "\n" for a in answers))):
         tmp = out_dir / f"{name}.tmp"
         tmp.write_text(text)
         tmp.replace(out_dir / name)
+    tmp = out_dir / "learning_curve.tmp.png"  # matplotlib picks the format by the suffix
+    plot(result["rounds"], tmp)
+    tmp.replace(out_dir / "learning_curve.png")
 
 
 def plot(history: list[dict], path: Path) -> None:
