@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "answer mention it: the shorter wins, or a tie (no pairwise example, so only the "
                    "keyword teaches; with --loss kto a tie marks both answers desirable).")
     s.add_argument("--rounds", type=int, default=5)
+    s.add_argument("--prompts", default=None, help="Prompt file (.txt/.jsonl/.csv, as "
+                   "import-prompts) to vote and evaluate on; default: the shipped prompts.")
     s.add_argument("--pairs-per-round", dest="pairs_per_round", type=int, default=32)
     s.add_argument("--eval-prompts", dest="eval_prompts", type=int, default=12,
                    help="Default prompts held out from voting, used to measure win rate.")

@@ -151,13 +151,14 @@ def simulate(args, cfgs: dict) -> int:
     import dataclasses
 
     from storage.db import Store
+    from storage.io import read_prompts
     from storage.seed import DEFAULT_PROMPTS, SEEDED_KEY
     from trainer import simulate as sim
     from trainer.oracles import checked, load_oracle
     from trainer.service import Service
 
     oracle = checked(load_oracle(args.oracle, args.keyword, args.keyword_tiebreak))
-    prompts = [t.strip() for t in DEFAULT_PROMPTS.read_text().splitlines() if t.strip()]
+    prompts = read_prompts(args.prompts or DEFAULT_PROMPTS, cfgs["AppConfig"].max_prompt_chars)
     held_out, voted = sim.split_prompts(prompts, args.eval_prompts)
     app = cfgs["AppConfig"]
     data_dir = Path(app.data_dir)

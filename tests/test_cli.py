@@ -84,3 +84,21 @@ def test_bad_model_is_a_clear_error(tmp_path):
     r = app("generate", "--prompt", "x", "--data-dir", str(tmp_path), "--model",
             str(tmp_path / "missing-model"))
     assert r.returncode == 2 and "no such directory" in r.stderr
+
+
+def test_simulate_checks_its_input_before_loading_anything(tmp_path):
+    """Bad prompts, split or oracle settings fail at once, naming the fix; no DB is made."""
+    prompts = tmp_path / "why.txt"
+    prompts.write_text("Why is the sky blue?\nWhy do cats purr?\nWhy does ice float?\n")
+    data = tmp_path / "d"
+    r = app("simulate", "--oracle", "keyword", "--prompts", str(prompts), "--eval-prompts",
+            "3", "--data-dir", str(data))
+    assert r.returncode == 2 and "--eval-prompts 3: there are 3 prompts" in r.stderr
+    r = app("simulate", "--oracle", "keyword", "--prompts", str(tmp_path / "none.txt"),
+            "--data-dir", str(data))
+    assert r.returncode == 2 and "none.txt" in r.stderr
+    r = app("simulate", "--oracle", "keyword", "--keyword", " ", "--data-dir", str(data))
+    assert r.returncode == 2 and "--keyword ' ' is empty" in r.stderr
+    r = app("simulate", "--oracle", "keyword", "--keyword-tiebreak", "longer")
+    assert r.returncode == 2 and "invalid choice: 'longer'" in r.stderr
+    assert not data.exists()
