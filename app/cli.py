@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--oracle", required=True, help="shorter | keyword | positive | "
                    "package.module:function (func(prompt, a, b) -> a|b|tie|both_bad)")
     s.add_argument("--keyword", default="because", help="Keyword for --oracle keyword.")
-    s.add_argument("--keyword-tiebreak", dest="keyword_tiebreak", default="shorter",
+    s.add_argument("--keyword-tiebreak", dest="keyword_tiebreak", default="tie",
                    choices=("shorter", "tie"), help="--oracle keyword, when both or neither "
                    "answer mention it: the shorter wins, or a tie (no pairwise example, so only the "
                    "keyword teaches; with --loss kto a tie marks both answers desirable).")

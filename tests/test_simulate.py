@@ -18,19 +18,20 @@ EVAL = ["Tell me a story.", "What is water?", "Name a color.", "Why do cats purr
 def test_shipped_oracles():
     assert shorter("q", "short", "much longer") == "a"
     assert shorter("q", "same", "same") == "tie"
-    kw = keyword_oracle("because")
+    kw = keyword_oracle("because")  # by default only the keyword decides
     assert kw("q", "yes", "yes because reasons") == "b"
-    assert kw("q", "because a", "because bb") == "a"  # both mention it: the shorter
+    assert kw("q", "no", "a longer answer") == kw("q", "x because", "y because") == "tie"
     assert kw("q", "It is, BECAUSE.", "it is so") == "a"  # any case, next to punctuation
-    pure = load_oracle("keyword", "because", "tie")  # only the keyword decides
-    assert pure("q", "no", "a longer answer") == pure("q", "x because", "y because") == "tie"
-    assert pure("q", "short", "long because") == "b"
+    by_length = load_oracle("keyword", "because", "shorter")
+    assert by_length("q", "because a", "because bb") == "a"  # both mention it: the shorter
+    assert by_length("q", "no", "a longer answer") == "a"
+    assert by_length("q", "short", "long because") == "b"
     you = keyword_oracle("you")
     assert you("q", "a young tree", "if you can") == "b"  # whole words: not in 'young'
     thanks = keyword_oracle("thank  you")
     assert thanks("q", "Thank\nyou, friend", "thanks") == "a"  # a phrase, any spacing
     assert keyword_oracle("c++")("q", "I like c++.", "I like c") == "a"  # edges not letters
-    assert keyword_oracle(".net")("q", "use asp.net", "no") == "b"  # not inside a word
+    assert keyword_oracle(".net")("q", "use asp.net", "no") == "tie"  # not inside a word
     assert positive("q", "a great and happy day", "a day") == "a"
     assert load_oracle("keyword", "x")("q", "x", "y") == "a"
     assert load_oracle("trainer.oracles:shorter") is shorter

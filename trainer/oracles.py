@@ -68,7 +68,7 @@ positive.measure = ("positive words per answer", _positive_words)
 TIEBREAKS = ("shorter", "tie")
 
 
-def keyword_oracle(keyword: str, tiebreak: str = "shorter") -> Oracle:
+def keyword_oracle(keyword: str, tiebreak: str = "tie") -> Oracle:
     """Prefers answers that mention ``keyword``; both or neither: ``tiebreak``.
 
     Matched as a whole word or phrase, ignoring case and the spacing between a phrase's
@@ -98,7 +98,7 @@ def keyword_oracle(keyword: str, tiebreak: str = "shorter") -> Oracle:
     return prefers_keyword
 
 
-def load_oracle(name: str, keyword: str = "because", tiebreak: str = "shorter") -> Oracle:
+def load_oracle(name: str, keyword: str = "because", tiebreak: str = "tie") -> Oracle:
     """A shipped oracle by name (shorter, keyword, positive) or 'module:function'."""
     if name == "shorter":
         return shorter
