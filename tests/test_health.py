@@ -105,6 +105,38 @@ def test_a_draft_whose_answers_stop_ending_is_rejected(tmp_path, tiny_model_dir,
     assert row["metrics"]["health_before"]["healthy"] == 1.0
 
 
+def test_a_slow_drift_away_from_base_is_rejected(tmp_path, tiny_model_dir, monkeypatch):
+    """Each round may lose up to the tolerance against serving, but not against base:
+    base 100% ended -> v1 80% (accepted) -> draft 60%, within 0.25 of v1, 40% below base."""
+    svc = _svc(tmp_path, tiny_model_dir)
+    real, budget = svc.sampler.sample, svc.sampler.cfg.max_new_tokens
+    ended = {BASE: 1.0, TRAIN: 0.8}  # the first draft becomes v1
+    asked = []
+
+    def sample(prompts, version, seed, empty_retries=None):
+        asked.append(version)
+        out = real(prompts, version, seed, empty_retries)
+        k = round(ended.get(version, 0.0) * len(out))
+        return ([Sample(x.text or "ok", x.n_tokens, True) for x in out[:k]]
+                + [Sample(x.text + " and so on", budget, False) for x in out[k:]])
+
+    monkeypatch.setattr(svc.sampler, "sample", sample)
+    first = svc.trainer.run_one("test")
+    assert first.status == "accepted" and first.version == "v1", first.error
+    assert first.metrics["health_base"] == first.metrics["health_before"]  # base is serving
+    ended.update({"v1": 0.8, TRAIN: 0.6})
+    svc.pool.fill_once(8)
+    vote_all(svc)
+    asked.clear()
+    second = svc.trainer.run_one("test")
+    assert second.status == "rejected", second.error
+    assert "58% of 12 draft answers ended" in second.error and "vs 100% for base" in second.error
+    assert "(83% for v1: each round may lose up to the tolerance" in second.error
+    assert "serving stays v1" in second.error and svc.policy.serving == "v1"
+    assert asked == ["v1", TRAIN, BASE]
+    assert second.metrics["health_base"]["healthy"] == 1.0
+
+
 def test_health_tolerance_one_turns_the_check_off(tmp_path, tiny_model_dir, monkeypatch):
     svc = _svc(tmp_path, tiny_model_dir, "--health-tolerance", "1")
     _rambling_draft(svc, monkeypatch)

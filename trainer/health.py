@@ -51,15 +51,17 @@ def health_prompts(held_prompts: list[str], train_prompts: list[str], n: int) ->
     return [distinct[i % len(distinct)] for i in range(n)]
 
 
+def of(sampler, prompts: list[str], version: str, seed: int) -> AnswerHealth:
+    """One version's answer health on ``prompts`` (the users' texts: the sampler applies
+    the template). Empty answers are NOT resampled here: an adapter that learned to stop
+    at once must show it."""
+    return measure(sampler.sample(prompts, version, seed, empty_retries=0))
+
+
 def compare(sampler, prompts: list[str], serving: str, draft: str,
             seed: int) -> tuple[AnswerHealth, AnswerHealth]:
-    """(serving's health, draft's health) on the same prompts with the same seed.
-
-    ``prompts`` are the users' texts (the sampler applies the template). Empty answers
-    are NOT resampled here: an adapter that learned to stop at once must show it.
-    """
-    return (measure(sampler.sample(prompts, serving, seed, empty_retries=0)),
-            measure(sampler.sample(prompts, draft, seed, empty_retries=0)))
+    """(serving's health, draft's health) on the same prompts with the same seed."""
+    return of(sampler, prompts, serving, seed), of(sampler, prompts, draft, seed)
 
 
 def healthy_enough(before: AnswerHealth, after: AnswerHealth, tolerance: float) -> bool:
