@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "import-prompts) to vote and evaluate on; default: the shipped prompts.")
     s.add_argument("--pairs-per-round", dest="pairs_per_round", type=int, default=32)
     s.add_argument("--eval-prompts", dest="eval_prompts", type=int, default=12,
-                   help="Default prompts held out from voting, used to measure win rate.")
+                   help="Prompts held out from voting (spread over the file), used to "
+                   "measure win rate.")
     s.add_argument("--samples-per-prompt", dest="samples_per_prompt", type=int, default=2)
     s.add_argument("--out", default=None, help="Output dir (default: DATA_DIR/simulate).")
     s = cmd("add-user", "Add (or update) a user in the auth file.")

@@ -157,10 +157,10 @@ def simulate(args, cfgs: dict) -> int:
     from trainer.oracles import checked, load_oracle
     from trainer.service import Service
 
-    oracle = checked(load_oracle(args.oracle, args.keyword, args.keyword_tiebreak))
-    prompts = read_prompts(args.prompts or DEFAULT_PROMPTS, cfgs["AppConfig"].max_prompt_chars)
-    held_out, voted = sim.split_prompts(prompts, args.eval_prompts)
     app = cfgs["AppConfig"]
+    oracle = checked(load_oracle(args.oracle, args.keyword, args.keyword_tiebreak))
+    prompts = read_prompts(args.prompts or DEFAULT_PROMPTS, app.max_prompt_chars)
+    held_out, voted = sim.split_prompts(prompts, args.eval_prompts)
     data_dir = Path(app.data_dir)
     if (data_dir / "livedpo.db").exists():
         raise ValueError(f"--data-dir {data_dir} already has a database; simulate needs a "
