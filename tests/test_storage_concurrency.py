@@ -92,9 +92,11 @@ def test_pool_annotators_and_trainer_at_once(tmp_path):
             while True:
                 pair = store.take_pair(who)
                 if pair is None:
-                    if done.is_set() and store.take_pair(who) is None:
+                    if not done.is_set():
+                        continue
+                    pair = store.take_pair(who)  # one last look, after the producer's end:
+                    if pair is None:  # a pair taken here must be voted on, not dropped
                         return
-                    continue
                 store.record_vote(pair["id"], who, "a")
                 voted.append(pair["id"])
         return run
