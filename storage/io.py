@@ -308,7 +308,7 @@ def _import_votes(store, rows: list[dict]) -> dict:
 
 
 # --- export ----------------------------------------------------------------------------------------
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
     """Write text to path via a temp file in the same folder and os.replace."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -323,7 +323,7 @@ def _atomic_write(path: Path, text: str) -> None:
             os.unlink(tmp)
 
 
-def _jsonl_text(rows: list[dict]) -> str:
+def jsonl_text(rows: list[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
@@ -356,7 +356,7 @@ def _csv_text(rows: list[dict]) -> str:
 
 
 EXPORTS: dict[str, tuple[Callable, Callable[[list[dict]], str]]] = {
-    "dpo": (_dpo_rows, _jsonl_text), "kto": (_kto_rows, _jsonl_text),
+    "dpo": (_dpo_rows, jsonl_text), "kto": (_kto_rows, jsonl_text),
     "votes": (_vote_rows, _csv_text)}
 
 
@@ -367,5 +367,5 @@ def export(store, fmt: str, out_path: str | Path) -> int:
         raise BadInput(f"export format {fmt!r}: use one of {', '.join(EXPORTS)}")
     rows_of, text_of = EXPORTS[fmt]
     rows = rows_of(store)
-    _atomic_write(Path(out_path), text_of(rows))
+    atomic_write(Path(out_path), text_of(rows))
     return len(rows)

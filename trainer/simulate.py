@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from storage.io import atomic_write, jsonl_text
 from trainer.health import measure
 from trainer.policy import BASE
 from trainer.scoring import mean_token_kl
@@ -177,11 +178,8 @@ def run(svc, oracle, *, rounds: int, pairs_per_round: int, eval_prompts: list[st
 def _write(out_dir: Path, result: dict, answers: list[dict]) -> None:
     """learning_curve.json, answers.jsonl (every evaluation answer) and the plot, each
     atomically (each row of the JSONL names its round, so the files may differ by one)."""
-    for name, text in (("learning_curve.json", json.dumps(result, indent=2)),
-                       ("answers.jsonl", "".join(json.dumps(a) + "\n" for a in answers))):
-        tmp = out_dir / f"{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(out_dir / name)
+    atomic_write(out_dir / "learning_curve.json", json.dumps(result, indent=2))
+    atomic_write(out_dir / "answers.jsonl", jsonl_text(answers))
     tmp = out_dir / "learning_curve.tmp.png"  # matplotlib picks the format by the suffix
     plot(result["rounds"], tmp)
     tmp.replace(out_dir / "learning_curve.png")
