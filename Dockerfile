@@ -37,10 +37,13 @@ RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}" \
 
 WORKDIR /app
 COPY requirements.txt ./
-RUN pip install -r requirements.txt \
+# Dependencies first (cached layer); the project's own `-e .` line needs the source.
+RUN sed '/^-e /d' requirements.txt > /tmp/runtime-requirements.txt \
+    && pip install -r /tmp/runtime-requirements.txt \
     && python -c "import torch; assert torch.version.cuda, 'requirements.txt replaced the CUDA torch: ' + torch.__version__"
 
 COPY . .
+RUN pip install --no-deps -e .
 
 # An unprivileged user owns the volumes; the app code stays root-owned (read-only to it).
 RUN useradd --create-home --uid 10001 --user-group --shell /usr/sbin/nologin livedpo \

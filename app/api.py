@@ -21,14 +21,14 @@ from typing import Any
 import gradio as gr
 
 from app import auth, views
+from app.config import AppConfig
 from app.inputs import check_text, fail, parse_pair_id, upload_path
-from trainer import config as C
+from storage.common import CHOICES
+from storage.votes import MAX_BETTER_ANSWER
+from trainer.config import EDITABLE, MODEL_AREAS
 
-CHOICES = ("a", "b", "tie", "both_bad")
 LOCAL_USER = "local"
-MAX_BETTER_CHARS = 20_000
 EXPORTS = {"dpo": "livedpo-dpo.jsonl", "kto": "livedpo-kto.jsonl", "votes": "livedpo-votes.csv"}
-AREA_CLASSES = {"train": C.TrainConfig, "pool": C.PoolConfig, "sampling": C.SamplingConfig}
 # Order of the values every annotate handler returns.
 # ``shown_id`` is a hidden component holding the id of the pair on the page: a vote sends
 # it back, so a second click or key press that raced the page update is refused.
@@ -58,7 +58,7 @@ def help_table() -> dict[str, dict[str, tuple[str, tuple | None]]]:
     import dataclasses
 
     return {area: {f.name: (f.metadata.get("help", ""), f.metadata.get("choices"))
-                   for f in dataclasses.fields(cls)} for area, cls in AREA_CLASSES.items()}
+                   for f in dataclasses.fields(MODEL_AREAS[area])} for area in EDITABLE}
 
 
 class Access:
@@ -100,7 +100,7 @@ class Access:
 class Handlers:
     """Every callback of the UI and the API, as plain methods (tested without a browser)."""
 
-    def __init__(self, service: Any, app_cfg: C.AppConfig) -> None:
+    def __init__(self, service: Any, app_cfg: AppConfig) -> None:
         self.svc = service
         self.cfg = app_cfg
         self.access = Access(app_cfg.auth_file)
@@ -142,9 +142,9 @@ class Handlers:
         if better is not None and not isinstance(better, str):
             raise fail(f"The better answer must be text, not {type(better).__name__}.")
         better = check_text(better or "", "The better answer").strip() or None
-        if better and len(better) > MAX_BETTER_CHARS:
+        if better and len(better) > MAX_BETTER_ANSWER:
             raise fail(f"The better answer is {len(better)} characters long: shorten it to "
-                       f"at most {MAX_BETTER_CHARS}.")
+                       f"at most {MAX_BETTER_ANSWER}.")
         try:
             return self.svc.vote(user, pair_id, choice, better, decide_ms)
         except self._user_errors as e:
@@ -308,14 +308,15 @@ class Handlers:
 
     def download_adapter(self, request: gr.Request) -> str:
         self.access.require_admin(request, "download the adapter")
-        from trainer.adapters import zip_version
+        from storage.files import zip_dir
 
         version = self.store.serving_adapter()
         row = self.store.get_adapter(version) if version != "base" else None
         if not row:
             raise fail("The serving version is 'base': there is no adapter to download yet. "
                        "Train (or import) a version first.")
-        return str(zip_version(Path(row["path"]), Path(tempfile.mkdtemp(prefix="livedpo-"))))
+        out = Path(tempfile.mkdtemp(prefix="livedpo-")) / f"livedpo-adapter-{version}.zip"
+        return str(zip_dir(Path(row["path"]), out))
 
     def import_prompts(self, path: str | None, request: gr.Request) -> str:
         self.access.require_admin(request, "import prompts")

@@ -6,8 +6,8 @@ The file (``--auth-file`` / ``LIVEDPO_AUTH_FILE``) looks like::
                          "algo": "scrypt", "n": 16384, "r": 8, "p": 1}}}
 
 Passwords are never stored: only a random per-user salt and ``hashlib.scrypt`` of
-the password, compared with ``hmac.compare_digest``. Writes are atomic (temp file in
-the same directory + ``os.replace``) and the file is created with mode 0600.
+the password, compared with ``hmac.compare_digest``. Writes are atomic
+(storage/files.py) and the file is created with mode 0600.
 
 Only the standard library is used here (no torch/peft/transformers in app/).
 """
@@ -20,10 +20,11 @@ import json
 import logging
 import os
 import secrets
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+from storage.files import atomic_write
 
 ROLES = ("annotator", "admin")
 MIN_PASSWORD_LEN = 8
@@ -188,21 +189,10 @@ def load_users(path: str | os.PathLike[str]) -> Users:
     return _parse(path, text)
 
 
-def _write_atomic(path: Path, users: Users) -> None:
-    """Write ``{"users": users}`` to ``path`` via a 0600 temp file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, FILE_MODE)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump({"users": users}, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _write_users(path: Path, users: Users) -> None:
+    """Write ``{"users": users}`` to ``path`` atomically, as a 0600 file."""
+    text = json.dumps({"users": users}, indent=2, sort_keys=True) + "\n"
+    atomic_write(path, text, mode=FILE_MODE)
 
 
 def add_user(path: str | os.PathLike[str], name: str, password: str, role: str) -> None:
@@ -218,7 +208,7 @@ def add_user(path: str | os.PathLike[str], name: str, password: str, role: str) 
     path = Path(path)
     users = load_users(path) if path.exists() else {}
     users[name] = {"role": role, **hash_password(password)}
-    _write_atomic(path, users)
+    _write_users(path, users)
 
 
 # --------------------------------------------------------------------------- checking

@@ -10,11 +10,11 @@ import argparse
 import dataclasses
 import logging
 import sys
-from pathlib import Path
 
+from app import commands
+from app.config import AREAS, AppConfig
 from trainer import config as C
-
-MODEL_AREAS = (C.ModelConfig, C.SamplingConfig, C.PoolConfig, C.TrainConfig)
+from trainer.config import MODEL_AREAS
 
 
 def _add_area_flags(p: argparse.ArgumentParser, areas) -> None:
@@ -28,6 +28,15 @@ def _add_area_flags(p: argparse.ArgumentParser, areas) -> None:
                            choices=f.metadata.get("choices"), help=f.metadata["help"])
 
 
+# Every subcommand and the function that runs it; build_parser() declares the same names
+# (tests/test_cli.py keeps the two in step).
+COMMANDS = {"serve": commands.serve, "status": commands.status,
+            "import-prompts": commands.import_prompts, "import-prefs": commands.import_prefs,
+            "export": commands.export, "generate": commands.generate, "train": commands.train,
+            "simulate": commands.simulate, "add-user": commands.add_user,
+            "import-adapter": commands.import_adapter}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="app.py", description="LiveDPO: live human-in-the-loop DPO")
     sub = p.add_subparsers(dest="command")
@@ -35,21 +44,21 @@ def build_parser() -> argparse.ArgumentParser:
     def cmd(name: str, help: str, model: bool = False) -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help, description=help)
         s.add_argument("--data-dir", dest="data_dir", default=None, help=C.help_of(
-            C.AppConfig, "data_dir") + " (env LIVEDPO_DATA_DIR)")
+            AppConfig, "data_dir") + " (env LIVEDPO_DATA_DIR)")
         if model:
-            _add_area_flags(s, MODEL_AREAS)
+            _add_area_flags(s, MODEL_AREAS.values())
         else:  # the common options, accepted (and ignored where unused) everywhere
             for name_ in ("model", "device", "quantize"):
                 s.add_argument("--" + name_, default=None, help=C.help_of(C.ModelConfig, name_))
         return s
 
     s = cmd("serve", "Run the web app, pair pool and trainer (the default command).", True)
-    s.add_argument("--host", default=None, help=C.help_of(C.AppConfig, "host"))
-    s.add_argument("--port", type=int, default=None, help=C.help_of(C.AppConfig, "port"))
+    s.add_argument("--host", default=None, help=C.help_of(AppConfig, "host"))
+    s.add_argument("--port", type=int, default=None, help=C.help_of(AppConfig, "port"))
     s.add_argument("--auth-file", dest="auth_file", default=None,
-                   help=C.help_of(C.AppConfig, "auth_file"))
+                   help=C.help_of(AppConfig, "auth_file"))
     s.add_argument("--guidelines-file", dest="guidelines_file", default=None,
-                   help=C.help_of(C.AppConfig, "guidelines_file"))
+                   help=C.help_of(AppConfig, "guidelines_file"))
     s = cmd("status", "Counts and adapter versions.")
     s.add_argument("--json", action="store_true", help="Print JSON.")
     s = cmd("import-prompts", "Add prompts from a .txt, .jsonl or .csv file.")
@@ -87,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("name")
     s.add_argument("--role", choices=("annotator", "admin"), default="annotator")
     s.add_argument("--auth-file", dest="auth_file", default=None,
-                   help=C.help_of(C.AppConfig, "auth_file"))
+                   help=C.help_of(AppConfig, "auth_file"))
     s.add_argument("--password", default=None, help="Password (prompted when omitted).")
     s = cmd("import-adapter", "Add an externally trained LoRA adapter as the next version.")
     s.add_argument("dir")
@@ -99,7 +108,7 @@ def resolve(args: argparse.Namespace) -> dict:
     """Build every config area from defaults < env < flags; one error lists all problems."""
     flags = {k: v for k, v in vars(args).items() if v is not None}
     out, errors = {}, []
-    for cls in (*MODEL_AREAS, C.AppConfig):
+    for cls in AREAS.values():
         try:
             out[cls.__name__] = C.build(cls, overrides=flags)
         except ValueError as e:
@@ -107,24 +116,6 @@ def resolve(args: argparse.Namespace) -> dict:
     if errors:
         raise ValueError("Invalid settings:\n" + "\n".join(errors))
     return out
-
-
-def open_store(app_cfg: C.AppConfig):
-    from storage.db import Store
-    from storage.seed import seed_default_prompts
-
-    store = Store.open(app_cfg.data_dir)
-    seed_default_prompts(store, app_cfg.max_prompt_chars)
-    return store
-
-
-def make_service(cfgs: dict, terminal_progress: bool = True):
-    from trainer.service import Service
-
-    app = cfgs["AppConfig"]
-    return Service(open_store(app), Path(app.data_dir), cfgs["ModelConfig"],
-                   cfgs["SamplingConfig"], cfgs["PoolConfig"], cfgs["TrainConfig"], app,
-                   terminal_progress=terminal_progress)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,12 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["serve", *argv]
     args = build_parser().parse_args(argv)
-    from app import commands
     from storage.errors import StoreError
 
     try:
         cfgs = resolve(args)
-        return commands.run(args, cfgs)
+        return COMMANDS[args.command or "serve"](args, cfgs)
     except (ValueError, StoreError, FileNotFoundError, PermissionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -7,15 +7,27 @@ import json
 import sys
 from pathlib import Path
 
-from app.cli import make_service, open_store
+from app.config import AppConfig
 
 
-def run(args, cfgs: dict) -> int:
-    handler = {"serve": serve, "status": status, "import-prompts": import_prompts,
-               "import-prefs": import_prefs, "export": export, "generate": generate,
-               "train": train, "add-user": add_user,
-               "import-adapter": import_adapter, "simulate": simulate}[args.command or "serve"]
-    return handler(args, cfgs)
+def open_store(app_cfg: AppConfig):
+    """The data dir's store, seeded with the default prompts on first use."""
+    from storage.db import Store
+    from storage.seed import seed_default_prompts
+
+    store = Store.open(app_cfg.data_dir)
+    seed_default_prompts(store, app_cfg.max_prompt_chars)
+    return store
+
+
+def make_service(cfgs: dict, terminal_progress: bool = True):
+    """The service (store, model, pool, trainer) for the resolved config areas."""
+    from trainer.service import Service
+
+    app = cfgs["AppConfig"]
+    return Service(open_store(app), Path(app.data_dir), cfgs["ModelConfig"],
+                   cfgs["SamplingConfig"], cfgs["PoolConfig"], cfgs["TrainConfig"],
+                   max_prompt_chars=app.max_prompt_chars, terminal_progress=terminal_progress)
 
 
 def status(args, cfgs: dict) -> int:
@@ -85,7 +97,7 @@ def add_user(args, cfgs: dict) -> int:
 
 
 def import_adapter(args, cfgs: dict) -> int:
-    from trainer import adapters
+    from trainer.model import adapters
 
     app = cfgs["AppConfig"]
     store = open_store(app)
@@ -153,9 +165,9 @@ def simulate(args, cfgs: dict) -> int:
     from storage.db import Store
     from storage.io import read_prompts
     from storage.seed import DEFAULT_PROMPTS, SEEDED_KEY
-    from trainer import simulate as sim
-    from trainer.oracles import checked, load_oracle
     from trainer.service import Service
+    from trainer.sim import simulate as sim
+    from trainer.sim.oracles import checked, load_oracle
 
     app = cfgs["AppConfig"]
     oracle = checked(load_oracle(args.oracle, args.keyword, args.keyword_tiebreak))
@@ -171,7 +183,7 @@ def simulate(args, cfgs: dict) -> int:
     store.set_state(SEEDED_KEY, True)
     train = dataclasses.replace(cfgs["TrainConfig"], votes_per_round=args.pairs_per_round)
     svc = Service(store, data_dir, cfgs["ModelConfig"], cfgs["SamplingConfig"],
-                  cfgs["PoolConfig"], train, app)
+                  cfgs["PoolConfig"], train, max_prompt_chars=app.max_prompt_chars)
     svc.start(background=False)
     svc.require_ready()
     try:

@@ -19,7 +19,7 @@ import gradio as gr
 
 from app.api import Handlers, help_table, register_api
 from app.auth import gradio_auth
-from trainer.config import AppConfig
+from app.config import AppConfig
 
 DEFAULT_GUIDELINES = Path(__file__).with_name("guidelines.md")
 POLL_S = 2.0

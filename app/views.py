@@ -16,6 +16,8 @@ from typing import Any
 
 import pandas as pd
 
+from storage.common import version_number
+
 # Link schemes that run code or embed documents; a zero-width space breaks them.
 _BAD_SCHEME = re.compile(r"(?i)\b(java|vb|live)(script)(?=\s*\\?\s*:)|\b(d)(ata)(?=\\?:\S)")
 _FENCE_OPEN = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")
@@ -259,12 +261,6 @@ def wilson_interval(successes: float, n: float, z: float = 1.96) -> tuple[float,
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return (max(0.0, centre - half), min(1.0, centre + half))
-
-
-def version_number(version: str) -> int:
-    """'v12' -> 12, 'base' -> 0 (for sorting and plotting)."""
-    m = re.fullmatch(r"v(\d+)", str(version))
-    return int(m.group(1)) if m else 0
 
 
 def leaderboard_frame(arena: Iterable[Mapping[str, Any]],

@@ -12,16 +12,15 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from app.testing import HOST, free_port
 from bench.common import ROOT
 
-HOST = "127.0.0.1"  # the only address the benchmarks talk to
 REQUEST_TIMEOUT_S = 120.0  # one API call; a slower one raises
 User = tuple[str, str]  # (name, password)
 
@@ -40,29 +39,6 @@ def connect(url: str, user: User):
 def call(client, api_name: str, *args: Any) -> Any:
     """One API call, bounded in time."""
     return client.submit(*args, api_name=api_name).result(timeout=REQUEST_TIMEOUT_S)
-
-
-def log_errors(path: Path) -> dict:
-    """Tracebacks and ERROR lines the server logged; ``raised`` has each traceback's
-    final line (the exception and its message), so a failure can be read from the result
-    after the server's work dir is gone."""
-    lines = path.read_text(errors="replace").splitlines() if path.exists() else []
-    bad = [ln for ln in lines if "Traceback" in ln or " ERROR " in ln]
-    raised, in_tb = [], False
-    for ln in lines:
-        if ln.startswith("Traceback"):
-            in_tb = True
-        elif in_tb and ln and not ln.startswith((" ", "\t")):
-            raised.append(ln)
-            in_tb = ln.startswith(("The above exception", "During handling"))
-    return {"count": len(bad), "examples": bad[:5], "raised": raised[:5]}
-
-
-def free_port() -> int:
-    """A port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def make_users(auth_file: Path, n: int) -> tuple[list[User], User]:

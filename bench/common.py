@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from storage.files import atomic_write_json
+
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -90,8 +92,5 @@ def _fmt(v) -> str:
 
 def write_json(name: str, data: dict) -> Path:
     path = RESULTS / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, data)
     return path

@@ -13,14 +13,11 @@ into a temporary cache unless --skip-cold).
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import (  # noqa: E402
+from bench.common import (
     machine,
     matmul_gflops,
     memory_bandwidth_gbs,
@@ -46,8 +43,8 @@ def child(variant: str, k: int, max_new: int, cache_dir: str) -> dict:
     import torch
 
     from trainer.config import ModelConfig, SamplingConfig
-    from trainer.generate import Sampler
-    from trainer.policy import BASE, Policy
+    from trainer.model.generate import Sampler
+    from trainer.model.policy import BASE, Policy
 
     t0 = time.perf_counter()
     policy = Policy.load(ModelConfig(cache_dir=cache_dir))
@@ -88,7 +85,7 @@ def child(variant: str, k: int, max_new: int, cache_dir: str) -> dict:
 
 def cold_start() -> dict:
     from trainer.config import DEFAULT_MODEL
-    from trainer.modelcache import resolve_model
+    from trainer.model.modelcache import resolve_model
 
     with tempfile.TemporaryDirectory() as d:
         t = time.perf_counter()

@@ -27,10 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench.common import RESULTS, machine, write_json  # noqa: E402
+from bench.common import RESULTS, ROOT, machine, write_json
 
 CONFIGS = [("nca_pair", "base"), ("nca_pair", "previous"), ("sigmoid", "base"),
            ("ipo", "base"), ("kto", "base")]
@@ -43,7 +40,7 @@ TINY_FLAGS = ["--lr", "2e-2", "--max-new-tokens", "24", "--accept-tolerance", "1
 
 
 def tiny_model(path: Path) -> Path:
-    from tests.tiny import make_tiny_model_dir
+    from trainer.testing import make_tiny_model_dir
 
     return path if (path / "config.json").is_file() else make_tiny_model_dir(
         path, init_std=TINY_STD)

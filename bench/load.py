@@ -25,10 +25,8 @@ run. Vote -> next pair latency with a warm pool (one human-paced annotator, no r
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import shutil
-import sqlite3
 import sys
 import tempfile
 import threading
@@ -38,37 +36,35 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.appserver import (  # noqa: E402
+from app.testing import log_errors
+from bench.appserver import (
     REQUEST_TIMEOUT_S,
     User,
     call,
     connect,
     cpu_seconds,
-    log_errors,
     make_users,
     serve,
     stop_server,
 )
-from bench.common import machine, table, write_json  # noqa: E402
-from bench.serving import pct  # noqa: E402
+from bench.common import machine, table, write_json
+from bench.serving import pct
+from storage.common import CHOICES
+from storage.files import atomic_write_json
+from storage.testing import Seen, check_votes, rounds_during
 
 NO_PAIR_BACKOFF_S = 2.0  # wait after "no pair ready": as often as the page polls (app/ui.py)
 STATUS_EVERY_S = 1.0
-CHOICES, WEIGHTS = ("a", "b", "tie", "both_bad"), (45, 45, 5, 5)
+WEIGHTS = dict(zip(CHOICES, (45, 45, 5, 5)))  # a, b, tie, both_bad
 BETTER_SHARE = 0.05  # share of votes that also send a written better answer
 DEFAULT_MAX_REQUESTS = 50_000
 
 
 
 @dataclass
-class ClientLog:
-    """What one scripted annotator did and saw."""
+class ClientLog(Seen):
+    """What one scripted annotator did and saw, and how long each call took."""
 
-    user: str
-    handed: list[int] = field(default_factory=list)  # pair ids next_pair returned
-    acked: list[tuple[int, str, str]] = field(default_factory=list)  # (pair, choice, better)
     vote_s: list[float] = field(default_factory=list)
     next_s: list[float] = field(default_factory=list)
     vote_next_s: list[float] = field(default_factory=list)  # vote sent -> next pair in hand
@@ -120,7 +116,7 @@ def annotate(client, log: ClientLog, budget: Budget, rng: random.Random,
             voted_at = None
             time.sleep(think_s)
             continue
-        choice = rng.choices(CHOICES, WEIGHTS)[0]
+        choice = rng.choices(CHOICES, [WEIGHTS[c] for c in CHOICES])[0]
         better = f"A better answer by {log.user}." if rng.random() < BETTER_SHARE else ""
         try:
             reveal = call(client, "/vote", pair_id, choice, better)
@@ -224,65 +220,6 @@ def summarise(logs: list[ClientLog], elapsed: float, hung: int, think_s: float) 
             "hung_clients": hung}
 
 
-# --- checks against the database (after the server stopped) ------------------------------
-def check_votes(db_path: Path, logs: list[ClientLog], overlap: int = 1) -> dict:
-    """Compare what the clients saw acknowledged with the votes table.
-
-    lost: acknowledged but absent for that user; duplicated: a (pair, user) acknowledged
-    twice or stored twice; misattributed: lost for its user but stored for another of
-    them; changed: stored with another choice or better answer; handed_twice / assigned_twice:
-    pairs given (client view / pair_assignments) to more than ``overlap`` of them, or twice
-    to one; unacknowledged_stored: stored although no client saw it acknowledged (e.g. a
-    reply that timed out).
-    """
-    names = [lg.user for lg in logs]
-    marks = ",".join("?" * len(names))
-    con = sqlite3.connect(db_path)
-    try:
-        rows = con.execute("select pair_id, annotator, choice, coalesce(better_answer, '') "
-                           f"from votes where annotator in ({marks})", names).fetchall()
-        assigned = con.execute(f"select pair_id from pair_assignments where annotator in "
-                               f"({marks}) group by pair_id having count(*) > ?",
-                               [*names, overlap]).fetchall()
-    finally:
-        con.close()
-    stored: dict[tuple[int, str], list[tuple[str, str]]] = {}
-    for pair, user, choice, better in rows:
-        stored.setdefault((pair, user), []).append((choice, better))
-    acked = Counter((p, lg.user) for lg in logs for p, _, _ in lg.acked)
-    sent = {(p, lg.user): (c, b) for lg in logs for p, c, b in lg.acked}
-    lost = [k for k in acked if k not in stored]
-    handed = Counter(p for lg in logs for p in lg.handed)
-    per_client = [p for lg in logs for p, n in Counter(lg.handed).items() if n > 1]
-    return {
-        "acknowledged": sum(acked.values()), "stored": len(rows), "lost": len(lost),
-        "duplicated": sum(n - 1 for n in acked.values()) + sum(
-            len(v) - 1 for v in stored.values()),
-        "misattributed": sum(any((p, o) in stored for o in names if o != u) for p, u in lost),
-        "changed": sum(k in stored and sent[k] not in stored[k] for k in acked),
-        "handed_twice": len({p for p, n in handed.items() if n > overlap} | set(per_client)),
-        "assigned_twice": len(assigned),
-        "unacknowledged_stored": sum(k not in acked for k in stored),
-        "lost_examples": lost[:5]}
-
-
-def rounds_during(db_path: Path, start_utc: str, end_utc: str) -> dict:
-    """Training rounds that started / finished inside the load window, by status."""
-    con = sqlite3.connect(db_path)
-    try:
-        rows = con.execute("select id, started, finished, status, adapter_version from rounds"
-                           ).fetchall()
-    finally:
-        con.close()
-    t0, t1 = datetime.fromisoformat(start_utc), datetime.fromisoformat(end_utc)
-    inside = lambda ts: bool(ts) and t0 <= datetime.fromisoformat(ts) <= t1  # noqa: E731
-    started = [r for r in rows if inside(r[1])]
-    finished = [r for r in rows if inside(r[2])]
-    return {"started": len(started), "finished": len(finished),
-            "finished_by_status": dict(Counter(r[3] for r in finished)),
-            "versions": [r[4] for r in finished if r[4]]}
-
-
 # --- the whole run -------------------------------------------------------------------------
 def run_benchmark(model: str, clients: int, seconds: float, *, data_dir: str | None = None,
                   votes_per_round: int = 8, ready_pairs: int | None = None, overlap: int = 1,
@@ -372,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overlap", type=int, default=1, help="Annotators per pair.")
     ap.add_argument("--think-s", type=float, default=0.0, help="Pause before each vote.")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ready-timeout", type=float, default=900.0,
+                    help="Seconds to wait for the server's warm pool.")
     ap.add_argument("--json", default=None, help="Default: bench/results/load.json.")
     args, server_args = ap.parse_known_args(argv)
     server_args = [a for a in server_args if a != "--"]
@@ -379,13 +318,12 @@ def main(argv: list[str] | None = None) -> int:
                         votes_per_round=args.votes_per_round, ready_pairs=args.ready_pairs,
                         overlap=args.overlap,
                         max_requests=args.max_requests, seed=args.seed, think_s=args.think_s,
-                        server_args=tuple(server_args))
+                        server_args=tuple(server_args), ready_timeout=args.ready_timeout)
     res["machine"] = machine()
     print(report(res))
     if args.json:
         out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(res, indent=2, default=str) + "\n")
+        atomic_write_json(out, res)
     else:
         out = write_json("load.json", res)
     print(f"wrote {out}" + ("" if res["ok"] else f"; CHECKS FAILED, kept {res['work_dir']}"))

@@ -14,12 +14,8 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench.common import RESULTS, machine, write_json  # noqa: E402
+from bench.common import RESULTS, ROOT, machine, write_json
 
 
 def run(script: str, *args: str) -> dict:

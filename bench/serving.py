@@ -13,15 +13,12 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import machine, peak_rss_mb, table, write_json  # noqa: E402
+from bench.common import machine, peak_rss_mb, table, write_json
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -38,7 +35,8 @@ def main() -> None:
 
     from gradio_client import Client
 
-    from app.cli import build_parser, make_service, resolve
+    from app.cli import build_parser, resolve
+    from app.commands import make_service
     from app.ui import build_ui
 
     data = Path(tempfile.mkdtemp(prefix="livedpo-bench-"))

@@ -17,13 +17,10 @@ import argparse
 import functools
 import json
 import random
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import machine, matmul_gflops, peak_rss_mb, run_child, table, write_json  # noqa: E402
+from bench.common import machine, matmul_gflops, peak_rss_mb, run_child, table, write_json
 
 WORDS = ("the a model answer helps people learn because it explains each step clearly and "
          "gives short examples that are easy to follow while a long answer may ramble about "
@@ -49,9 +46,9 @@ def child(variant: str, n: int, epochs: int, max_length: int, micro: int, accum:
     import torch
 
     from trainer.config import ModelConfig
-    from trainer.logprobs import build_batch, naive_sequence_logps, sequence_logps
-    from trainer.losses import preference_loss
-    from trainer.policy import BASE, TRAIN, Policy
+    from trainer.model.logprobs import build_batch, naive_sequence_logps, sequence_logps
+    from trainer.model.policy import BASE, TRAIN, Policy
+    from trainer.training.losses import preference_loss
 
     policy = Policy.load(ModelConfig(cache_dir=cache_dir))
     tok, model = policy.tokenizer, policy.model

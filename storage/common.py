@@ -16,7 +16,6 @@ PAIR_STATUSES = ("queued", "served", "voted", "expired")
 CHOICES = ("a", "b", "tie", "both_bad")
 ADAPTER_STATUSES = ("saved", "ready", "rejected", "failed")  # saved: on disk, not yet serving
 ROUND_STATUSES = ("running", "accepted", "rejected", "failed")
-ROLES = ("annotator", "admin")
 
 
 def now(offset_s: float = 0.0) -> str:
@@ -53,6 +52,7 @@ def require_one_of(value: Any, allowed: tuple[str, ...], what: str) -> None:
         raise BadInput(f"{what} {value!r} is not valid: use one of {', '.join(allowed)}")
 
 
-def version_number(version: str) -> int:
-    """3 for 'v3'; 0 for 'base', 'import' or anything else."""
+def version_number(version: object) -> int:
+    """3 for 'v3'; 0 for 'base', 'import' or anything else (for sorting versions)."""
+    version = str(version)
     return int(version[1:]) if version.startswith("v") and version[1:].isdigit() else 0

@@ -3,7 +3,7 @@ CSV). Files are decoded and split into rows by storage/readers.py. Imports are
 all-or-nothing: every row is parsed and checked first, then written in
 ONE transaction; a bad row fails the import with ImportFailed naming the file, the line
 number and the problem, and the DB is left unchanged. Exports are written atomically
-(temp file in the same folder + os.replace), so a reader never sees half a file.
+(storage/files.py), so a reader never sees half a file.
 
 Round trip: export -> import into a fresh DB -> export gives a byte-identical file, for
 each of dpo, kto and votes.
@@ -14,8 +14,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from typing import Any
 from storage.common import CHOICES, now
 from storage.errors import BadInput, ImportFailed
 from storage.failpoints import failpoint
+from storage.files import atomic_write, jsonl_text
 from storage.readers import Rows, csv_rows, jsonl_rows, lines, read_text
 from storage.votes import MAX_BETTER_ANSWER
 
@@ -308,25 +307,6 @@ def _import_votes(store, rows: list[dict]) -> dict:
 
 
 # --- export ----------------------------------------------------------------------------------------
-def atomic_write(path: Path, text: str) -> None:
-    """Write text to path via a temp file in the same folder and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def jsonl_text(rows: list[dict]) -> str:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-
-
 def _dpo_rows(store) -> list[dict]:
     return [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]}
             for r in store.training_pairs()]

@@ -54,6 +54,12 @@ def read_text(path: str | Path) -> str:
     return text
 
 
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Every object of a JSONL file (blank lines skipped), split at ``\n`` only."""
+    p = Path(path)
+    return [row for _, row in jsonl_rows(p.name, read_text(p))]
+
+
 def jsonl_rows(name: str, text: str) -> Rows:
     """(line number, object) per non-blank line."""
     rows = []

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from storage.common import ADAPTER_STATUSES, ROUND_STATUSES, dumps, loads, now, require_one_of
+from storage.common import (
+    ADAPTER_STATUSES,
+    ROUND_STATUSES,
+    dumps,
+    loads,
+    now,
+    require_one_of,
+    version_number,
+)
 from storage.errors import BadInput
 
 __all__ = ["RunsMixin", "ROUND_STATUSES"]
@@ -45,12 +53,12 @@ class RunsMixin:
         text = dumps(metrics, "adapter metrics")
         with self.write() as db:
             if db.execute("select 1 from adapters where version = ? or number = ?",
-                          [version, int(version[1:])]).fetchone():
+                          [version, version_number(version)]).fetchone():
                 raise BadInput(f"adapter version {version!r} already exists: use "
                                f"{self.next_adapter_version()!r}")
             db.execute("insert into adapters (version, number, path, parent_version, round_id, "
                        "created, status, metrics) values (?,?,?,?,?,?,?,?)",
-                       [version, int(version[1:]), str(path), parent_version, round_id, now(),
+                       [version, version_number(version), str(path), parent_version, round_id, now(),
                         status, text])
 
     @staticmethod

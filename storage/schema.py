@@ -88,12 +88,19 @@ def _v4_answer_ends(db: sqlite_utils.Database) -> None:
     db["pairs"].add_column("end_b", str)
 
 
+def _v5_drop_annotators(db: sqlite_utils.Database) -> None:
+    """Drop the ``annotators`` table: nothing read it. Users and roles live in the users
+    file (app/auth.py); who voted is ``votes.annotator``."""
+    db["annotators"].drop(ignore=True)
+
+
 Migration = tuple[int, str, Callable[[sqlite_utils.Database], None]]
 MIGRATIONS: list[Migration] = [
     (1, "initial schema", _v1_initial),
     (2, "pair origin, lookup indexes", _v2_origin_and_indexes),
     (3, "skipped pairs", _v3_skips),
     (4, "how each answer ended", _v4_answer_ends),
+    (5, "drop the unused annotators table", _v5_drop_annotators),
 ]
 LATEST = MIGRATIONS[-1][0]
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from storage.readers import lines
+
 DEFAULT_PROMPTS = Path(__file__).with_name("default_prompts.txt")
 SEEDED_KEY = "seeded_default_prompts"
 
@@ -12,8 +14,7 @@ def seed_default_prompts(store, max_chars: int = 4000) -> int:
     """Load the default prompts once per DB (never again, even if they are all served)."""
     if store.get_state(SEEDED_KEY, False):
         return 0
-    texts = [t.strip() for t in DEFAULT_PROMPTS.read_text(encoding="utf-8").splitlines()
-             if t.strip()]
+    texts = [t.strip() for t in lines(DEFAULT_PROMPTS.read_text(encoding="utf-8")) if t.strip()]
     added = store.add_prompts(texts, source="default", max_chars=max_chars)
     store.set_state(SEEDED_KEY, True)
     return added

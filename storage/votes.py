@@ -1,4 +1,4 @@
-"""Votes, annotators, and how votes become training data.
+"""Votes, annotators' progress, and how votes become training data.
 
 The vote -> training-data mapping (``training_pairs`` and ``kto_rows``). Per pair, the
 majority over its annotators' choices decides; an even split between the top choices
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from storage.common import CHOICES, ROLES, now, require_one_of, today, version_number
+from storage.common import CHOICES, now, today, version_number
 from storage.errors import BadChoice, BadInput, UnknownPair
 
 MAX_BETTER_ANSWER = 20_000
@@ -193,25 +193,6 @@ class VotesMixin:
             out.append({"pair_id": None, "prompt": r["prompt"], "completion": r["completion"],
                         "label": bool(r["label"])})
         return out
-
-    # --- annotators ---------------------------------------------------------------------------
-    def add_annotator(self, name: str, role: str = "annotator") -> None:
-        """Add an annotator, or change their role."""
-        require_one_of(role, ROLES, "role")
-        if not isinstance(name, str) or not name.strip() or len(name) > MAX_ANNOTATOR:
-            raise BadInput(f"annotator name {name!r}: use 1 to {MAX_ANNOTATOR} characters")
-        with self.write() as db:
-            db.execute("insert into annotators (name, role, created) values (?, ?, ?) on "
-                       "conflict (name) do update set role = excluded.role", [name, role, now()])
-
-    def annotator_role(self, name: str) -> str | None:
-        """'annotator', 'admin', or None for an unknown name."""
-        row = self.one("select role from annotators where name = ?", [name])
-        return row["role"] if row else None
-
-    def list_annotators(self) -> list[dict]:
-        """Registered annotators {name, role, created}, by name."""
-        return self.query("select * from annotators order by name")
 
     def annotator_progress(self, name: str) -> dict:
         """{votes_today (UTC day), votes_total, agreement, agreement_n}. agreement: on

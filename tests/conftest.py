@@ -14,7 +14,7 @@ for _k in [k for k in os.environ if k.startswith("LIVEDPO_")]:
 
 import pytest  # noqa: E402
 
-from tests.tiny import make_tiny_model_dir  # noqa: E402
+from trainer.testing import make_tiny_model_dir  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -33,6 +33,6 @@ def tiny_chat_model_dir(tmp_path_factory):
 def tiny_policy(tiny_model_dir):
     """A Policy (base + LoRA draft) on the tiny plain model, fp32 on CPU."""
     from trainer.config import ModelConfig
-    from trainer.policy import Policy
+    from trainer.model.policy import Policy
 
     return Policy.load(ModelConfig(model=str(tiny_model_dir)))

@@ -74,13 +74,13 @@ def sqlite_value(data_dir: Path, sql: str, params: tuple = ()) -> Any:
     return row[0] if row else None
 
 
-def store_service(store, data_dir: Path, auth_file: str = ""):
+def store_service(store, data_dir: Path):
     """The real Service over ``store``, model never loaded (votes and settings only)."""
     from trainer import config as C
     from trainer.service import Service
 
     return Service(store, Path(data_dir), C.ModelConfig(), C.SamplingConfig(), C.PoolConfig(),
-                   C.TrainConfig(), C.AppConfig(auth_file=auth_file), terminal_progress=False)
+                   C.TrainConfig(), terminal_progress=False)
 
 
 # --------------------------------------------------------------------------- raw Gradio HTTP

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from app.cli import build_parser, make_service, resolve
+from app.cli import build_parser, resolve
+from app.commands import make_service
 
 
 def tiny_service(data_dir: Path, model_dir: Path, *flags: str, start: bool = True):

@@ -1,6 +1,9 @@
+import zipfile
+
 import pytest
 
-from trainer import adapters
+from storage.files import zip_dir
+from trainer.model import adapters
 
 
 def _write_ok(d):
@@ -45,5 +48,7 @@ def test_copy_in_checks_the_directory(tmp_path):
     _write_ok(src)
     out = adapters.copy_in(src, tmp_path / "adapters", "v1", {"source": "x"})
     assert adapters.read_metadata(out) == {"source": "x"}
-    z = adapters.zip_version(out, tmp_path / "dl")
-    assert z.name == "livedpo-adapter-v1.zip" and z.stat().st_size > 0
+    z = zip_dir(out, tmp_path / "dl" / "livedpo-adapter-v1.zip")
+    with zipfile.ZipFile(z) as archive:
+        assert set(archive.namelist()) >= {"adapter_model.safetensors", "adapter_config.json"}
+    assert [f.name for f in z.parent.iterdir()] == [z.name]  # no temp file left

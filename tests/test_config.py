@@ -1,10 +1,11 @@
 import pytest
 
+from app.config import AREAS
 from trainer import config as C
 
 
 def test_defaults_are_valid():
-    for cls in C.AREAS:
+    for cls in AREAS.values():
         assert C.build(cls, env={}).problems() == []
 
 
@@ -39,6 +40,6 @@ def test_replace_validates():
 def test_every_field_has_help():
     import dataclasses
 
-    for cls in C.AREAS:
+    for cls in AREAS.values():
         for f in dataclasses.fields(cls):
             assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help text"

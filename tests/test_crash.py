@@ -44,7 +44,7 @@ from tests.proc_fixtures import (
     wait_for,
     wait_hit,
 )
-from trainer.adapters import is_complete, set_aside_orphans
+from trainer.model.adapters import is_complete, set_aside_orphans
 
 FLAGS = ["--device", "cpu", "--quantize", "none", "--max-new-tokens", "8",
          "--ready-pairs", "4", "--batch-prompts", "4", "--votes-per-round", "4",

@@ -17,10 +17,11 @@ import pytest
 
 from app import views
 from app.api import Handlers
+from app.config import AppConfig
 from tests.svc_fixtures import tiny_service, vote_all
 from tests.ui_fixtures import wait_for
-from trainer import adapters, rounds
-from trainer.config import AppConfig
+from trainer.model import adapters
+from trainer.training import rounds
 
 PROBE = ["hello there", "Question: What is the sea?\nAnswer:"]
 HOSTILE_ERROR = "injected fault <img src=x onerror=alert(1)> in step 2"

@@ -19,11 +19,11 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from app.api import Handlers
+from app.config import AppConfig
 from storage.db import Store
 from storage.errors import ImportFailed, StoreError
 from storage.io import VOTE_COLUMNS, export, import_prefs, import_prompts
 from tests.hostile_fixtures import db_snapshot, store_service
-from trainer.config import AppConfig
 
 CHOICES = ("a", "b", "tie", "both_bad")
 MAX_BETTER = 20_000

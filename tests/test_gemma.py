@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from trainer.config import DEFAULT_MODEL, ModelConfig, SamplingConfig, default_cache_dir
-from trainer.generate import Sampler
-from trainer.modelcache import CONVERTED_NAME, resolve_model
-from trainer.policy import BASE, Policy
+from trainer.model.generate import Sampler
+from trainer.model.modelcache import CONVERTED_NAME, resolve_model
+from trainer.model.policy import BASE, Policy
 
 pytestmark = pytest.mark.gemma
 

@@ -3,8 +3,8 @@ import torch
 from transformers import AutoTokenizer
 
 from trainer.config import SamplingConfig
-from trainer.decode import filter_top_k_top_p
-from trainer.generate import (
+from trainer.model.decode import filter_top_k_top_p
+from trainer.model.generate import (
     PLAIN_STOPS,
     Sample,
     Sampler,
@@ -156,7 +156,7 @@ def test_sampling_leaves_the_shared_tokenizer_alone(tiny_policy):
 def test_sampling_and_scoring_threads_share_the_tokenizer(tiny_policy):
     import threading
 
-    from trainer.logprobs import build_batch
+    from trainer.model.logprobs import build_batch
 
     tok, errors = tiny_policy.tokenizer, []
     s = Sampler(tiny_policy, SamplingConfig(max_new_tokens=2))

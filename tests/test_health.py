@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from tests.svc_fixtures import tiny_service, vote_all
-from trainer import health, rounds
 from trainer.config import SamplingConfig, TrainConfig
-from trainer.generate import Sample, Sampler, _length
-from trainer.policy import BASE, TRAIN
+from trainer.model.generate import Sample, Sampler, _length
+from trainer.model.policy import BASE, TRAIN
+from trainer.training import health, rounds
 
 
 def test_measure_counts_finished_unfinished_and_empty():

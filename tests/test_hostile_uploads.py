@@ -14,6 +14,7 @@ import pytest
 
 from app.api import Handlers
 from app.cli import main
+from app.config import AppConfig
 from storage.db import Store
 from storage.errors import ImportFailed
 from storage.io import import_prompts
@@ -28,7 +29,6 @@ from tests.hostile_fixtures import (
     upload,
 )
 from tests.ui_fixtures import launch_app
-from trainer.config import AppConfig
 
 PNG = (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00"
        b"\x00\x00\x1f\x15\xc4\x89\x00\x00\x00\rIDATx\x9cc\xf8\x0f\x00\x00\x01\x01\x00\x05")

@@ -1,32 +1,48 @@
-"""bench/load.py, small: 5 scripted annotators for 20 s through gradio_client against a
-real ``app.py serve`` subprocess (tiny model, auth file, 127.0.0.1) while DPO rounds train
-and hot-swap; then every acknowledged vote is looked up in the votes table. Also the vote
-checker itself on a hand-made database, so that it is known to catch each fault."""
+"""The load benchmark, small, run as a user runs it (``python bench/load.py``): 5 scripted
+annotators for 20 s through gradio_client against a real ``app.py serve`` subprocess (tiny
+model, auth file, 127.0.0.1) while DPO rounds train and hot-swap; then every acknowledged
+vote is looked up in the votes table. Also the vote checker (storage/testing.py) on a
+hand-made database, so that it is known to catch each fault."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from bench.load import ClientLog, check_votes, report, run_benchmark
+from app.testing import log_errors
+from storage.testing import Seen, check_votes
 
+ROOT = Path(__file__).resolve().parents[1]
 CLIENTS, SECONDS, VOTES_PER_ROUND = 5, 20, 4
 
 
 @pytest.fixture(scope="module")
-def result(tiny_model_dir):
+def result(tiny_model_dir, tmp_path_factory):
     pytest.importorskip("gradio_client")
-    return run_benchmark(str(tiny_model_dir), CLIENTS, SECONDS, votes_per_round=VOTES_PER_ROUND,
-                         server_args=("--max-new-tokens", "8", "--batch-prompts", "4"),
-                         ready_timeout=300)
+    out = tmp_path_factory.mktemp("load") / "load.json"
+    cmd = [sys.executable, "bench/load.py", "--model", str(tiny_model_dir), "--clients",
+           str(CLIENTS), "--seconds", str(SECONDS), "--votes-per-round", str(VOTES_PER_ROUND),
+           "--ready-timeout", "300", "--json", str(out), "--", "--max-new-tokens", "8",
+           "--batch-prompts", "4"]
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.is_file(), f"bench/load.py wrote no result (exit {run.returncode}):\n" \
+                          f"{run.stdout[-2000:]}\n{run.stderr[-3000:]}"
+    res = json.loads(out.read_text())
+    res["exit_code"], res["report"] = run.returncode, run.stdout
+    return res
 
 
 def test_report(result, capsys):
     """Latencies are printed, never asserted (CI machines are noisy)."""
     with capsys.disabled():
-        print(f"\n{report(result)}")
+        print(f"\n{result['report']}")
     assert result["clients"] == CLIENTS and result["seconds"] >= SECONDS - 1
+    assert result["exit_code"] == (0 if result["ok"] else 1)
 
 
 def test_no_acknowledged_vote_lost_duplicated_or_misattributed(result):
@@ -71,9 +87,9 @@ def db(tmp_path):
     return path
 
 
-def logs(*acked_u2: tuple[int, str, str]) -> list[ClientLog]:
-    u1 = ClientLog("u1", handed=[1, 2], acked=[(1, "a", ""), (2, "b", "mine")])
-    u2 = ClientLog("u2", handed=[p for p, _, _ in acked_u2], acked=list(acked_u2))
+def logs(*acked_u2: tuple[int, str, str]) -> list[Seen]:
+    u1 = Seen("u1", handed=[1, 2], acked=[(1, "a", ""), (2, "b", "mine")])
+    u2 = Seen("u2", handed=[p for p, _, _ in acked_u2], acked=list(acked_u2))
     return [u1, u2]
 
 
@@ -101,8 +117,6 @@ def test_checker_catches_each_fault(db):
 
 
 def test_log_errors_keep_what_was_raised(tmp_path):
-    from bench.appserver import log_errors
-
     log = tmp_path / "server.log"
     log.write_text("ok\n2026 ERROR trainer.pool: pair generation failed\n"
                    "Traceback (most recent call last):\n  File \"x.py\", line 1\n    f()\n"

@@ -1,7 +1,7 @@
 import threading
 import time
 
-from trainer.locks import PriorityLock
+from trainer.model.locks import PriorityLock
 
 
 def test_reentrant_for_owner():

@@ -7,7 +7,7 @@ import torch
 from tokenizers.processors import TemplateProcessing
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from trainer.logprobs import (
+from trainer.model.logprobs import (
     _FrozenHeadLogps,
     body_head_softcap,
     build_batch,

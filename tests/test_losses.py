@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from trainer.losses import (
+from trainer.training.losses import (
     LOSSES,
     kto_kl_estimate,
     kto_loss,

@@ -1,4 +1,5 @@
-"""trainer.offline through accelerate: 2 CPU processes (DDP over gloo) vs 1."""
+"""trainer.offline: the app's own DPO export trains as it is (texts with line and paragraph
+separators included), and through accelerate 2 CPU processes (DDP over gloo) match 1."""
 
 import json
 import os
@@ -21,7 +22,7 @@ def _prefs(path: Path) -> Path:
 
 
 def _run(cmd: list[str]) -> str:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
+    env = {**os.environ, "HF_HUB_OFFLINE": "1",
            "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -50,9 +51,56 @@ def test_two_process_accelerate_run_matches_single_process_shapes(tmp_path, tiny
 
 
 def test_bad_data_file_is_a_clear_error(tmp_path):
-    from trainer.offline import read_dpo_jsonl
+    from trainer.training.offline import read_dpo_jsonl
 
     f = tmp_path / "x.jsonl"
     f.write_text('{"prompt": "p", "chosen": "a"}\n')
     with pytest.raises(ValueError, match="x.jsonl:1: not a DPO row"):
         read_dpo_jsonl(f)
+
+
+# U+2028 LINE SEPARATOR, U+2029 PARAGRAPH SEPARATOR, U+0085 NEXT LINE: json.dumps with
+# ensure_ascii=False leaves them raw, and str.splitlines() would split a JSONL row at them.
+SEPARATORS = "one\u2028two\u2029three\u0085four"
+
+
+def _export_with_separators(tmp_path: Path) -> Path:
+    from storage.db import Store
+    from storage.io import export
+
+    store = Store(None)
+    pid = store.add_prompt(f"Why? {SEPARATORS}", source="user")
+    a = store.record_pair(pid, f"A {SEPARATORS}", f"B {SEPARATORS}", "base", "base", {}, 7)
+    b = store.record_pair(pid, "C", "D", "base", "base", {}, 7)
+    store.record_vote(a, "ann", "a")
+    store.record_vote(b, "ann", "b", better_answer=f"Better {SEPARATORS}")
+    out = tmp_path / "prefs.jsonl"
+    export(store, "dpo", out)
+    return out
+
+
+def test_the_apps_dpo_export_reads_back_with_separators_in_every_text(tmp_path):
+    from trainer.training.offline import read_dpo_jsonl
+
+    rows = read_dpo_jsonl(_export_with_separators(tmp_path))
+    texts = {t for r in rows for t in r.values()}
+    assert {f"Why? {SEPARATORS}", f"A {SEPARATORS}", f"B {SEPARATORS}",
+            f"Better {SEPARATORS}"} <= texts
+    assert all(set(r) == {"prompt", "chosen", "rejected"} for r in rows)
+
+
+@pytest.mark.slow
+def test_offline_trainer_trains_on_the_apps_export_with_separators(tmp_path, tiny_model_dir):
+    data = _export_with_separators(tmp_path)
+    out = _run([sys.executable, "-m", "trainer.offline", "--data", str(data), "--model",
+                str(tiny_model_dir), "--micro-batch", "2", "--epochs", "1", "--lora-r", "4",
+                "--out", str(tmp_path / "adapter")])
+    meta = json.loads(out.strip().splitlines()[-1])
+    assert meta["rows"] == len(read_jsonl_rows(data)) >= 2
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def read_jsonl_rows(path: Path) -> list[dict]:
+    from storage.readers import read_jsonl
+
+    return read_jsonl(path)

@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from trainer.config import ModelConfig, SamplingConfig
-from trainer.generate import Sampler
-from trainer.modelcache import ModelNotFound, resolve_model
-from trainer.policy import BASE, TRAIN, Policy
+from trainer.model.generate import Sampler
+from trainer.model.modelcache import ModelNotFound, resolve_model
+from trainer.model.policy import BASE, TRAIN, Policy
 
 
 def _randomise_draft(policy, seed=0):

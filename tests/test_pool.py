@@ -2,7 +2,7 @@ import pytest
 
 from tests.svc_fixtures import tiny_service, vote_all
 from trainer.pool import PlannedPair
-from trainer.rounds import load_examples
+from trainer.training.rounds import load_examples
 
 
 @pytest.fixture
@@ -23,7 +23,7 @@ def test_fill_records_pairs_with_versions_seed_and_config(svc):
 
 
 def test_identical_samples_are_resampled_never_shown(svc, monkeypatch):
-    from trainer.generate import Sample
+    from trainer.model.generate import Sample
 
     calls = []
 
@@ -53,7 +53,7 @@ def test_identical_samples_are_resampled_never_shown(svc, monkeypatch):
 
 def test_pairs_record_how_each_answer_ended(svc, monkeypatch):
     """Training scores each answer with the end it really had, none if it was cut."""
-    from trainer.generate import Sample
+    from trainer.model.generate import Sample
 
     monkeypatch.setattr(svc.sampler, "sample", lambda p, v, s: [
         Sample("it ends.", 3, True, "<eos>"), Sample("it runs on and on", 10, False, "")

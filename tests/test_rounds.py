@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from tests.svc_fixtures import tiny_service, vote_all
-from trainer import rounds
 from trainer.config import LOSS_TYPES, TrainConfig
-from trainer.generate import PLAIN_STOPS
-from trainer.policy import BASE
-from trainer.scoring import score, text_hash
+from trainer.model.generate import PLAIN_STOPS
+from trainer.model.policy import BASE
+from trainer.model.scoring import score, text_hash
+from trainer.training import rounds
 
 
 def _trained_svc(tmp_path, tiny_model_dir, *flags):

@@ -4,12 +4,13 @@ from types import SimpleNamespace
 
 import pytest
 
+from storage.readers import read_jsonl
 from tests.svc_fixtures import tiny_service
-from tests.tiny import make_tiny_model_dir
-from trainer import simulate as sim
-from trainer.generate import Sample
-from trainer.oracles import checked, keyword_oracle, load_oracle, positive, shorter
-from trainer.policy import BASE
+from trainer.model.generate import Sample
+from trainer.model.policy import BASE
+from trainer.sim import simulate as sim
+from trainer.sim.oracles import checked, keyword_oracle, load_oracle, positive, shorter
+from trainer.testing import make_tiny_model_dir
 
 EVAL = ["Tell me a story.", "What is water?", "Name a color.", "Why do cats purr?",
         "Explain rain.", "Write a poem.", "Define gravity.", "Describe a tree."]
@@ -34,7 +35,7 @@ def test_shipped_oracles():
     assert keyword_oracle(".net")("q", "use asp.net", "no") == "tie"  # not inside a word
     assert positive("q", "a great and happy day", "a day") == "a"
     assert load_oracle("keyword", "x")("q", "x", "y") == "a"
-    assert load_oracle("trainer.oracles:shorter") is shorter
+    assert load_oracle("trainer.sim.oracles:shorter") is shorter
     for oracle in (shorter, kw, positive):  # saying nothing never wins
         assert oracle("q", "", "a long answer because") == "b"
         assert oracle("q", "a long answer because", "  ") == "a"
@@ -90,7 +91,7 @@ def test_run_writes_each_round_as_it_goes(tmp_path, monkeypatch):
     assert [r["round"] for r in res["rounds"]] == [0]
     assert res["rounds"][0]["oracle_measure"] == {"name": "share saying 'because'",
                                                   "serving": 1.0, "base": 1.0}
-    rows = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text().splitlines()]
+    rows = read_jsonl(tmp_path / "answers.jsonl")
     assert len(rows) == 3 * 2 and {r["round"] for r in rows} == {0}
     assert set(rows[0]) == {"round", "serving_version", "prompt", "serving", "base", "verdict"}
     assert (tmp_path / "learning_curve.png").stat().st_size > 1000
@@ -99,6 +100,28 @@ def test_run_writes_each_round_as_it_goes(tmp_path, monkeypatch):
         with pytest.raises(ValueError, match="need rounds >= 0 and the other two >= 1"):
             sim.run(svc, shorter, **{"rounds": 1, "pairs_per_round": 4, "samples": 1,
                                      "eval_prompts": EVAL, "out_dir": tmp_path / "x", **bad})
+
+
+class _SeparatorSampler:
+    """Answers holding U+2028, U+2029 and U+0085, which JSON leaves unescaped."""
+
+    def sample(self, rows, version, seed):
+        return [Sample(text=f"{version} one\u2028two\u2029three\u0085four", n_tokens=3,
+                       end="\n") for _ in rows]
+
+
+def test_answers_jsonl_keeps_line_separators_inside_answers(tmp_path, monkeypatch):
+    svc = SimpleNamespace(
+        train_cfg=SimpleNamespace(votes_per_round=4, loss="nca_pair", beta=0.1, lr=5e-5,
+                                  epochs=2, reference="base", max_length=64),
+        model_cfg=SimpleNamespace(model="fake"), policy=SimpleNamespace(serving=BASE),
+        sampler=_SeparatorSampler())
+    prompts = ["Why\u2028now?", *EVAL[:2]]
+    sim.run(svc, shorter, rounds=0, pairs_per_round=4, eval_prompts=prompts, samples=1,
+            out_dir=tmp_path)
+    rows = read_jsonl(tmp_path / "answers.jsonl")
+    assert len(rows) == 3 and rows[0]["prompt"] == "Why\u2028now?"
+    assert {r["serving"] for r in rows} == {f"{BASE} one\u2028two\u2029three\u0085four"}
 
 
 def test_oracle_errors_are_clear():
@@ -179,7 +202,7 @@ def test_tiny_learning_curve_rises_above_chance(tmp_path, learnable_tiny_dir):
     out = tmp_path / f"seed{seed}" / "out"
     assert (out / "learning_curve.png").stat().st_size > 1000
     assert (out / "learning_curve.json").is_file()
-    rows = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    rows = read_jsonl(out / "answers.jsonl")
     assert len(rows) == 5 * 8 * 16 and {r["round"] for r in rows} == {0, 1, 2, 3, 4}
     last = [r for r in rows if r["round"] == 4]
     assert sum(len(r["serving"]) for r in last) / len(last) == pytest.approx(

@@ -290,14 +290,7 @@ def test_assign_pair(store):
 
 
 # --- annotators, runs, adapters, state ----------------------------------------------------------------
-def test_annotators_and_recent_votes(store):
-    store.add_annotator("ann")
-    store.add_annotator("boss", role="admin")
-    store.add_annotator("ann", role="admin")  # changes the role
-    assert store.annotator_role("ann") == "admin" and store.annotator_role("x") is None
-    assert [a["name"] for a in store.list_annotators()] == ["ann", "boss"]
-    with pytest.raises(BadInput, match="role 'root' is not valid: use one of annotator, admin"):
-        store.add_annotator("x", role="root")
+def test_recent_votes_and_counts(store):
     p = _pair(store)
     store.record_vote(p, "ann", "tie", decide_ms=5)
     (r,) = store.recent_votes()

@@ -5,13 +5,15 @@ rounds are made on demand), so every test is deterministic. Views: tests/test_ui
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import gradio as gr
 import pytest
 
 from app import views
-from app.api import MAX_BETTER_CHARS, Access, Handlers, help_table, is_not_ready
+from app.api import Access, Handlers, help_table, is_not_ready
+from app.config import AppConfig
+from storage.readers import read_jsonl
+from storage.votes import MAX_BETTER_ANSWER
 from tests.svc_fixtures import tiny_service
 from tests.ui_fixtures import (
     ADMIN,
@@ -23,7 +25,6 @@ from tests.ui_fixtures import (
     train_v1,
     write_users,
 )
-from trainer.config import AppConfig
 from trainer.service import NotReady
 
 ZW = "\u200b"
@@ -127,13 +128,13 @@ def test_vote_errors_store_nothing(svc):
         h.vote("a", "", None, {"id": 99, "shown": 0}, ME)
     with pytest.raises(gr.Error, match="pair id 'x' is not a number"):
         h.commit_vote("local", "x", "a", None, None)
-    too_long = "x" * (MAX_BETTER_CHARS + 1)
-    with pytest.raises(gr.Error, match=f"{MAX_BETTER_CHARS + 1} characters long: shorten it "
-                                       f"to at most {MAX_BETTER_CHARS}"):
+    too_long = "x" * (MAX_BETTER_ANSWER + 1)
+    with pytest.raises(gr.Error, match=f"{MAX_BETTER_ANSWER + 1} characters long: shorten it "
+                                       f"to at most {MAX_BETTER_ANSWER}"):
         h.vote("a", too_long, ids[1], second, ME)
     assert _votes(svc) == 1 and svc.store.recent_votes(1)[0]["choice"] == "a"
     h.vote("a", too_long[1:], ids[1], second, ME)  # exactly at the limit: stored
-    assert len(svc.store.recent_votes(1)[0]["better_answer"]) == MAX_BETTER_CHARS
+    assert len(svc.store.recent_votes(1)[0]["better_answer"]) == MAX_BETTER_ANSWER
 
 
 def test_waiting_then_poll_finds_pair(svc):
@@ -328,7 +329,7 @@ def test_downloads_exports_and_imports(trained, tmp_path):
     with zipfile.ZipFile(h.download_adapter(ME)) as z:
         assert "metadata.json" in z.namelist() and "adapter_config.json" in z.namelist()
     dpo = h.export("dpo", ME)
-    rows = Path(dpo).read_text(encoding="utf-8").splitlines()
+    rows = read_jsonl(dpo)
     assert dpo.endswith(".jsonl") and len(rows) == len(trained.store.training_pairs()) > 0
     assert h.export("votes", ME).endswith(".csv")
     good = tmp_path / "p.txt"

@@ -3,7 +3,6 @@ its threads, a users file, and launching the Blocks on a free port."""
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer.config import AppConfig
+from app.config import AppConfig
+from app.testing import free_port
 
 ADMIN, ANNOTATOR, PASSWORD = "alice", "bob", "correct-horse-9"
 # Debian's chromium, driven by playwright (playwright's own browser download is not used).
@@ -60,12 +60,6 @@ def write_users(path: Path) -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch_app(service, tmp: Path, auth_file: str = "") -> tuple[object, str]:
     """Launch the real Blocks on 127.0.0.1:<free port>; returns (demo, url)."""
     from app.ui import launch
@@ -83,7 +77,8 @@ def launch_app(service, tmp: Path, auth_file: str = "") -> tuple[object, str]:
 
 def real_service(tmp: Path, model_dir: Path, *extra: str):
     """The real Service on the tiny model, loaded synchronously (pool + trainer running)."""
-    from app.cli import build_parser, make_service, resolve
+    from app.cli import build_parser, resolve
+    from app.commands import make_service
 
     args = build_parser().parse_args(
         ["serve", "--data-dir", str(tmp), "--model", str(model_dir), "--max-new-tokens", "8",

@@ -21,7 +21,7 @@ DEFAULT_MODEL = "gemma-3-270m"
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", "bco_pair", "nca_pair", "sppo_hard", "kto")
 
 
-def _f(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+def setting(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
     """A dataclass field with help text (and allowed values, for strings)."""
     return field(default=default, metadata={"help": help, "choices": choices})
 
@@ -34,20 +34,20 @@ def default_cache_dir() -> str:
 class ModelConfig:
     """Which model to load, where, and how its LoRA adapter is shaped."""
 
-    model: str = _f(DEFAULT_MODEL, "Model: 'gemma-3-270m' (embedded, offline), a local HF "
+    model: str = setting(DEFAULT_MODEL, "Model: 'gemma-3-270m' (embedded, offline), a local HF "
                     "model directory, or a hub id (needs network).")
-    device: str = _f("auto", "Where the model runs.", ("auto", "cpu", "cuda"))
-    quantize: str = _f("auto", "Base weights: auto = 4-bit NF4 on CUDA, none on CPU; "
+    device: str = setting("auto", "Where the model runs.", ("auto", "cpu", "cuda"))
+    quantize: str = setting("auto", "Base weights: auto = 4-bit NF4 on CUDA, none on CPU; "
                        "4bit also works on CPU (bitsandbytes >= 0.50).", ("auto", "4bit", "none"))
-    cache_dir: str = _f(default_cache_dir(), "Where the converted default model is kept.")
-    lora_r: int = _f(16, "LoRA rank r.")
-    lora_alpha: int = _f(32, "LoRA scaling alpha (effective scale alpha / r).")
-    lora_dropout: float = _f(0.0, "Dropout on the LoRA branch.")
-    lora_targets: str = _f("all-linear", "Comma-separated module names LoRA wraps, or "
+    cache_dir: str = setting(default_cache_dir(), "Where the converted default model is kept.")
+    lora_r: int = setting(16, "LoRA rank r.")
+    lora_alpha: int = setting(32, "LoRA scaling alpha (effective scale alpha / r).")
+    lora_dropout: float = setting(0.0, "Dropout on the LoRA branch.")
+    lora_targets: str = setting("all-linear", "Comma-separated module names LoRA wraps, or "
                            "'all-linear' for every linear projection except the LM head.")
 
     def problems(self) -> list[str]:
-        out = _choice_problems(self)
+        out = choice_problems(self)
         if self.lora_r < 1:
             out.append(f"lora_r={self.lora_r}: must be >= 1 (try 8 or 16)")
         if self.lora_alpha <= 0:
@@ -63,19 +63,19 @@ class ModelConfig:
 class SamplingConfig:
     """How pairs are sampled from the policy."""
 
-    max_new_tokens: int = _f(96, "Longest response, in tokens.")
-    temperature: float = _f(0.9, "Sampling temperature (> 0).")
-    top_p: float = _f(0.95, "Nucleus sampling mass in (0, 1].")
-    top_k: int = _f(64, "Sample only among the k most likely tokens (Gemma's recommended 64).")
-    template: str = _f("auto", "Prompt template: auto = the tokenizer's chat template when it "
+    max_new_tokens: int = setting(96, "Longest response, in tokens.")
+    temperature: float = setting(0.9, "Sampling temperature (> 0).")
+    top_p: float = setting(0.95, "Nucleus sampling mass in (0, 1].")
+    top_k: int = setting(64, "Sample only among the k most likely tokens (Gemma's recommended 64).")
+    template: str = setting("auto", "Prompt template: auto = the tokenizer's chat template when it "
                        "has one, else plain 'Question: ...\\nAnswer:'.", ("auto", "chat", "plain"))
-    max_prompt_tokens: int = _f(512, "Prompts are cut (from the left) to this many tokens.")
-    empty_retries: int = _f(2, "An empty answer is sampled again up to this many times: "
+    max_prompt_tokens: int = setting(512, "Prompts are cut (from the left) to this many tokens.")
+    empty_retries: int = setting(2, "An empty answer is sampled again up to this many times: "
                             "annotators should not vote on nothing, and 'anything beats "
                             "empty' votes teach the model never to stop (see README).")
 
     def problems(self) -> list[str]:
-        out = _choice_problems(self)
+        out = choice_problems(self)
         if not 0 <= self.empty_retries <= 10:
             out.append(f"empty_retries={self.empty_retries}: must be in 0..10 (try 2)")
         if not 1 <= self.max_new_tokens <= 4096:
@@ -95,21 +95,21 @@ class SamplingConfig:
 class PoolConfig:
     """The background producer that keeps pairs ready for annotators."""
 
-    ready_pairs: int = _f(16, "How many unserved pairs to keep ready.")
-    batch_prompts: int = _f(16, "Prompts per batched sampling call (2 samples each): 16 "
+    ready_pairs: int = setting(16, "How many unserved pairs to keep ready.")
+    batch_prompts: int = setting(16, "Prompts per batched sampling call (2 samples each): 16 "
                             "prompts (32 rows) make 87 pairs/min on 2 CPU cores, 8 make 59 "
                             "(bench/generation.py).")
-    arena_fraction: float = _f(0.2, "Share of pairs that put the serving adapter against "
+    arena_fraction: float = setting(0.2, "Share of pairs that put the serving adapter against "
                                "base (or the previous version), sides hidden.")
-    arena_opponent: str = _f("base", "Opponent of arena pairs.", ("base", "previous"))
-    staleness: int = _f(0, "Queued pairs from more than this many versions back are retired "
+    arena_opponent: str = setting("base", "Opponent of arena pairs.", ("base", "previous"))
+    staleness: int = setting(0, "Queued pairs from more than this many versions back are retired "
                         "after a hot-swap (0 = only the serving version is shown).")
-    overlap: int = _f(1, "How many different annotators see each pair (agreement needs >= 2).")
-    release_after_s: float = _f(1800.0, "A pair handed out but not voted on for this long "
+    overlap: int = setting(1, "How many different annotators see each pair (agreement needs >= 2).")
+    release_after_s: float = setting(1800.0, "A pair handed out but not voted on for this long "
                                 "(closed tab, reload) goes back to the queue for others.")
 
     def problems(self) -> list[str]:
-        out = _choice_problems(self)
+        out = choice_problems(self)
         if not 1 <= self.ready_pairs <= 1000:
             out.append(f"ready_pairs={self.ready_pairs}: must be in 1..1000")
         if not 1 <= self.batch_prompts <= 64:
@@ -129,36 +129,36 @@ class PoolConfig:
 class TrainConfig:
     """DPO rounds: when they start, what they optimise, and when a result is accepted."""
 
-    loss: str = _f("nca_pair", "Preference loss (see README: loss variants; nca_pair keeps "
+    loss: str = setting("nca_pair", "Preference loss (see README: loss variants; nca_pair keeps "
                    "live rounds from collapsing, measured on Gemma).", LOSS_TYPES)
-    beta: float = _f(0.1, "beta: strength of the KL tie to the reference policy.")
-    label_smoothing: float = _f(0.0, "epsilon for cDPO / robust DPO (assumed label noise).")
-    lr: float = _f(5e-5, "AdamW learning rate of the LoRA weights.")
-    epochs: int = _f(2, "Passes over the round's training votes.")
-    votes_per_round: int = _f(16, "A round starts once this many new usable votes exist.")
-    window: int = _f(64, "Train on at most this many most recent voted pairs (0 = all); "
+    beta: float = setting(0.1, "beta: strength of the KL tie to the reference policy.")
+    label_smoothing: float = setting(0.0, "epsilon for cDPO / robust DPO (assumed label noise).")
+    lr: float = setting(5e-5, "AdamW learning rate of the LoRA weights.")
+    epochs: int = setting(2, "Passes over the round's training votes.")
+    votes_per_round: int = setting(16, "A round starts once this many new usable votes exist.")
+    window: int = setting(64, "Train on at most this many most recent voted pairs (0 = all); "
                      "caps a round at a few minutes on CPU.")
-    micro_batch: int = _f(2, "Pairs per forward pass.")
-    grad_accum: int = _f(2, "Micro-batches per optimizer step.")
-    max_length: int = _f(320, "Prompt + response tokens kept per example.")
-    reference: str = _f("base", "Reference policy: base (adapter disabled) or previous "
+    micro_batch: int = setting(2, "Pairs per forward pass.")
+    grad_accum: int = setting(2, "Micro-batches per optimizer step.")
+    max_length: int = setting(320, "Prompt + response tokens kept per example.")
+    reference: str = setting("base", "Reference policy: base (adapter disabled) or previous "
                         "(the previous adapter version, sDPO).", ("base", "previous"))
-    heldout_fraction: float = _f(0.2, "Share of votes held out to score reward accuracy.")
-    accept_tolerance: float = _f(0.05, "A round is rejected when held-out accuracy drops by "
+    heldout_fraction: float = setting(0.2, "Share of votes held out to score reward accuracy.")
+    accept_tolerance: float = setting(0.05, "A round is rejected when held-out accuracy drops by "
                                  "more than this (and by more than one held-out pair).")
-    health_samples: int = _f(12, "Prompts the draft and the serving version each answer "
+    health_samples: int = setting(12, "Prompts the draft and the serving version each answer "
                              "before a round is accepted (0 = no answer-health check).")
-    health_tolerance: float = _f(0.25, "A round is rejected when the draft's share of answers "
+    health_tolerance: float = setting(0.25, "A round is rejected when the draft's share of answers "
                                  "that end by themselves (not empty, not cut at max tokens) "
                                  "is lower than serving's, or its share cut at max tokens "
                                  "higher, by more than this (1 = measure only).")
-    desirable_weight: float = _f(1.0, "KTO weight of desirable completions.")
-    undesirable_weight: float = _f(1.0, "KTO weight of undesirable completions.")
-    max_grad_norm: float = _f(1.0, "Gradient clipping norm.")
-    seed: int = _f(0, "Seed for data order and LoRA init.")
+    desirable_weight: float = setting(1.0, "KTO weight of desirable completions.")
+    undesirable_weight: float = setting(1.0, "KTO weight of undesirable completions.")
+    max_grad_norm: float = setting(1.0, "Gradient clipping norm.")
+    seed: int = setting(0, "Seed for data order and LoRA init.")
 
     def problems(self) -> list[str]:
-        out = _choice_problems(self)
+        out = choice_problems(self)
         if self.beta <= 0:
             out.append(f"beta={self.beta}: must be > 0 (try 0.1)")
         if not 0.0 <= self.label_smoothing < 0.5:
@@ -188,30 +188,14 @@ class TrainConfig:
         return out
 
 
-@dataclass(frozen=True)
-class AppConfig:
-    """Where data lives and how the web app is served."""
-
-    data_dir: str = _f("./data", "Directory of the SQLite DB and adapter versions.")
-    host: str = _f("127.0.0.1", "Address the web app listens on.")
-    port: int = _f(7860, "Port the web app listens on.")
-    auth_file: str = _f("", "Users file (add-user writes it); empty = local single-user mode.")
-    guidelines_file: str = _f("", "Markdown file replacing the default annotation guidelines.")
-    max_prompt_chars: int = _f(4000, "Longest prompt accepted, in characters.")
-
-    def problems(self) -> list[str]:
-        out = _choice_problems(self)
-        if not 0 < self.port < 65536:
-            out.append(f"port={self.port}: must be in 1..65535")
-        if self.max_prompt_chars < 1:
-            out.append(f"max_prompt_chars={self.max_prompt_chars}: must be >= 1")
-        return out
+# The model-side config areas by name: the CLI's flags, the settings form and the
+# service's editable settings all read this one table (app/config.py adds "app").
+MODEL_AREAS = {"model": ModelConfig, "sampling": SamplingConfig, "pool": PoolConfig,
+               "train": TrainConfig}
 
 
-AREAS = (ModelConfig, SamplingConfig, PoolConfig, TrainConfig, AppConfig)
 
-
-def _choice_problems(cfg: Any) -> list[str]:
+def choice_problems(cfg: Any) -> list[str]:
     out = []
     for f in dataclasses.fields(cfg):
         choices = f.metadata.get("choices")
@@ -269,3 +253,11 @@ def replace(cfg: Any, **changes: Any) -> Any:
 
 def help_of(cls: type, name: str) -> str:
     return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)
+
+
+# Settings an admin may change at run time, by area.
+EDITABLE = {"train": ("loss", "beta", "lr", "epochs", "votes_per_round", "reference",
+                      "label_smoothing", "window", "micro_batch", "grad_accum"),
+            "pool": ("arena_fraction", "arena_opponent", "ready_pairs", "overlap",
+                     "release_after_s"),
+            "sampling": ("temperature", "top_p", "top_k", "max_new_tokens")}

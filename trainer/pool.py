@@ -17,10 +17,11 @@ import threading
 import time
 from dataclasses import dataclass
 
+from storage.common import version_number
 from trainer.config import PoolConfig
-from trainer.generate import Sample, Sampler
-from trainer.policy import BASE
-from trainer.scoring import implicit_rewards
+from trainer.model.generate import Sample, Sampler
+from trainer.model.policy import BASE
+from trainer.model.scoring import implicit_rewards
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +212,7 @@ class PairPool:
         if self.cfg.staleness:
             versions = [a["version"] for a in self.store.list_adapters()
                         if a["status"] == "ready"]
-            keep |= set(sorted(versions, key=lambda v: int(v[1:]))[-self.cfg.staleness - 1:])
+            keep |= set(sorted(versions, key=version_number)[-self.cfg.staleness - 1:])
         n = self.store.retire_pairs(keep)
         self.wake()
         return n

@@ -14,25 +14,17 @@ import threading
 from pathlib import Path
 
 from storage.dirlock import lock_data_dir, unlock_data_dir
-from trainer import adapters
 from trainer import config as C
-from trainer.generate import Sampler
-from trainer.policy import BASE, Policy
+from trainer.model import adapters
+from trainer.model.generate import Sampler
+from trainer.model.policy import BASE, Policy
 from trainer.pool import PairPool, PlannedPair
-from trainer.progress import ProgressState, Tee, TqdmProgress
-from trainer.rounds import reference_version
-from trainer.trainloop import TrainerThread
+from trainer.progress import Progress, ProgressState, Tee, TqdmProgress
+from trainer.training.rounds import RoundOutcome, reference_version, run_round
+from trainer.training.trainloop import TrainerThread
 
 log = logging.getLogger(__name__)
 SETTINGS_KEY = "settings"
-# Settings an admin may change at run time, by area.
-EDITABLE = {"train": ("loss", "beta", "lr", "epochs", "votes_per_round", "reference",
-                      "label_smoothing", "window", "micro_batch", "grad_accum"),
-            "pool": ("arena_fraction", "arena_opponent", "ready_pairs", "overlap",
-                     "release_after_s"),
-            "sampling": ("temperature", "top_p", "top_k", "max_new_tokens")}
-
-
 class NotReady(RuntimeError):
     """The model is still loading (or failed to load); the message says which."""
 
@@ -40,17 +32,18 @@ class NotReady(RuntimeError):
 class Service:
     def __init__(self, store, data_dir: Path, model_cfg: C.ModelConfig,
                  sampling: C.SamplingConfig, pool_cfg: C.PoolConfig, train_cfg: C.TrainConfig,
-                 app_cfg: C.AppConfig, *, terminal_progress: bool = True) -> None:
+                 *, max_prompt_chars: int = 4000, terminal_progress: bool = True) -> None:
         self.store = store
         self.data_dir = Path(data_dir)
         self.adapters_dir = self.data_dir / "adapters"
-        self.model_cfg, self.app_cfg = model_cfg, app_cfg
+        self.model_cfg, self.max_prompt_chars = model_cfg, max_prompt_chars
         self.sampling, self.pool_cfg, self.train_cfg = sampling, pool_cfg, train_cfg
         self.policy: Policy | None = None
         self.sampler: Sampler | None = None
         self.pool: PairPool | None = None
         self._apply_saved_settings()  # an admin's changes in the UI survive a restart
-        self.trainer = TrainerThread(self, terminal_progress=terminal_progress)
+        self.trainer = TrainerThread(self.store, lambda: self.train_cfg, self._run_round,
+                                     terminal_progress=terminal_progress)
         self.loading = ProgressState()
         self.load_error: str | None = None
         self._terminal = terminal_progress
@@ -122,6 +115,14 @@ class Service:
             log.error("serving adapter %s is missing or incomplete; serving base", version)
             self.store.set_serving_adapter(BASE)
 
+    def _run_round(self, trigger: str, progress: Progress) -> RoundOutcome:
+        """One DPO round on the stored votes with the current settings (the trainer
+        thread's only way into the model)."""
+        return run_round(self.policy, self.store, self.train_cfg, fmt=self.sampler.format,
+                         frame=self.sampler.scored, adapters_dir=self.adapters_dir,
+                         trigger=trigger, progress=progress, on_accept=self.on_new_version,
+                         sampler=self.sampler)
+
     def wait_ready(self, timeout: float | None = None) -> bool:
         return self._ready.wait(timeout)
 
@@ -166,7 +167,7 @@ class Service:
         """Generate a pair for the annotator's own prompt at once and hand it to them."""
         self.require_ready()
         prompt_id = self.store.add_prompt(prompt, source="user",
-                                          max_chars=self.app_cfg.max_prompt_chars)
+                                          max_chars=self.max_prompt_chars)
         ids = self.pool.produce([PlannedPair(prompt_id, prompt.strip(), False)], None,
                                 status="queued")
         if not ids:
@@ -210,7 +211,7 @@ class Service:
     # --- settings ----------------------------------------------------------------------------
     def settings(self) -> dict:
         return {area: {k: getattr(self._area(area), k) for k in keys}
-                for area, keys in EDITABLE.items()}
+                for area, keys in C.EDITABLE.items()}
 
     def update_settings(self, changes: dict[str, dict]) -> dict:
         """Validate and apply admin changes ({area: {field: value}}); persisted in the DB.
@@ -220,7 +221,7 @@ class Service:
         with self._settings_lock:
             new, errors = {}, []
             for area, fields in changes.items():
-                bad = [k for k in fields if k not in EDITABLE.get(area, ())]
+                bad = [k for k in fields if k not in C.EDITABLE.get(area, ())]
                 if bad:
                     errors.append(f"{area}: cannot change {', '.join(bad)} at run time")
                     continue
@@ -250,8 +251,8 @@ class Service:
         saved = self.store.get_state(SETTINGS_KEY) or {}
         try:
             self._set_areas({a: C.replace(self._area(a), **{k: v for k, v in f.items()
-                                                            if k in EDITABLE[a]})
-                             for a, f in saved.items() if a in EDITABLE})
+                                                            if k in C.EDITABLE[a]})
+                             for a, f in saved.items() if a in C.EDITABLE})
         except ValueError as e:
             log.error("ignoring saved settings: %s", e)
 

@@ -9,17 +9,26 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
-from trainer.progress import ProgressState, Tee, TqdmProgress
-from trainer.rounds import RoundOutcome, run_round
+from trainer.config import TrainConfig
+from trainer.progress import Progress, ProgressState, Tee, TqdmProgress
+from trainer.training.rounds import RoundOutcome
 
 log = logging.getLogger(__name__)
 TRAINED_THROUGH = "trained_through_vote"
 
 
+RunRound = Callable[[str, Progress], RoundOutcome]
+
+
 class TrainerThread:
-    def __init__(self, service, poll_s: float = 2.0, terminal_progress: bool = True) -> None:
-        self.service = service
+    """Runs ``run_round(trigger, progress)`` whenever ``train_cfg().votes_per_round`` new
+    usable votes are in ``store`` (or an admin asks)."""
+
+    def __init__(self, store, train_cfg: Callable[[], TrainConfig], run_round: RunRound,
+                 poll_s: float = 2.0, terminal_progress: bool = True) -> None:
+        self.store, self._train_cfg, self._run_round = store, train_cfg, run_round
         self.poll_s = poll_s
         self.progress = ProgressState()
         self._terminal = terminal_progress
@@ -47,9 +56,8 @@ class TrainerThread:
         self._asked.set()
 
     def votes_needed(self) -> int:
-        store, cfg = self.service.store, self.service.train_cfg
-        new = store.usable_votes_since(int(store.get_state(TRAINED_THROUGH, 0)))
-        return max(cfg.votes_per_round - new, 0)
+        new = self.store.usable_votes_since(int(self.store.get_state(TRAINED_THROUGH, 0)))
+        return max(self._train_cfg().votes_per_round - new, 0)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -68,21 +76,17 @@ class TrainerThread:
 
     def run_one(self, trigger: str) -> RoundOutcome:
         """Run one round now (also used headless by `app.py train`)."""
-        svc = self.service
         self.state = "training"
         sinks = [self.progress] + ([TqdmProgress("step")] if self._terminal else [])
         try:
-            outcome = run_round(svc.policy, svc.store, svc.train_cfg, fmt=svc.sampler.format,
-                                frame=svc.sampler.scored, adapters_dir=svc.adapters_dir,
-                                trigger=trigger, progress=Tee(*sinks),
-                                on_accept=svc.on_new_version, sampler=svc.sampler)
+            outcome = self._run_round(trigger, Tee(*sinks))
         finally:
             for s in sinks[1:]:
                 s.close()
             self.state = "idle"
-        max_vote = (svc.store.get_round(outcome.round_id).get("counts") or {}).get(
-            "max_vote_id", svc.store.last_vote_id())
-        svc.store.set_state(TRAINED_THROUGH, max_vote)
+        max_vote = (self.store.get_round(outcome.round_id).get("counts") or {}).get(
+            "max_vote_id", self.store.last_vote_id())
+        self.store.set_state(TRAINED_THROUGH, max_vote)
         self.last_outcome = outcome
         self.last_error = outcome.error
         return outcome

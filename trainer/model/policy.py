@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from trainer.config import ModelConfig
-from trainer.locks import PriorityLock
-from trainer.modelcache import ModelNotFound, resolve_model
+from trainer.model.locks import PriorityLock
+from trainer.model.modelcache import ModelNotFound, resolve_model
 from trainer.progress import Progress
 
 log = logging.getLogger(__name__)

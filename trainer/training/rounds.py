@@ -25,14 +25,26 @@ from pathlib import Path
 import torch
 
 from storage.failpoints import failpoint
-from trainer import adapters, health
 from trainer.config import TrainConfig
-from trainer.data import Example, attach_reference, paired_examples, split, unpaired_examples
-from trainer.logprobs import build_batch, sequence_logps
-from trainer.losses import kto_kl_estimate, kto_loss, needs_length_normalisation, preference_loss
-from trainer.policy import BASE, TRAIN
+from trainer.model import adapters
+from trainer.model.logprobs import build_batch, sequence_logps
+from trainer.model.policy import BASE, TRAIN
+from trainer.model.scoring import score
 from trainer.progress import NullProgress, Progress
-from trainer.scoring import score
+from trainer.training import health
+from trainer.training.data import (
+    Example,
+    attach_reference,
+    paired_examples,
+    split,
+    unpaired_examples,
+)
+from trainer.training.losses import (
+    kto_kl_estimate,
+    kto_loss,
+    needs_length_normalisation,
+    preference_loss,
+)
 
 log = logging.getLogger(__name__)
 MIN_TRAIN_EXAMPLES = 2

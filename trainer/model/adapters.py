@@ -15,12 +15,12 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Collection
 from pathlib import Path
 
 from storage.failpoints import failpoint
+from storage.files import fsync_dir, publish_dir, staged_dir
 
 REQUIRED_FILES = ("adapter_model.safetensors", "adapter_config.json")
 _TMP_PREFIX = ".tmp-"
@@ -40,18 +40,12 @@ def write_version(adapters_dir: Path, version: str, write: Callable[[Path], None
         raise FileExistsError(f"adapter directory {target} already exists; refusing to "
                               "overwrite a saved version (if the DB does not list it, a crash "
                               "left it: starting the app moves it aside)")
-    tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{version}-", dir=adapters_dir))
-    try:
+    with staged_dir(adapters_dir, f"{_TMP_PREFIX}{version}-") as tmp:
         write(tmp)
         if not is_complete(tmp):
             raise OSError(f"adapter write to {tmp} left it incomplete")
-        _fsync_dir_files(tmp)
-        failpoint("adapter.before_rename")  # crash tests: files written, not renamed
-        os.replace(tmp, target)
-        _fsync(adapters_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        # crash tests: files written, not renamed
+        publish_dir(tmp, target, before_rename=lambda: failpoint("adapter.before_rename"))
     return target
 
 
@@ -83,7 +77,7 @@ def set_aside_orphans(adapters_dir: Path, known: Collection[str]) -> list[Path]:
             os.replace(p, dest)
             moved.append(dest)
     if moved:
-        _fsync(adapters_dir)
+        fsync_dir(adapters_dir)
     return moved
 
 
@@ -93,7 +87,7 @@ def read_metadata(path: Path) -> dict:
 
 
 def copy_in(src: Path, adapters_dir: Path, version: str, metadata: dict) -> Path:
-    """Copy an externally trained adapter (e.g. from trainer.offline) in as ``version``."""
+    """Copy an externally trained adapter (e.g. from trainer.training.offline) in as ``version``."""
     if not is_complete(src):
         missing = [f for f in REQUIRED_FILES if not (src / f).is_file()]
         raise ValueError(f"{src} is not a PEFT adapter directory: missing {', '.join(missing)}. "
@@ -106,29 +100,3 @@ def copy_in(src: Path, adapters_dir: Path, version: str, metadata: dict) -> Path
                                                       indent=2, sort_keys=True))
 
     return write_version(adapters_dir, version, write)
-
-
-def zip_version(path: Path, out_dir: Path) -> Path:
-    """A zip of one adapter version (for download), written atomically."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    base = out_dir / f"livedpo-adapter-{path.name}"
-    tmp = shutil.make_archive(str(base) + ".partial", "zip", root_dir=path)
-    final = Path(str(base) + ".zip")
-    os.replace(tmp, final)
-    return final
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir_files(path: Path) -> None:
-    for f in path.iterdir():
-        if f.is_file():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-    _fsync(path)

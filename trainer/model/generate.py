@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from trainer.config import SamplingConfig
-from trainer.decode import sample_batch
+from trainer.model.decode import sample_batch
 
 PLAIN_TEMPLATE = "Question: {prompt}\nAnswer:"
 PLAIN_STOPS = ("\nQuestion:", "\nAnswer:")

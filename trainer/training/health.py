@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from trainer.generate import Sample
+from trainer.model.generate import Sample
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,9 @@ import importlib
 import re
 from collections.abc import Callable
 
+from storage.common import CHOICES
+
 Oracle = Callable[[str, str, str], str]
-CHOICES = ("a", "b", "tie", "both_bad")
 
 POSITIVE_WORDS = frozenset("""
 good great excellent wonderful happy joy joyful love lovely kind helpful bright best

@@ -11,13 +11,12 @@ place, so a kill at any moment leaves either no checkpoint or a complete one.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
+from storage.files import publish_dir, staged_dir
 from trainer.config import DEFAULT_MODEL
 from trainer.progress import NullProgress, Progress
 
@@ -59,17 +58,13 @@ def ensure_default_checkpoint(cache_dir: Path, progress: Progress) -> Path:
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
     _clean_stale_temps(cache_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{CONVERTED_NAME}.", dir=cache_dir))
-    try:
+    with staged_dir(cache_dir, f".{CONVERTED_NAME}.") as tmp:
         convert_gguf(tmp, cache_dir, progress)
         if target.exists():  # an incomplete leftover, or another process won the race
             if (target / _MARKER).is_file():
                 return target
             shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        publish_dir(tmp, target)
     return target
 
 

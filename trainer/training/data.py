@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from trainer.scoring import score, text_hash
+from trainer.model.scoring import score, text_hash
 
 
 @dataclass

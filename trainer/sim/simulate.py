@@ -14,16 +14,16 @@ the live analogue of the DPO paper's reward / KL frontier (Fig. 2).
 
 from __future__ import annotations
 
-import json
+import io
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from storage.io import atomic_write, jsonl_text
-from trainer.health import measure
-from trainer.policy import BASE
-from trainer.scoring import mean_token_kl
+from storage.files import atomic_write, atomic_write_json, jsonl_text
+from trainer.model.policy import BASE
+from trainer.model.scoring import mean_token_kl
+from trainer.training.health import measure
 
 log = logging.getLogger(__name__)
 ANNOTATOR = "oracle"
@@ -178,14 +178,13 @@ def run(svc, oracle, *, rounds: int, pairs_per_round: int, eval_prompts: list[st
 def _write(out_dir: Path, result: dict, answers: list[dict]) -> None:
     """learning_curve.json, answers.jsonl (every evaluation answer) and the plot, each
     atomically (each row of the JSONL names its round, so the files may differ by one)."""
-    atomic_write(out_dir / "learning_curve.json", json.dumps(result, indent=2))
+    atomic_write_json(out_dir / "learning_curve.json", result)
     atomic_write(out_dir / "answers.jsonl", jsonl_text(answers))
-    tmp = out_dir / "learning_curve.tmp.png"  # matplotlib picks the format by the suffix
-    plot(result["rounds"], tmp)
-    tmp.replace(out_dir / "learning_curve.png")
+    atomic_write(out_dir / "learning_curve.png", plot_png(result["rounds"]))
 
 
-def plot(history: list[dict], path: Path) -> None:
+def plot_png(history: list[dict]) -> bytes:
+    """The learning curve (win rate vs base, KL per token, per round) as PNG bytes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -203,5 +202,7 @@ def plot(history: list[dict], path: Path) -> None:
     ax2.set_ylabel("KL(policy || base) per token", color="tab:red")
     ax.set_title("LiveDPO learning curve")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
+    return buf.getvalue()

@@ -11,7 +11,7 @@ import hashlib
 
 import torch
 
-from trainer.logprobs import (
+from trainer.model.logprobs import (
     body_head_softcap,
     build_batch,
     response_hidden,

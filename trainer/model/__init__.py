@@ -1,0 +1,1 @@
+"""The model and sampling: loading the policy, LoRA adapters, decoding and log-probs."""

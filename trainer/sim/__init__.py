@@ -1,0 +1,1 @@
+"""The simulator: scripted annotators (oracles) driving the real loop."""

@@ -1,0 +1,1 @@
+"""A training round: votes to examples, preference losses, the answer-health gate."""
