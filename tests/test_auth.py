@@ -144,6 +144,7 @@ def test_bad_names(tmp_path, name, message):
 
 def test_name_of_64_chars_is_fine(tmp_path):
     auth.add_user(tmp_path / "u.json", "a" * 64, PASSWORD, "annotator")
+    assert auth.role_of(auth.load_users(tmp_path / "u.json"), "a" * 64) == "annotator"
 
 
 def test_short_password_message_does_not_echo_it(tmp_path):

@@ -102,3 +102,13 @@ def test_simulate_checks_its_input_before_loading_anything(tmp_path):
     r = app("simulate", "--oracle", "keyword", "--keyword-tiebreak", "longer")
     assert r.returncode == 2 and "invalid choice: 'longer'" in r.stderr
     assert not data.exists()
+
+
+def test_every_subcommand_has_a_function_and_every_function_a_subcommand():
+    import argparse
+
+    from app.cli import COMMANDS, build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) == set(COMMANDS)
+    assert all(callable(f) for f in COMMANDS.values())

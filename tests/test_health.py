@@ -39,7 +39,7 @@ def test_healthy_enough(before, after, tol, ok):
 
 
 def test_trading_empty_answers_for_run_on_ones_is_caught():
-    """Gemma, sigmoid round 4: healthy 58% -> 50% (within 0.25) but cut 8% -> 50%."""
+    """Healthy 58% -> 50% (within 0.25) but cut at the token limit 8% -> 50%."""
     serving = health.AnswerHealth(7 / 12, 1 / 12, 4 / 12, 48.5, 12)
     draft = health.AnswerHealth(6 / 12, 6 / 12, 0.0, 124.6, 12)
     assert not health.healthy_enough(serving, draft, 0.25)
@@ -70,7 +70,7 @@ def _svc(tmp_path, tiny_model_dir, *flags):
 
 def _rambling_draft(svc, monkeypatch):
     """The real sampler, except that the draft's answers all run to max_new_tokens: what a
-    draft that learned to dodge its stop string writes (Gemma, sigmoid run 3). Records
+    draft that learned to dodge its stop string writes. Records
     (version, prompts) of each call."""
     real, budget = svc.sampler.sample, svc.sampler.cfg.max_new_tokens
     asked = []

@@ -8,8 +8,16 @@ def test_reentrant_for_owner():
     lock = PriorityLock()
     with lock.hold(), lock.hold(priority=True):
         pass
-    with lock.hold():  # released fully
-        pass
+    got = threading.Event()
+
+    def other():  # another thread gets it only if the nested holds released it fully
+        with lock.hold():
+            got.set()
+
+    t = threading.Thread(target=other, daemon=True)
+    t.start()
+    t.join(5)
+    assert got.is_set(), "the lock was still held after two nested holds ended"
 
 
 def test_priority_waiter_goes_first():

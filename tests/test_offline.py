@@ -104,3 +104,18 @@ def read_jsonl_rows(path: Path) -> list[dict]:
     from storage.readers import read_jsonl
 
     return read_jsonl(path)
+
+
+@pytest.mark.parametrize("kind", ["FSDP", "DEEPSPEED", "MEGATRON_LM"])
+def test_sharded_modes_are_refused_with_the_fix(kind):
+    from trainer.training.offline import check_distributed
+
+    with pytest.raises(SystemExit, match=f"does not support accelerate's {kind} mode.*--multi_gpu"):
+        check_distributed(kind)
+
+
+@pytest.mark.parametrize("kind", ["NO", "MULTI_CPU", "MULTI_GPU"])
+def test_data_parallel_modes_are_accepted(kind):
+    from trainer.training.offline import check_distributed
+
+    assert check_distributed(kind) is None

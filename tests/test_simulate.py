@@ -144,7 +144,7 @@ def test_oracle_errors_are_clear():
 
 def test_run_refuses_rounds_that_would_overlap_the_voting(tmp_path, tiny_model_dir):
     """A round must start at exactly pairs_per_round votes, else thread timing decides
-    which votes it sees (the cause of a flaky learning-curve test)."""
+    which votes it sees, and the learning curve measures thread timing."""
     svc = tiny_service(tmp_path / "data", tiny_model_dir, start=False)  # votes_per_round 16
     with pytest.raises(ValueError, match="votes_per_round=16 votes: set both"):
         sim.run(svc, shorter, rounds=1, pairs_per_round=48, eval_prompts=EVAL, samples=1,

@@ -72,7 +72,7 @@ class SamplingConfig:
     max_prompt_tokens: int = setting(512, "Prompts are cut (from the left) to this many tokens.")
     empty_retries: int = setting(2, "An empty answer is sampled again up to this many times: "
                             "annotators should not vote on nothing, and 'anything beats "
-                            "empty' votes teach the model never to stop (see README).")
+                            "empty' votes teach the model never to stop.")
 
     def problems(self) -> list[str]:
         out = choice_problems(self)
@@ -96,9 +96,9 @@ class PoolConfig:
     """The background producer that keeps pairs ready for annotators."""
 
     ready_pairs: int = setting(16, "How many unserved pairs to keep ready.")
-    batch_prompts: int = setting(16, "Prompts per batched sampling call (2 samples each): 16 "
-                            "prompts (32 rows) make 87 pairs/min on 2 CPU cores, 8 make 59 "
-                            "(bench/generation.py).")
+    batch_prompts: int = setting(16, "Prompts per batched sampling call (2 samples each); "
+                                 "larger batches make more pairs per minute on a CPU "
+                                 "(bench/generation.py).")
     arena_fraction: float = setting(0.2, "Share of pairs that put the serving adapter against "
                                "base (or the previous version), sides hidden.")
     arena_opponent: str = setting("base", "Opponent of arena pairs.", ("base", "previous"))
@@ -129,8 +129,9 @@ class PoolConfig:
 class TrainConfig:
     """DPO rounds: when they start, what they optimise, and when a result is accepted."""
 
-    loss: str = setting("nca_pair", "Preference loss (see README: loss variants; nca_pair keeps "
-                   "live rounds from collapsing, measured on Gemma).", LOSS_TYPES)
+    loss: str = setting("nca_pair", "Preference loss (README: loss variants). nca_pair "
+                        "also pushes up the chosen answer's likelihood, which keeps live "
+                        "rounds from collapsing (docs/learning.md).", LOSS_TYPES)
     beta: float = setting(0.1, "beta: strength of the KL tie to the reference policy.")
     label_smoothing: float = setting(0.0, "epsilon for cDPO / robust DPO (assumed label noise).")
     lr: float = setting(5e-5, "AdamW learning rate of the LoRA weights.")

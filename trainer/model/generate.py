@@ -66,9 +66,9 @@ def response_frame(tokenizer, template: str = "auto") -> tuple[str, str]:
     space-led word (" Paris", token '▁Paris', not 'Paris') and it ends an answer by
     starting the next question, ``\nQuestion:`` (on Gemma 3 270M it never emitted EOS in
     24 samples). So a plain-template answer is scored as " " + answer + "\nQuestion:";
-    ending with EOS instead taught the model to stop with a token it never uses while
-    its real terminator, the newline, was pushed down with the longer rejected answers
-    (run-on answers like "...filterantsQuestion:" after 3 rounds of 'shorter').
+    scoring it with EOS instead would teach the model to stop with a token it never uses
+    while its real terminator, the newline, is pushed down with the longer rejected
+    answers: the answers then run on ("...filterantsQuestion:").
     A chat-template answer is the turn's text followed by the end-of-turn marker.
     """
     if uses_chat_template(tokenizer, template):

@@ -37,7 +37,7 @@ def _empty_loses(a: str, b: str) -> str | None:
     """An empty answer is no answer: it loses to any other (both empty: both bad).
 
     Without this, 'prefer the shorter answer' rewards saying nothing, and the policy
-    learns to stop at once (seen on Gemma 3 270M after one round). None: both answered.
+    learns to stop at once. None: both answered.
     """
     empty_a, empty_b = not a.strip(), not b.strip()
     if empty_a and empty_b:

@@ -1,10 +1,10 @@
 """Answer health: does a draft adapter still write answers that end?
 
 Held-out reward accuracy (``rounds.heldout_accuracy``) scores the answers stored with
-the votes; it cannot see what the draft will WRITE. On Gemma 3 270M a sigmoid-DPO round
-passed that check and then rambled past its stop string: answers went from 15 to 276
-characters and the oracle's win rate from 76% to 28% (README, "Does it learn?", run 3).
-The failure is visible in samples at once: almost no answer ended by itself.
+the votes; it cannot see what the draft will WRITE. A draft can pass that check and
+still ramble past its stop string (over-optimisation: docs/learning.md shows it on the
+default model). That failure is visible in samples at once: few answers end by
+themselves.
 
 So before a draft serves, the draft and the serving version answer the same prompts
 with the same seed, and the round is rejected when the share of healthy answers (ended
@@ -68,9 +68,8 @@ def healthy_enough(before: AnswerHealth, after: AnswerHealth, tolerance: float) 
     """The draft may lose at most ``tolerance`` of healthy answers, and gain at most
     ``tolerance`` of answers cut at the token limit (1.0: never rejects).
 
-    Both, because a draft can trade empty answers for run-on ones: on Gemma (sigmoid,
-    round 4) serving had 33% empty and 8% cut answers, the draft 0% and 50%. Its healthy
-    share barely moved (58% -> 50%) while its answers rambled (win rate 74% -> 44%).
+    Both, because a draft can trade empty answers for run-on ones: then its healthy
+    share barely moves while the share of answers cut at the token limit jumps.
     """
     return (after.healthy >= before.healthy - tolerance - 1e-9
             and after.unfinished <= before.unfinished + tolerance + 1e-9)

@@ -63,13 +63,14 @@ def robust_loss(a: Tensor, b: Tensor, beta: float, eps: float) -> Tensor:
 
 
 def bco_pair_loss(a: Tensor, b: Tensor, beta: float, eps: float) -> Tensor:
-    """Binary Classifier Optimization, Jung et al. 2024 (arXiv 2404.04656), paired form
-    as in TRL's "bco_pair": each reward is classified against a shift delta,
+    """Binary Classifier Optimization, Jung et al. 2024 (arXiv 2404.04656), paired form:
+    each reward rho = beta * log-ratio is classified against a shift delta,
     -log sigma(rho_c - delta) - log sigma(-(rho_r - delta)).
 
-    The paper and TRL take delta as a RUNNING mean of past rewards (trainer state). To
-    stay pure, delta here is the mean of this batch's chosen and rejected rewards,
-    detached (a constant for the gradient).
+    The paper's delta is a running mean of past rewards (trainer state). To stay pure,
+    delta here is the mean of this batch's chosen and rejected rewards, detached (a
+    constant for the gradient): an estimate of the same quantity from the batch alone.
+    TRL 1.x's "bco_pair" uses no delta at all (delta = 0).
     """
     rho_c, rho_r = beta * a, beta * b  # (B,), (B,)
     delta = torch.cat([rho_c, rho_r]).mean().detach()  # ()

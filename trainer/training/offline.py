@@ -1,12 +1,16 @@
 """Offline DPO on an exported preference file, across processes/GPUs with accelerate.
 
 For teams that outgrow one machine: export the votes (``python app.py export --format
-dpo --out prefs.jsonl``), train the same losses here with data parallelism (DDP; FSDP
-or DeepSpeed through ``accelerate config``), then add the adapter back as a version:
+dpo --out prefs.jsonl``), train the same losses here with data parallelism (DDP), then
+add the adapter back as a version:
 
-    accelerate launch -m trainer.training.offline --data prefs.jsonl --out adapter-dir
-    accelerate launch --multi_gpu --num_processes 2 -m trainer.training.offline ...   # 2 CPU procs
+    accelerate launch -m trainer.offline --data prefs.jsonl --out adapter-dir
+    accelerate launch --multi_gpu --num_processes 2 -m trainer.offline ...   # 2 CPU procs
     python app.py import-adapter adapter-dir --serve
+
+FSDP and DeepSpeed are refused (``check_distributed``): the log-probs of the response
+tokens are computed from the LM head's weight directly (trainer/model/logprobs.py), and
+those engines shard that weight across processes.
 
 The reference policy is the base model with the adapter disabled, as in the app.
 On a machine without a GPU, accelerate 1.x's ``--cpu`` launcher starts ONE process
@@ -106,6 +110,20 @@ def _logps(module, tok, prompts, texts, max_length, device):
     return module(enc["input_ids"], enc["attention_mask"], enc["response_mask"])
 
 
+SHARDED = {"FSDP", "DEEPSPEED", "MEGATRON_LM"}
+
+
+def check_distributed(kind: str) -> None:
+    """Refuse accelerate setups that shard the model's weights (``kind`` is accelerate's
+    ``DistributedType`` value): only replicated data parallelism (DDP) is supported."""
+    if str(kind).upper() in SHARDED:
+        raise SystemExit(
+            f"trainer.offline does not support accelerate's {kind} mode: it reads the LM "
+            "head's weight directly, which that mode shards across processes. Use data "
+            "parallelism instead: `accelerate launch --multi_gpu --num_processes N -m "
+            "trainer.offline ...` (or `accelerate config` without FSDP/DeepSpeed).")
+
+
 def main(argv=None) -> None:
     from accelerate import Accelerator
     from peft import get_peft_model, get_peft_model_state_dict
@@ -118,6 +136,7 @@ def main(argv=None) -> None:
     # --multi_gpu, torchrun) train on CPU over gloo.
     acc = Accelerator(gradient_accumulation_steps=args.grad_accum,
                       cpu=not torch.cuda.is_available())
+    check_distributed(acc.distributed_type.value)
     torch.manual_seed(args.seed)
     mcfg = C.ModelConfig(model=args.model, cache_dir=args.cache_dir, quantize="none",
                          device="cuda" if acc.device.type == "cuda" else "cpu",

@@ -302,9 +302,8 @@ def _health_problem(sampler, train: list[Example], held: list[Example], serving:
     round), or None.
 
     Against base too, because each round may lose up to the tolerance against the one
-    before: on Gemma (keyword oracle, lr 2e-4) the share of answers that ended went
-    42% (base) -> 33% (v1) -> 8% (v2), every step within 0.25, while the answers grew
-    from 236 to 370 characters. Records each version's answer health in ``metrics``.
+    before: a slow drift (each step within the tolerance) would otherwise add up to
+    answers that never end. Records each version's answer health in ``metrics``.
     """
     prompts = health.health_prompts([e.question for e in held], [e.question for e in train],
                                     cfg.health_samples)
@@ -338,8 +337,7 @@ def _accepted(before: dict, after: dict, cfg: TrainConfig) -> bool:
     """Held-out accuracy may fall by the tolerance, and always by one pair.
 
     With few held-out pairs (6 of a 32-vote round) one pair moves accuracy by 0.17, so a
-    5% tolerance alone rejected rounds for a single flipped pair: noise, not harm (seen
-    on Gemma: 0.833 -> 0.667, and the round's 32 votes were not served).
+    5% tolerance alone would reject rounds for a single flipped pair: noise, not harm.
     """
     if before["accuracy"] is None or after["accuracy"] is None:
         return True  # nothing held out (tiny data): accept on finite losses alone
