@@ -2,7 +2,7 @@
 
   (a) naive: full (B, T, V) logits + log_softmax, the reference recomputed every step,
       every batch padded to --max-length;
-  (b) ours: response-only chunked log-probs (trainer/logprobs.py), reference log-probs
+  (b) ours: response-only chunked log-probs (trainer/model/logprobs.py), reference log-probs
       computed once and reused across epochs (the app caches them in the DB), dynamic
       padding to the longest row of each micro-batch.
 Each variant runs in its own process so peak RSS is its own. Both do the same AdamW

@@ -10,11 +10,11 @@ blocking after ``MAX_BLOCK_S``.
 
 The places (keep this list in step with the calls):
 
-- ``round.step``: trainer/rounds.py, between two optimizer steps of a round (model lock
+- ``round.step``: trainer/training/rounds.py, between two optimizer steps of a round (model lock
   released, so generation and votes go on while it blocks).
-- ``adapter.before_rename``: trainer/adapters.py, the new version's files are written
+- ``adapter.before_rename``: trainer/model/adapters.py, the new version's files are written
   into the temp dir but it is not yet renamed into place.
-- ``adapter.before_record``: trainer/rounds.py, the version dir is in place but the DB
+- ``adapter.before_record``: trainer/training/rounds.py, the version dir is in place but the DB
   has no row for it yet.
 - ``import.before_commit``: storage/io.py, every row of an import is inserted inside the
   write transaction (which holds the DB's write lock), before COMMIT.

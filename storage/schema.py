@@ -83,7 +83,7 @@ def _v4_answer_ends(db: sqlite_utils.Database) -> None:
     """pairs.end_a / end_b: what generation ended each answer with ('<eos>',
     '\nQuestion:', ...), '' if it was cut at the token limit, NULL if unknown (older and
     imported pairs: scored with the template's usual end). Training scores an answer
-    with the end it really had (trainer/generate.py: frame_response)."""
+    with the end it really had (trainer/model/generate.py: frame_response)."""
     db["pairs"].add_column("end_a", str)
     db["pairs"].add_column("end_b", str)
 

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -69,6 +71,7 @@ def test_add_user_writes_a_salted_hash(tmp_path):
     assert r.returncode == 2 and "8" in r.stderr
 
 
+@pytest.mark.slow
 def test_generate_and_train_headless(tmp_path, tiny_model_dir):
     d = str(tmp_path / "d")
     common = ["--data-dir", d, "--model", str(tiny_model_dir), "--max-new-tokens", "6"]
@@ -80,12 +83,14 @@ def test_generate_and_train_headless(tmp_path, tiny_model_dir):
     assert r.returncode == 1 and "collect more A/B votes" in r.stdout  # no votes yet
 
 
+@pytest.mark.slow
 def test_bad_model_is_a_clear_error(tmp_path):
     r = app("generate", "--prompt", "x", "--data-dir", str(tmp_path), "--model",
             str(tmp_path / "missing-model"))
     assert r.returncode == 2 and "no such directory" in r.stderr
 
 
+@pytest.mark.slow
 def test_simulate_checks_its_input_before_loading_anything(tmp_path):
     """Bad prompts, split or oracle settings fail at once, naming the fix; no DB is made."""
     prompts = tmp_path / "why.txt"

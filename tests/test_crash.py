@@ -149,6 +149,7 @@ def recorded_versions(life: Life) -> set[str]:
 
 
 # --- the crashes ------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_kill_between_optimizer_steps_of_a_round(life):
     server = life.ensure_running()
     hit = arm(life.fp_dir, "round.step")
@@ -164,6 +165,7 @@ def test_kill_between_optimizer_steps_of_a_round(life):
     assert_interrupted(life, round_id)
 
 
+@pytest.mark.slow
 def test_kill_while_an_adapter_version_is_saved(life):
     life.ensure_running()
     hit = arm(life.fp_dir, "adapter.before_rename")
@@ -180,6 +182,7 @@ def test_kill_while_an_adapter_version_is_saved(life):
                    (round_id,)) == [(0,)], "the interrupted save was recorded"
 
 
+@pytest.mark.slow
 def test_kill_after_rename_before_the_db_row_does_not_block_later_versions(life):
     """Regression: the orphan vN dir made every later save of vN fail (FileExistsError)."""
     life.ensure_running()
@@ -222,6 +225,7 @@ def _import_counts(life: Life) -> tuple:
                    " from prompts where text like 'Crash import prompt #%')")[0]
 
 
+@pytest.mark.slow
 def test_kill_inside_an_import_transaction_leaves_nothing(life, tmp_path):
     server = life.ensure_running()
     prefs = _prefs_file(tmp_path / "prefs.jsonl", IMPORT_ROWS)
@@ -254,6 +258,7 @@ def test_kill_inside_an_import_transaction_leaves_nothing(life, tmp_path):
     life.imported = before[0] + IMPORT_ROWS
 
 
+@pytest.mark.slow
 def test_kill_at_a_random_moment_while_votes_stream_in(life):
     life.ensure_running()
     seed = random.randrange(1_000_000)
@@ -275,6 +280,7 @@ def test_kill_at_a_random_moment_while_votes_stream_in(life):
     check_invariants(life)
 
 
+@pytest.mark.slow
 def test_version_dirs_match_the_db_after_all_crashes(life):
     """Every recorded version has its complete dir; every vN dir is recorded (no orphans;
     polled, as a live round may be between its rename and its DB row)."""

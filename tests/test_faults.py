@@ -150,7 +150,7 @@ def test_disk_full_part_way_through_the_files(svc, monkeypatch):
     check_next_round_accepted(svc, before)
 
 
-# Gaps these tests found in trainer/rounds.py, now fixed.
+# What a round does when the hot-swap or the bookkeeping after training fails.
 def test_failed_hot_swap_leaves_no_ready_version(svc, monkeypatch):
     before = serving_snapshot(svc)
 

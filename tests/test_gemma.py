@@ -13,7 +13,7 @@ from trainer.model.generate import Sampler
 from trainer.model.modelcache import CONVERTED_NAME, resolve_model
 from trainer.model.policy import BASE, Policy
 
-pytestmark = pytest.mark.gemma
+pytestmark = [pytest.mark.gemma, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Answer health: the sample-based acceptance check (trainer/health.py) and its wiring."""
+"""Answer health: the sample-based acceptance check (trainer/training/health.py) and its wiring."""
 
 import dataclasses
 

@@ -37,6 +37,7 @@ def result(tiny_model_dir, tmp_path_factory):
     return res
 
 
+@pytest.mark.slow
 def test_report(result, capsys):
     """Latencies are printed, never asserted (CI machines are noisy)."""
     with capsys.disabled():
@@ -45,6 +46,7 @@ def test_report(result, capsys):
     assert result["exit_code"] == (0 if result["ok"] else 1)
 
 
+@pytest.mark.slow
 def test_no_acknowledged_vote_lost_duplicated_or_misattributed(result):
     c = result["checks"]
     assert result["votes"] > 0 and c["acknowledged"] == result["votes"]
@@ -53,6 +55,7 @@ def test_no_acknowledged_vote_lost_duplicated_or_misattributed(result):
     assert result["ok"], result.get("work_dir")
 
 
+@pytest.mark.slow
 def test_every_client_voted_as_itself(result):
     assert len(result["per_client_votes"]) == CLIENTS and min(result["per_client_votes"]) > 0
     assert result["hung_clients"] == 0 and result["client_errors"] == 0, \
@@ -60,10 +63,12 @@ def test_every_client_voted_as_itself(result):
     assert result["server_log_errors"]["count"] == 0, result["server_log_errors"]
 
 
+@pytest.mark.slow
 def test_no_pair_handed_to_two_clients(result):
     assert result["checks"]["handed_twice"] == 0 and result["checks"]["assigned_twice"] == 0
 
 
+@pytest.mark.slow
 def test_rounds_trained_during_the_load(result):
     rounds = result["rounds"]
     assert rounds["started"] >= 1 and rounds["finished"] >= 1, rounds

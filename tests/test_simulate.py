@@ -72,13 +72,18 @@ class _FakeSampler:
                 for i, _ in enumerate(rows)]
 
 
-def test_run_writes_each_round_as_it_goes(tmp_path, monkeypatch):
-    """Results are on disk after every round: a run that dies in round 1 keeps round 0."""
-    svc = SimpleNamespace(
+def _fake_service(sampler) -> SimpleNamespace:
+    """What ``simulate.run`` reads of the service, with a scripted sampler."""
+    return SimpleNamespace(
         train_cfg=SimpleNamespace(votes_per_round=4, loss="nca_pair", beta=0.1, lr=5e-5,
                                   epochs=2, reference="base", max_length=64),
         model_cfg=SimpleNamespace(model="fake"), policy=SimpleNamespace(serving=BASE),
-        sampler=_FakeSampler())
+        sampler=sampler)
+
+
+def test_run_writes_each_round_as_it_goes(tmp_path, monkeypatch):
+    """Results are on disk after every round: a run that dies in round 1 keeps round 0."""
+    svc = _fake_service(_FakeSampler())
 
     def dies(*args, **kwargs):
         raise TimeoutError("no round finished")
@@ -111,11 +116,7 @@ class _SeparatorSampler:
 
 
 def test_answers_jsonl_keeps_line_separators_inside_answers(tmp_path, monkeypatch):
-    svc = SimpleNamespace(
-        train_cfg=SimpleNamespace(votes_per_round=4, loss="nca_pair", beta=0.1, lr=5e-5,
-                                  epochs=2, reference="base", max_length=64),
-        model_cfg=SimpleNamespace(model="fake"), policy=SimpleNamespace(serving=BASE),
-        sampler=_SeparatorSampler())
+    svc = _fake_service(_SeparatorSampler())
     prompts = ["Why\u2028now?", *EVAL[:2]]
     sim.run(svc, shorter, rounds=0, pairs_per_round=4, eval_prompts=prompts, samples=1,
             out_dir=tmp_path)

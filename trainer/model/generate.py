@@ -3,7 +3,7 @@
 The default model is a BASE model with no chat template, so prompts use a documented
 plain template, ``Question: {prompt}\\nAnswer:``; a model whose tokenizer has a chat
 template gets that instead. Sampling is batched: many (prompt, sample) rows in ONE
-left-padded decode loop (trainer/decode.py), which on a CPU is several times faster
+left-padded decode loop (trainer/model/decode.py), which on a CPU is several times faster
 per token than one prompt at a time (see bench/generation.py).
 """
 

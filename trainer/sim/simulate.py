@@ -36,7 +36,7 @@ class EvalResult:
     kl_per_token: float
     n: int
     mean_chars: float  # of the serving adapter's answers: what the policy now writes
-    ended: float  # share of them that ended by themselves (trainer/health.py)
+    ended: float  # share of them that ended by themselves (trainer/training/health.py)
     answers: list[dict]  # every (prompt, serving answer, base answer, verdict) row
     measure: dict | None  # the oracle's own measure (oracles.py), serving vs base
 

@@ -6,7 +6,7 @@ disabled, or the serving version for sDPO), (3) starts the draft adapter from th
 serving version and trains it with AdamW for E epochs of micro-batches with gradient
 accumulation, holding the model lock one micro-batch at a time so generation can cut
 in, (4) scores held-out reward accuracy before and after, (5) has the draft and the
-serving version answer the same prompts (trainer/health.py: do answers still end?), and
+serving version answer the same prompts (trainer/training/health.py: do answers still end?), and
 (6) if the losses were finite, held-out accuracy did not drop by more than the tolerance
 and the answers stayed healthy, saves the draft atomically as the next version and
 hot-swaps it into serving.
@@ -298,7 +298,7 @@ def run_round(policy, store, cfg: TrainConfig, *, fmt, frame, adapters_dir: Path
 def _health_problem(sampler, train: list[Example], held: list[Example], serving: str,
                     cfg: TrainConfig, round_id: int, metrics: dict) -> str | None:
     """Why the draft must not serve after sampling it against serving and base
-    (trainer/health.py: its answers stopped ending, or serving changed under the
+    (trainer/training/health.py: its answers stopped ending, or serving changed under the
     round), or None.
 
     Against base too, because each round may lose up to the tolerance against the one
