@@ -12,6 +12,7 @@ import logging
 import sys
 
 from app import commands
+from app.auth import ROLES
 from app.config import AREAS, AppConfig
 from trainer import config as C
 from trainer.config import MODEL_AREAS
@@ -94,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None, help="Output dir (default: DATA_DIR/simulate).")
     s = cmd("add-user", "Add (or update) a user in the auth file.")
     s.add_argument("name")
-    s.add_argument("--role", choices=("annotator", "admin"), default="annotator")
+    s.add_argument("--role", choices=ROLES, default="annotator")
     s.add_argument("--auth-file", dest="auth_file", default=None,
                    help=C.help_of(AppConfig, "auth_file"))
     s.add_argument("--password", default=None, help="Password (prompted when omitted).")
