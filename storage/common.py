@@ -7,6 +7,7 @@ so they sort correctly as text and compare with ``<`` in SQL.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -56,3 +57,19 @@ def version_number(version: object) -> int:
     """3 for 'v3'; 0 for 'base', 'import' or anything else (for sorting versions)."""
     version = str(version)
     return int(version[1:]) if version.startswith("v") and version[1:].isdigit() else 0
+
+
+def ids_json(ids: Sequence[int] | None, what: str) -> str | None:
+    """Token ids as a compact JSON list for a column (None stays NULL); BadInput unless
+    every id is a non-negative int."""
+    if ids is None:
+        return None
+    if isinstance(ids, str | bytes) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        raise BadInput(f"{what} must be a list of token ids (non-negative integers)")
+    return json.dumps(list(ids), separators=(",", ":"))
+
+
+def ids_of(text: str | None) -> tuple[int, ...] | None:
+    """The token ids stored by ``ids_json`` (None for NULL)."""
+    return None if text is None else tuple(json.loads(text))

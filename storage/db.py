@@ -17,14 +17,14 @@ from __future__ import annotations
 import random
 import sqlite3
 import threading
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from pathlib import Path
 
 import sqlite_utils
 
-from storage.common import PAIR_STATUSES, dumps, loads, now, require_one_of
+from storage.common import PAIR_STATUSES, dumps, ids_json, loads, now, require_one_of
 from storage.errors import BadInput, StoreError, UnknownPair
 from storage.runs import RunsMixin
 from storage.schema import migrate
@@ -189,11 +189,14 @@ class Store(VotesMixin, RunsMixin):
     def record_pair(self, prompt_id: int, response_a: str, response_b: str, version_a: str,
                     version_b: str, gen_config: dict, seed: int, arena: bool = False,
                     status: str = "queued", end_a: str | None = None,
-                    end_b: str | None = None) -> int:
+                    end_b: str | None = None, prompt_ids: Sequence[int] | None = None,
+                    ids_a: Sequence[int] | None = None,
+                    ids_b: Sequence[int] | None = None) -> int:
         """Store a freshly sampled pair and count the prompt as served; returns its id.
 
         ``end_a``/``end_b``: what generation ended that answer with, '' if it was cut at
-        the token limit, None if unknown (see ``frame_response``)."""
+        the token limit, None if unknown (see ``frame_response``). ``prompt_ids``,
+        ``ids_a``, ``ids_b``: the tokens the model saw and sampled (None if unknown)."""
         require_one_of(status, PAIR_STATUSES, "pair status")
         if not version_a or not version_b:
             raise BadInput(f"pair versions {version_a!r}/{version_b!r}: both sides need an "
@@ -204,10 +207,11 @@ class Store(VotesMixin, RunsMixin):
                 raise BadInput(f"no prompt with id {prompt_id!r}: add it with add_prompt first")
             cur = db.execute(
                 "insert into pairs (prompt_id, response_a, response_b, version_a, version_b, "
-                "arena, gen_config, seed, created, status, end_a, end_b) "
-                "values (?,?,?,?,?,?,?,?,?,?,?,?)",
+                "arena, gen_config, seed, created, status, end_a, end_b, prompt_ids, ids_a, "
+                "ids_b) values (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [prompt_id, response_a, response_b, version_a, version_b, int(arena),
-                 config, seed, now(), status, end_a, end_b])
+                 config, seed, now(), status, end_a, end_b, ids_json(prompt_ids, "prompt_ids"),
+                 ids_json(ids_a, "ids_a"), ids_json(ids_b, "ids_b")])
             db.execute("update prompts set served_count = served_count + 1 where id = ?",
                        [prompt_id])
             return cur.lastrowid

@@ -94,6 +94,14 @@ def _v5_drop_annotators(db: sqlite_utils.Database) -> None:
     db["annotators"].drop(ignore=True)
 
 
+def _v6_sampled_tokens(db: sqlite_utils.Database) -> None:
+    """pairs.prompt_ids / ids_a / ids_b: the token ids the model was conditioned on and
+    sampled (JSON lists), so training scores exactly those tokens; NULL for imported
+    pairs and pairs from before v6 (their texts are tokenised instead)."""
+    for column in ("prompt_ids", "ids_a", "ids_b"):
+        db["pairs"].add_column(column, str)
+
+
 Migration = tuple[int, str, Callable[[sqlite_utils.Database], None]]
 MIGRATIONS: list[Migration] = [
     (1, "initial schema", _v1_initial),
@@ -101,6 +109,7 @@ MIGRATIONS: list[Migration] = [
     (3, "skipped pairs", _v3_skips),
     (4, "how each answer ended", _v4_answer_ends),
     (5, "drop the unused annotators table", _v5_drop_annotators),
+    (6, "sampled token ids of each pair", _v6_sampled_tokens),
 ]
 LATEST = MIGRATIONS[-1][0]
 

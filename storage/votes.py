@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from storage.common import CHOICES, now, today, version_number
+from storage.common import CHOICES, ids_of, now, today, version_number
 from storage.errors import BadChoice, BadInput, UnknownPair
 
 MAX_BETTER_ANSWER = 20_000
@@ -128,7 +128,8 @@ class VotesMixin:
         cap = "" if max_vote_id is None else "and v.id <= ?"
         rows = self.query(
             "select v.pair_id, v.annotator, v.choice, v.better_answer, v.id as vote_id, "
-            "p.response_a, p.response_b, p.end_a, p.end_b, pr.text as prompt "
+            "p.response_a, p.response_b, p.end_a, p.end_b, p.prompt_ids, p.ids_a, p.ids_b, "
+            "pr.text as prompt "
             "from votes v join pairs p on "
             f"p.id = v.pair_id join prompts pr on pr.id = p.prompt_id where 1 {cap} "
             "order by v.pair_id, v.id", [] if max_vote_id is None else [max_vote_id])
@@ -136,7 +137,9 @@ class VotesMixin:
         for r in rows:
             p = pairs.setdefault(r["pair_id"], {
                 "prompt": r["prompt"], "a": r["response_a"], "b": r["response_b"],
-                "end": {"a": r["end_a"], "b": r["end_b"]}, "votes": []})
+                "end": {"a": r["end_a"], "b": r["end_b"]},
+                "ids": {"a": ids_of(r["ids_a"]), "b": ids_of(r["ids_b"])},
+                "prompt_ids": ids_of(r["prompt_ids"]), "votes": []})
             p["votes"].append(r)
             p["last"] = r["vote_id"]
         return pairs
@@ -145,26 +148,29 @@ class VotesMixin:
     def _pair_examples(pid: int, p: dict) -> list[dict]:
         """The DPO rows of one voted pair (see the module docstring)."""
         choice, agreement = majority([v["choice"] for v in p["votes"]])
-        base = {"pair_id": pid, "prompt": p["prompt"], "agreement": agreement,
-                "n_votes": len(p["votes"])}
+        base = {"pair_id": pid, "prompt": p["prompt"], "prompt_ids": p["prompt_ids"],
+                "agreement": agreement, "n_votes": len(p["votes"])}
         out = []
         if choice in ("a", "b"):
             loser = "b" if choice == "a" else "a"
             out.append({**base, "key": f"{pid}:ab", "kind": "ab", "chosen": p[choice],
                         "rejected": p[loser], "chosen_end": p["end"][choice],
-                        "rejected_end": p["end"][loser]})
+                        "rejected_end": p["end"][loser], "chosen_ids": p["ids"][choice],
+                        "rejected_ids": p["ids"][loser]})
         for v in p["votes"]:
             for side in ("a", "b") if v["better_answer"] else ():
                 if v["better_answer"] != p[side]:
                     out.append({**base, "key": f"{pid}:better:{v['annotator']}:{side}",
                                 "kind": "better", "chosen": v["better_answer"],
                                 "rejected": p[side], "chosen_end": None,
-                                "rejected_end": p["end"][side]})
+                                "rejected_end": p["end"][side], "chosen_ids": None,
+                                "rejected_ids": p["ids"][side]})
         return out
 
     def training_pairs(self, max_vote_id: int | None = None, window: int = 0) -> list[dict]:
         """DPO rows {key, kind, pair_id, prompt, chosen, rejected, chosen_end, rejected_end,
-        agreement, n_votes} from
+        prompt_ids, chosen_ids, rejected_ids (sampled token ids or None), agreement,
+        n_votes} from
         votes with id <= ``max_vote_id``, in pair order. ``window`` > 0 keeps the pairs
         with the most recent votes. ``key`` is stable per row (held-out splits)."""
         pairs = self._voted_pairs(max_vote_id)
@@ -182,7 +188,8 @@ class VotesMixin:
             choice, _ = majority([v["choice"] for v in p["votes"]])
             for side, good in KTO_LABELS.get(choice, {}).items():
                 out.append({"pair_id": pid, "prompt": p["prompt"], "completion": p[side],
-                            "label": good, "end": p["end"][side]})
+                            "label": good, "end": p["end"][side],
+                            "prompt_ids": p["prompt_ids"], "ids": p["ids"][side]})
             for v in p["votes"]:
                 if v["better_answer"]:
                     out.append({"pair_id": pid, "prompt": p["prompt"],

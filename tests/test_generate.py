@@ -10,6 +10,7 @@ from trainer.model.generate import (
     Sampler,
     answer_end,
     clean_response,
+    cut_prompt,
     format_prompt,
     frame_response,
     left_pad,
@@ -100,6 +101,22 @@ def test_sampler_batches_and_seeds(tiny_policy):
     assert len(a) == 3 and [x.text for x in a] == [x.text for x in b]  # seed reproduces
     assert all(1 <= x.n_tokens <= 6 for x in a)
     assert s.last_stats["rows"] == 3 and s.last_stats["tokens_per_s"] > 0
+
+
+def test_samples_keep_the_tokens_the_model_saw_and_wrote(tiny_policy):
+    s = Sampler(tiny_policy, SamplingConfig(max_new_tokens=6, max_prompt_tokens=8))
+    tok = tiny_policy.tokenizer
+    long_prompt = "tell me about the sea and the waves and the wind"
+    for x in s.sample(["hello", long_prompt], "base", seed=4):
+        if not x.text:
+            assert x.token_ids is None and x.prompt_ids is None
+            continue
+        assert len(x.token_ids) == x.n_tokens
+        assert x.text in tok.decode(list(x.token_ids), skip_special_tokens=True)
+        assert 1 <= len(x.prompt_ids) <= 8  # cut to max_prompt_tokens, as the model saw it
+    assert cut_prompt([1, 2, 3, 4, 5], 3, bos_id=1) == [1, 4, 5]  # a leading BOS stays
+    assert cut_prompt([9, 2, 3, 4, 5], 3, bos_id=1) == [3, 4, 5]
+    assert cut_prompt([9, 2], 3, bos_id=1) == [9, 2]
 
 
 class _StopsAtOnceFirst(Sampler):

@@ -3,9 +3,11 @@ import math
 import pytest
 import torch
 
+from storage.common import ids_of
 from tests.svc_fixtures import tiny_service, vote_all
 from trainer.config import LOSS_TYPES, TrainConfig
 from trainer.model.generate import PLAIN_STOPS
+from trainer.model.logprobs import build_batch
 from trainer.model.policy import BASE
 from trainer.model.scoring import score, text_hash
 from trainer.training import rounds
@@ -167,11 +169,34 @@ def test_out_of_memory_message_suggests_smaller_micro_batch():
     assert "--micro-batch" in msg
 
 
-def test_reference_logps_are_of_answers_framed_as_generated(tmp_path, tiny_model_dir):
-    """Rounds score ' ' + answer + the end generation produced (plain template: usually
-    '\\nQuestion:'), none for an answer cut at the token limit: every cached reference
-    log-prob is keyed by, and equal to, the framed answer's."""
+def test_reference_logps_are_of_the_tokens_that_were_sampled(tmp_path, tiny_model_dir):
+    """Live pairs keep the token ids the model saw and sampled; rounds score exactly those:
+    every cached reference log-prob is keyed by, and equal to, the sampled tokens'."""
     svc = _trained_svc(tmp_path, tiny_model_dir)
+    assert svc.trainer.run_one("test").status == "accepted"
+    rows = svc.store.query(
+        "select r.text_hash, r.logp, r.n_tokens, p.prompt_ids, p.ids_a, p.ids_b, "
+        "p.response_a, p.response_b from ref_logps r join pairs p on p.id = r.pair_id")
+    assert rows
+    tok = svc.policy.tokenizer
+    for r in rows[:4]:
+        prompt, a, b = (ids_of(r[k]) for k in ("prompt_ids", "ids_a", "ids_b"))
+        sampled = {text_hash(prompt, a): a, text_hash(prompt, b): b}
+        assert r["text_hash"] in sampled
+        ids = sampled[r["text_hash"]]
+        text = r["response_a"] if ids == a else r["response_b"]
+        assert text in tok.decode(list(ids), skip_special_tokens=True)  # the stored text
+        (logp,), (n,) = score(svc.policy, [prompt], [ids], BASE, svc.train_cfg.max_length)
+        assert (logp, n) == (pytest.approx(r["logp"], abs=1e-4), r["n_tokens"])
+
+
+def test_pairs_without_token_ids_are_scored_as_framed_text(tmp_path, tiny_model_dir):
+    """Imported pairs (and pairs stored before the ids were kept) are scored as
+    ' ' + answer + the end generation produced (plain template: usually '\\nQuestion:'),
+    none for an answer cut at the token limit."""
+    svc = _trained_svc(tmp_path, tiny_model_dir)
+    with svc.store.write() as db:
+        db.execute("update pairs set prompt_ids = null, ids_a = null, ids_b = null")
     assert svc.trainer.run_one("test").status == "accepted"
     rows = svc.store.query(
         "select r.text_hash, r.logp, r.n_tokens, p.response_a, p.response_b, p.end_a, "
@@ -189,3 +214,33 @@ def test_reference_logps_are_of_answers_framed_as_generated(tmp_path, tiny_model
         assert end in ("", "<eos>", *PLAIN_STOPS)
         (logp,), (n,) = score(svc.policy, [prompt], [text], BASE, svc.train_cfg.max_length)
         assert (logp, n) == (pytest.approx(r["logp"], abs=1e-4), r["n_tokens"])
+
+
+def test_an_answer_that_retokenises_differently_is_trained_on_its_sampled_tokens(
+        tmp_path, tiny_model_dir):
+    """A model may sample ' the' as four one-character tokens; its text re-tokenises to
+    the one token ' the'. The round must score the four tokens the model wrote."""
+    from trainer.training.data import paired_examples
+
+    svc = tiny_service(tmp_path / "data", tiny_model_dir)
+    tok, s = svc.policy.tokenizer, svc.sampler
+    text = " Paris is the capital"
+    canonical = tuple(tok(text, add_special_tokens=False)["input_ids"])
+    sampled = tuple(i for ch in text for i in tok(ch, add_special_tokens=False)["input_ids"])
+    assert tok.decode(list(sampled)) == text and sampled != canonical
+    prompt_ids = tuple(tok(s.format("Capital of France?"))["input_ids"])
+    pid = svc.store.add_prompt("Capital of France?", source="user")
+    pair = svc.store.record_pair(pid, text.strip(), "Lyon", "base", "base", {}, 0,
+                                 end_a="", end_b="", prompt_ids=prompt_ids,
+                                 ids_a=sampled, ids_b=tuple(tok(" Lyon")["input_ids"][1:]))
+    svc.store.record_vote(pair, "ann", "a")
+    (row,) = svc.store.training_pairs()
+    (ex,) = paired_examples([row], s.format, s.scored)
+    assert ex.prompt == prompt_ids and ex.chosen == sampled
+    batch = build_batch(tok, [ex.prompt], [ex.chosen], 320, tok.pad_token_id)
+    assert tuple(batch["input_ids"][0][batch["response_mask"][0]].tolist()) == sampled
+    (exact,), (n_exact,) = score(svc.policy, [ex.prompt], [ex.chosen], BASE, 320)
+    (retok,), (n_retok,) = score(svc.policy, [ex.prompt], [s.scored(text.strip(), "")], BASE,
+                                 320)
+    assert (n_exact, n_retok) == (len(sampled), len(canonical))
+    assert exact != pytest.approx(retok, abs=1e-3)  # different sequences, different logp

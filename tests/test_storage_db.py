@@ -382,3 +382,16 @@ def test_arena_results(store):
 def test_foreign_keys_are_enforced(store):
     with pytest.raises(sqlite3.IntegrityError), store.write() as db:
         db.execute("insert into votes (pair_id, annotator, choice) values (5, 'a', 'a')")
+
+
+def test_pairs_keep_sampled_token_ids_and_refuse_bad_ones(store):
+    pid = store.add_prompt("Why?", source="user")
+    p = store.record_pair(pid, "a", "b", "base", "base", {}, 0, prompt_ids=[2, 5],
+                          ids_a=[7, 8, 1], ids_b=None)
+    store.record_vote(p, "ann", "a")
+    (row,) = store.training_pairs()
+    assert (row["prompt_ids"], row["chosen_ids"], row["rejected_ids"]) == ((2, 5), (7, 8, 1),
+                                                                            None)
+    for bad in ([1, -2], ["x"], "12", [True]):
+        with pytest.raises(BadInput, match="ids_a must be a list of token ids"):
+            store.record_pair(pid, "a", "b", "base", "base", {}, 0, ids_a=bad)

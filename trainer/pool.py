@@ -142,7 +142,8 @@ class PairPool:
                 ids.append(self.store.record_pair(
                     item.prompt_id, a.text, b.text, va, vb, gen_config=self._gen_config(ra, rb),
                     seed=seed, arena=item.arena, status=status, end_a=a.scored_end,
-                    end_b=b.scored_end))
+                    end_b=b.scored_end, prompt_ids=a.prompt_ids, ids_a=a.token_ids,
+                    ids_b=b.token_ids))
         dt = time.perf_counter() - t0
         self.produced += len(ids)
         self.last_batch = {"pairs": len(ids), "seconds": round(dt, 2),
@@ -193,9 +194,9 @@ class PairPool:
         if va != vb or serving == ref:
             return None, None
         fmt = self.sampler.format(prompt)
-        scored = [self.sampler.scored(a.text, a.scored_end),
-                  self.sampler.scored(b.text, b.scored_end)]
-        ra, rb = implicit_rewards(self.policy, [fmt, fmt], scored, serving, ref, self.beta,
+        prompts = [s.prompt_ids or fmt for s in (a, b)]  # the tokens sampled, when known
+        answers = [s.token_ids or self.sampler.scored(s.text, s.scored_end) for s in (a, b)]
+        ra, rb = implicit_rewards(self.policy, prompts, answers, serving, ref, self.beta,
                                   self.max_length)
         return ra, rb
 

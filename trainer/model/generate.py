@@ -33,6 +33,8 @@ class Sample:
     n_tokens: int
     finished: bool = True  # ended by a stop string or EOS, not by running out of tokens
     end: str | None = None  # what it ended with ("<eos>", "\nQuestion:"...); None: unknown
+    prompt_ids: tuple[int, ...] | None = None  # the prompt's tokens as the model saw them
+    token_ids: tuple[int, ...] | None = None  # the answer's tokens as sampled, stop included
 
     @property
     def scored_end(self) -> str | None:
@@ -134,6 +136,13 @@ def clean_response(text: str, stops: tuple[str, ...]) -> str:
     return text.strip()
 
 
+def cut_prompt(ids: list[int], max_tokens: int, bos_id: int | None) -> list[int]:
+    """The last ``max_tokens`` tokens of a prompt; a leading BOS stays first."""
+    if len(ids) <= max_tokens:
+        return ids
+    return ids[:1] + ids[len(ids) - max_tokens + 1:] if ids[0] == bos_id else ids[-max_tokens:]
+
+
 def left_pad(ids: list[list[int]], max_tokens: int, pad_id: int,
              bos_id: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask), both (N, T): rows cut to their last ``max_tokens``
@@ -145,9 +154,7 @@ def left_pad(ids: list[list[int]], max_tokens: int, pad_id: int,
     that at once break each other's calls (e.g. a ValueError about unpadded batches).
     The pool thread and the trainer's answer-health check both sample.
     """
-    cut = [r if len(r) <= max_tokens else
-           r[:1] + r[len(r) - max_tokens + 1:] if r[0] == bos_id else r[-max_tokens:]
-           for r in ids]
+    cut = [cut_prompt(r, max_tokens, bos_id) for r in ids]
     width = max(len(r) for r in cut)
     input_ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in cut])  # (N, T)
     mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in cut])  # (N, T)
@@ -246,12 +253,15 @@ class Sampler:
                 pad_id=tok.pad_token_id, suppress_ids=self.suppress,
                 stopped=self._hit_stop if self.stops else None, generator=gen)  # (N, T_new)
         out = []
-        for row in new:
+        for prompt_ids, row in zip(ids, new):
             n, ended = _length(row, self.eos_ids, tok.pad_token_id)
             raw = tok.decode(row[:n], skip_special_tokens=True)
             ended = ended or any(s in raw for s in self.stops)  # stop on the very last token
             last = int(row[n - 1]) if n else None
             token = tok.decode([last]) if last in self.eos_ids else None
-            out.append(Sample(clean_response(raw, self.stops), n, ended,
-                              answer_end(raw, self.stops, token, ended)))
+            text = clean_response(raw, self.stops)
+            seen = tuple(cut_prompt(prompt_ids, self.cfg.max_prompt_tokens, tok.bos_token_id))
+            out.append(Sample(text, n, ended, answer_end(raw, self.stops, token, ended),
+                              prompt_ids=seen if text else None,
+                              token_ids=tuple(int(t) for t in row[:n]) if text else None))
         return out

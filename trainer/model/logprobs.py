@@ -50,9 +50,28 @@ def _fit(p: list[int], r: list[int], max_length: int, keep_prefix: int
     return p, r
 
 
-def build_batch(tokenizer, prompts: list[str], responses: list[str], max_length: int,
+Seq = str | tuple[int, ...]  # text to tokenise, or the exact token ids (as sampled)
+
+
+def token_ids(tokenizer, items: list[Seq], add_special_tokens: bool) -> list[list[int]]:
+    """Ids of each item: a tuple of ids is taken as it is (the tokens generation sampled),
+    a string is tokenised (all strings of the list in one call)."""
+    texts = [i for i, x in enumerate(items) if isinstance(x, str)]
+    out = [list(x) if not isinstance(x, str) else [] for x in items]
+    if texts:
+        enc = tokenizer([items[i] for i in texts], add_special_tokens=add_special_tokens)
+        for i, ids in zip(texts, enc["input_ids"]):
+            out[i] = ids
+    return out
+
+
+def build_batch(tokenizer, prompts: list[Seq], responses: list[Seq], max_length: int,
                 pad_id: int) -> dict[str, Tensor]:
     """Tokenise (prompt, response) rows, RIGHT-padded to the longest row of THIS batch.
+
+    A prompt or response given as a tuple of token ids is used exactly (an answer as it
+    was sampled: re-tokenising its text can give other tokens than the model produced);
+    strings are tokenised as follows.
 
     Prompts are already formatted strings (any chat template was applied upstream) and
     responses already framed: whatever ends an answer (the plain template's stop string,
@@ -77,8 +96,8 @@ def build_batch(tokenizer, prompts: list[str], responses: list[str], max_length:
     if pad_id is None:
         raise ValueError("pad_id is None: pass the tokenizer's pad id (or its eos id)")
     special = set(tokenizer.all_special_ids)
-    p_ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
-    r_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
+    p_ids = token_ids(tokenizer, list(prompts), add_special_tokens=True)
+    r_ids = token_ids(tokenizer, list(responses), add_special_tokens=False)
     rows = [_fit(p, r, max_length, _leading_specials(p, special))
             for p, r in zip(p_ids, r_ids)]
     width = max(len(p) + len(r) for p, r in rows)

@@ -12,6 +12,7 @@ import hashlib
 import torch
 
 from trainer.model.logprobs import (
+    Seq,
     body_head_softcap,
     build_batch,
     response_hidden,
@@ -20,16 +21,20 @@ from trainer.model.logprobs import (
 )
 
 
-def text_hash(prompt: str, response: str) -> str:
-    """Stable key of a (formatted prompt, response) pair for the reference-logp cache."""
-    return hashlib.sha256(f"{prompt}\x00{response}".encode()).hexdigest()[:32]
+def text_hash(prompt: Seq, response: Seq) -> str:
+    """Stable key of a (formatted prompt, response) pair for the reference-logp cache;
+    token ids (``Seq`` tuples) key as ``ids:1,2,3`` (never equal to a text's key)."""
+    def canon(x: Seq) -> str:
+        return x if isinstance(x, str) else "ids:" + ",".join(map(str, x))
+    return hashlib.sha256(f"{canon(prompt)}\x00{canon(response)}".encode()).hexdigest()[:32]
 
 
-def score(policy, prompts: list[str], responses: list[str], version: str, max_length: int,
+def score(policy, prompts: list[Seq], responses: list[Seq], version: str, max_length: int,
           batch_size: int = 8, priority: bool = False) -> tuple[list[float], list[int]]:
     """Summed log-prob and token count of each response given its (formatted) prompt.
 
-    Responses are scored as given: pass them framed (``Sampler.scored``).
+    Responses are scored as given: pass them framed (``Sampler.scored``), or as the
+    token ids they were sampled as.
 
     Runs under the model lock, one micro-batch at a time, without gradients.
     """
@@ -48,7 +53,7 @@ def score(policy, prompts: list[str], responses: list[str], version: str, max_le
     return sums, counts
 
 
-def implicit_rewards(policy, prompts: list[str], responses: list[str], version: str,
+def implicit_rewards(policy, prompts: list[Seq], responses: list[Seq], version: str,
                      ref_version: str, beta: float, max_length: int) -> list[float]:
     """beta * (log pi_version(y|x) - log pi_ref(y|x)) for each row (0 when version == ref)."""
     if version == ref_version:

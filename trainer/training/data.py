@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+from trainer.model.logprobs import Seq
 from trainer.model.scoring import score, text_hash
 
 
@@ -21,11 +22,11 @@ class Example:
 
     key: str
     pair_id: int | None
-    prompt: str  # already formatted with the template
-    chosen: str  # answers as scored: framed with the template's lead and terminator
-    rejected: str | None = None  # None for unpaired rows
+    prompt: Seq  # the sampled prompt tokens, else the text formatted with the template
+    chosen: Seq  # the sampled answer tokens, else the text framed as generation wrote it
+    rejected: Seq | None = None  # None for unpaired rows
     desirable: bool = True  # unpaired rows only
-    ref: dict[str, tuple[float, int]] = field(default_factory=dict)  # text -> (logp, n)
+    ref: dict[Seq, tuple[float, int]] = field(default_factory=dict)  # answer -> (logp, n)
     question: str = ""  # the prompt as the annotator saw it (before the template)
 
 
@@ -35,13 +36,26 @@ def is_heldout(key: str, fraction: float) -> bool:
     return h % 10_000 < fraction * 10_000
 
 
+def _prompt(r: dict, fmt) -> Seq:
+    ids = r.get("prompt_ids")
+    return tuple(ids) if ids else fmt(r["prompt"])
+
+
+def _answer(text: str, ids, end: str | None, frame) -> Seq:
+    return tuple(ids) if ids else frame(text, end)
+
+
 def paired_examples(rows: list[dict], fmt, frame) -> list[Example]:
-    """``fmt`` formats a prompt with the template, ``frame(answer, end)`` gives an answer
-    the text around it that generation produced (``Sampler.scored``: the end it really
-    had, none if it was cut at the token limit): examples hold scored texts."""
-    return [Example(key=r["key"], pair_id=r["pair_id"], prompt=fmt(r["prompt"]),
-                    chosen=frame(r["chosen"], r.get("chosen_end")),
-                    rejected=frame(r["rejected"], r.get("rejected_end")),
+    """Examples hold what the model saw and wrote: the token ids that were sampled when
+    the pair stored them, else texts: ``fmt`` formats a prompt with the template,
+    ``frame(answer, end)`` gives an answer the text around it that generation produced
+    (``Sampler.scored``: the end it really had, none if it was cut at the token limit).
+    A written better answer, an imported pair or a pair from before the ids were kept
+    takes the text path."""
+    return [Example(key=r["key"], pair_id=r["pair_id"], prompt=_prompt(r, fmt),
+                    chosen=_answer(r["chosen"], r.get("chosen_ids"), r.get("chosen_end"), frame),
+                    rejected=_answer(r["rejected"], r.get("rejected_ids"),
+                                     r.get("rejected_end"), frame),
                     question=r["prompt"]) for r in rows]
 
 
@@ -49,8 +63,8 @@ def unpaired_examples(rows: list[dict], fmt, frame) -> list[Example]:
     out = []
     for i, r in enumerate(rows):
         key = f"kto:{r.get('pair_id')}:{i}:{text_hash(r['prompt'], r['completion'])[:8]}"
-        out.append(Example(key=key, pair_id=r.get("pair_id"), prompt=fmt(r["prompt"]),
-                           chosen=frame(r["completion"], r.get("end")),
+        out.append(Example(key=key, pair_id=r.get("pair_id"), prompt=_prompt(r, fmt),
+                           chosen=_answer(r["completion"], r.get("ids"), r.get("end"), frame),
                            desirable=bool(r["label"]),
                            question=r["prompt"]))
     return out
