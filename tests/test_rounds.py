@@ -10,7 +10,7 @@ from trainer.model.generate import PLAIN_STOPS
 from trainer.model.logprobs import build_batch
 from trainer.model.policy import BASE
 from trainer.model.scoring import score, text_hash
-from trainer.training import rounds
+from trainer.training import data, gate, rounds
 
 
 def _trained_svc(tmp_path, tiny_model_dir, *flags):
@@ -82,26 +82,49 @@ def test_failing_adapter_write_keeps_serving(tmp_path, tiny_model_dir, monkeypat
 
 def test_rejected_round_when_heldout_accuracy_drops(tmp_path, tiny_model_dir, monkeypatch):
     svc = _trained_svc(tmp_path, tiny_model_dir, "--accept-tolerance", "0.05")
-    scores = iter([{"accuracy": 0.9, "n": 4, "margin": 0.1},
-                   {"accuracy": 0.5, "n": 4, "margin": -0.1}])
+    scores = iter([{"accuracy": 1.0, "n": 6, "margin": 0.1, "hits": [1.0] * 6},
+                   {"accuracy": 1 / 6, "n": 6, "margin": -0.1, "hits": [1.0] + [0.0] * 5}])
     monkeypatch.setattr(rounds, "heldout_accuracy", lambda *a: next(scores))
     out = svc.trainer.run_one("test")
     assert out.status == "rejected" and out.version is None
-    assert "fell from 0.900 to 0.500" in svc.store.get_round(out.round_id)["error"]
+    error = svc.store.get_round(out.round_id)["error"]
+    assert "fell from 1.000 to 0.167 on 6 pairs: 5 got worse, 0 better (sign test p = 0.031" \
+        in error
     assert svc.policy.serving == BASE
 
 
-@pytest.mark.parametrize("before, after, n, tol, ok", [
-    (0.833, 0.667, 6, 0.05, True),   # one pair of six flipped: noise
-    (0.833, 0.5, 6, 0.05, False),    # two pairs
-    (0.9, 0.84, 50, 0.05, False),    # many pairs: the tolerance rules
-    (0.9, 0.86, 50, 0.05, True),
-    (0.9, 0.5, 4, 1.0, True),        # gate opened
+@pytest.mark.parametrize("before, after, tol, rejected", [
+    ([1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 0, 0], 0.05, False),  # one pair of six: p = 0.5
+    ([1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0], 0.05, False),  # two: p = 0.25, noise
+    ([1] * 5 + [0], [0] * 6, 0.05, True),                   # five of five: p = 1/32
+    ([1] * 5 + [0], [0] * 5 + [1], 0.05, False),            # 5 worse, 1 better: p = 7/64
+    ([1] * 40 + [0] * 10, [1] * 32 + [0] * 18, 0.05, True),  # 8 of 8 worse: p = 1/256
+    ([1] * 40 + [0] * 10, [1] * 32 + [0] * 18, 0.2, False),  # within the tolerance
+    ([1] * 6, [0.5] * 6, 1.0, False),                        # gate opened
 ])
-def test_acceptance_gate_allows_the_tolerance_or_one_pair(before, after, n, tol, ok):
-    cfg = TrainConfig(accept_tolerance=tol)
-    assert rounds._accepted({"accuracy": before, "n": n}, {"accuracy": after, "n": n},
-                            cfg) is ok
+def test_acceptance_gate_rejects_only_a_significant_drop(before, after, tol, rejected):
+    assert gate.compare(before, after, tol, alpha=0.05).got_worse is rejected
+
+
+def test_sign_test_matches_hand_computed_values():
+    assert gate.sign_test_p(0, 0) == 1.0
+    assert gate.sign_test_p(1, 0) == 0.5
+    assert gate.sign_test_p(5, 0) == 1 / 32
+    assert gate.sign_test_p(5, 1) == 7 / 64  # (C(6,5) + C(6,6)) / 2^6
+    assert gate.sign_test_p(0, 3) == 1.0
+    with pytest.raises(ValueError, match="scorings of 2 and 3 pairs"):
+        gate.compare([1, 0], [1, 0, 1], 0.05, 0.05)
+
+
+def test_held_out_votes_accumulate_across_rounds(tmp_path, tiny_model_dir):
+    """--window limits training to recent votes; the gate sees every held-out vote."""
+    svc = _trained_svc(tmp_path, tiny_model_dir, "--window", "2", "--heldout-fraction", "0.5")
+    fmt, frame = svc.sampler.format, svc.sampler.scored
+    train, held, counts = rounds.load_examples(svc.store, svc.train_cfg, fmt, frame)
+    every = svc.store.training_pairs()
+    assert len(train) <= 2 and counts["pairs"] <= 2 and len(held) > 2  # beyond the window
+    assert {e.key for e in held} == {r["key"] for r in every
+                                     if data.is_heldout(r["key"], 0.5)}
 
 
 def test_rollback_and_branching(tmp_path, tiny_model_dir):

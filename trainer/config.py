@@ -145,8 +145,11 @@ class TrainConfig:
     reference: str = setting("base", "Reference policy: base (adapter disabled) or previous "
                         "(the previous adapter version, sDPO).", ("base", "previous"))
     heldout_fraction: float = setting(0.2, "Share of votes held out to score reward accuracy.")
-    accept_tolerance: float = setting(0.05, "A round is rejected when held-out accuracy drops by "
-                                 "more than this (and by more than one held-out pair).")
+    accept_tolerance: float = setting(0.05, "A round is rejected only when held-out accuracy "
+                                      "drops by more than this AND the drop is significant "
+                                      "(--accept-alpha); 1 = never reject on accuracy.")
+    accept_alpha: float = setting(0.05, "Significance of the paired sign test on the held-out "
+                                  "pairs whose verdict changed (trainer/training/gate.py).")
     health_samples: int = setting(12, "Prompts the draft and the serving version each answer "
                              "before a round is accepted (0 = no answer-health check).")
     health_tolerance: float = setting(0.25, "A round is rejected when the draft's share of answers "
@@ -180,6 +183,8 @@ class TrainConfig:
             out.append(f"heldout_fraction={self.heldout_fraction}: must be in [0, 1)")
         if self.accept_tolerance < 0:
             out.append(f"accept_tolerance={self.accept_tolerance}: must be >= 0")
+        if not 0 < self.accept_alpha <= 1:
+            out.append(f"accept_alpha={self.accept_alpha}: must be in (0, 1] (try 0.05)")
         if not 0 <= self.health_samples <= 64:
             out.append(f"health_samples={self.health_samples}: must be in 0..64 (0 = off); "
                        "they are sampled in one batch while annotators wait")

@@ -7,8 +7,8 @@ serving version and trains it with AdamW for E epochs of micro-batches with grad
 accumulation, holding the model lock one micro-batch at a time so generation can cut
 in, (4) scores held-out reward accuracy before and after, (5) has the draft and the
 serving version answer the same prompts (trainer/training/health.py: do answers still end?), and
-(6) if the losses were finite, held-out accuracy did not drop by more than the tolerance
-and the answers stayed healthy, saves the draft atomically as the next version and
+(6) if the losses were finite, held-out accuracy did not significantly drop
+(trainer/training/gate.py) and the answers stayed healthy, saves the draft atomically as the next version and
 hot-swaps it into serving.
 """
 
@@ -31,7 +31,7 @@ from trainer.model.logprobs import build_batch, sequence_logps
 from trainer.model.policy import BASE, TRAIN
 from trainer.model.scoring import score
 from trainer.progress import NullProgress, Progress
-from trainer.training import health
+from trainer.training import gate, health
 from trainer.training.data import (
     Example,
     attach_reference,
@@ -75,20 +75,21 @@ def heldout_accuracy(policy, held: list[Example], version: str, cfg: TrainConfig
     """
     paired = [e for e in held if e.rejected is not None]
     if not paired:
-        return {"accuracy": None, "n": 0, "margin": None}
+        return {"accuracy": None, "n": 0, "margin": None, "hits": []}
     prompts = [e.prompt for e in paired for _ in range(2)]
     texts = [t for e in paired for t in (e.chosen, e.rejected)]
     sums, counts = score(policy, prompts, texts, version, cfg.max_length, cfg.micro_batch * 2)
-    hits, margins = 0.0, []
+    hits: list[float] = []
+    margins = []
     for i, e in enumerate(paired):
         pc, pr = _norm(cfg, sums[2 * i], counts[2 * i]), _norm(cfg, sums[2 * i + 1],
                                                                 counts[2 * i + 1])
         rc, rr = _norm(cfg, *e.ref[e.chosen]), _norm(cfg, *e.ref[e.rejected])
         margin = cfg.beta * ((pc - rc) - (pr - rr))
         margins.append(margin)
-        hits += 1.0 if margin > 1e-9 else 0.5 if abs(margin) <= 1e-9 else 0.0
-    return {"accuracy": hits / len(paired), "n": len(paired),
-            "margin": sum(margins) / len(margins)}
+        hits.append(1.0 if margin > 1e-9 else 0.5 if abs(margin) <= 1e-9 else 0.0)
+    return {"accuracy": sum(hits) / len(paired), "n": len(paired),
+            "margin": sum(margins) / len(margins), "hits": hits}
 
 
 def _norm(cfg: TrainConfig, logp: float, n: int) -> float:
@@ -204,11 +205,18 @@ def _mean_stats(stats: list[dict]) -> dict:
 
 def load_examples(store, cfg: TrainConfig, fmt, frame
                   ) -> tuple[list[Example], list[Example], dict]:
-    """(train, held-out, counts) from the votes stored so far (see ``paired_examples``)."""
+    """(train, held-out, counts) from the votes stored so far (see ``paired_examples``).
+
+    The held-out votes come from ALL rounds so far (the split is a hash of each vote's
+    key, so a vote never changes side): the gate judges each draft on every held-out
+    vote, not on the few of the latest round. ``--window`` limits only the training
+    votes."""
     max_vote = store.last_vote_id()
-    rows = store.training_pairs(max_vote_id=max_vote, window=cfg.window)
-    paired = paired_examples(rows, fmt, frame)
-    train, held = split(paired, cfg.heldout_fraction)
+    every = paired_examples(store.training_pairs(max_vote_id=max_vote), fmt, frame)
+    recent = {r["key"] for r in store.training_pairs(max_vote_id=max_vote, window=cfg.window)}
+    train, held = split(every, cfg.heldout_fraction)
+    train = [e for e in train if e.key in recent]
+    paired = [e for e in every if e.key in recent]
     if cfg.loss == "kto":
         held_pairs = {e.pair_id for e in held}
         rows = [r for r in store.kto_rows(max_vote_id=max_vote)
@@ -247,11 +255,16 @@ def run_round(policy, store, cfg: TrainConfig, *, fmt, frame, adapters_dir: Path
         fit = train_draft(policy, store, train, cfg, round_id, ref_version, progress)
         after = heldout_accuracy(policy, held, TRAIN, cfg)
         metrics = {"heldout_before": before, "heldout_after": after, **fit}
+        verdict = gate.compare(before["hits"], after["hits"], cfg.accept_tolerance,
+                               cfg.accept_alpha)
+        metrics["heldout_test"] = dataclasses.asdict(verdict)
         reason = None
-        if not _accepted(before, after, cfg):
+        if verdict.got_worse:
             reason = (f"held-out accuracy fell from {before['accuracy']:.3f} to "
-                      f"{after['accuracy']:.3f} on {after['n']} pairs (tolerance "
-                      f"{cfg.accept_tolerance} or one pair); serving stays {serving}")
+                      f"{after['accuracy']:.3f} on {after['n']} pairs: {verdict.worse} got "
+                      f"worse, {verdict.better} better (sign test p = {verdict.p_value:.3f} < "
+                      f"{cfg.accept_alpha}; tolerance {cfg.accept_tolerance}); serving stays "
+                      f"{serving}")
         elif sampler is not None and cfg.health_samples:
             progress.update(0, 1, f"Round {round_id}: answer health ({cfg.health_samples} "
                             "answers each)")
@@ -331,19 +344,6 @@ def _health_problem(sampler, train: list[Example], held: list[Example], serving:
                     f"{ref.mean_chars:.0f} -> {now.mean_chars:.0f} chars (health tolerance "
                     f"{cfg.health_tolerance}); serving stays {serving}")
     return None
-
-
-def _accepted(before: dict, after: dict, cfg: TrainConfig) -> bool:
-    """Held-out accuracy may fall by the tolerance, and always by one pair.
-
-    With few held-out pairs (6 of a 32-vote round) one pair moves accuracy by 0.17, so a
-    5% tolerance alone would reject rounds for a single flipped pair: noise, not harm.
-    """
-    if before["accuracy"] is None or after["accuracy"] is None:
-        return True  # nothing held out (tiny data): accept on finite losses alone
-    one_pair = 1.0 / max(after["n"], 1)
-    allowed = max(cfg.accept_tolerance, one_pair) + 1e-9
-    return after["accuracy"] >= before["accuracy"] - allowed
 
 
 def _explain(e: Exception) -> str:
