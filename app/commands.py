@@ -165,6 +165,7 @@ def simulate(args, cfgs: dict) -> int:
     from storage.db import Store
     from storage.io import read_prompts
     from storage.seed import DEFAULT_PROMPTS, SEEDED_KEY
+    from trainer.progress import TqdmProgress
     from trainer.service import Service
     from trainer.sim import simulate as sim
     from trainer.sim.oracles import checked, load_oracle
@@ -186,12 +187,14 @@ def simulate(args, cfgs: dict) -> int:
                   cfgs["PoolConfig"], train, max_prompt_chars=app.max_prompt_chars)
     svc.start(background=False)
     svc.require_ready()
+    bar = TqdmProgress("vote")
     try:
         result = sim.run(svc, oracle, rounds=args.rounds, pairs_per_round=args.pairs_per_round,
                          eval_prompts=held_out, samples=args.samples_per_prompt,
                          out_dir=Path(args.out) if args.out else data_dir / "simulate",
-                         seed=train.seed)
+                         seed=train.seed, progress=bar)
     finally:
+        bar.close()
         svc.stop()
     for r in result["rounds"]:
         print(f"round {r['round']}: serving {r['serving']:<5} win rate {r['win_rate']:.0%}  "

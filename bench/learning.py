@@ -2,6 +2,7 @@
 
     python bench/learning.py                                   # tiny random model, minutes
     python bench/learning.py --model gemma-3-270m --seeds 0    # the real default model
+    python bench/learning.py --suite                           # the learning suite (below)
 
 Each configuration (loss x reference x seed) runs ``python app.py simulate`` in its own
 process and data dir: the real pair pool, SQLite, trainer thread and hot-swaps, with a
@@ -13,11 +14,15 @@ Each finished run is also kept at bench/results/runs/<stem>/<loss>-<reference>-s
 at once, so an hour of Gemma runs survives a crash in the next one. ``--reuse FILE ...`` adds
 earlier ``app.py simulate`` outputs (learning_curve.json) to the table; their settings must
 match this run's (pairs per round, samples, eval prompts, rounds, model), else it refuses.
+
+``--suite`` runs the learning suite instead: every shipped oracle (and plug-ins) at the
+app's defaults; see bench/learning_suite.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import statistics
@@ -27,7 +32,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import learning_suite
 from bench.common import RESULTS, ROOT, machine, write_json
+from storage.files import atomic_write
 
 CONFIGS = [("nca_pair", "base"), ("nca_pair", "previous"), ("sigmoid", "base"),
            ("ipo", "base"), ("kto", "base")]
@@ -145,33 +152,59 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_suffix(".png.tmp")
-    fig.savefig(tmp, dpi=110, format="png")
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, format="png")
     plt.close(fig)
-    tmp.replace(path)
+    atomic_write(path, buf.getvalue())
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="tiny", help="'tiny' (random, built here), "
-                    "'gemma-3-270m', or a local HF model dir")
-    ap.add_argument("--oracle", default="shorter")
-    ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--pairs-per-round", type=int, default=48)
+    ap.add_argument("--suite", action="store_true", help="The learning suite at the app's "
+                    "defaults (bench/learning_suite.py): shorter, keyword, positive and any "
+                    "--oracle plug-ins, 2 seeds, 5 rounds of 32 votes, the default model.")
+    ap.add_argument("--model", default=None, help="'tiny' (random, built here), "
+                    "'gemma-3-270m', or a local HF model dir (default: tiny; --suite: "
+                    "gemma-3-270m)")
+    ap.add_argument("--oracle", action="append", default=None, help="The oracle (default "
+                    "shorter); with --suite, a plug-in added to the shipped three (repeatable).")
+    ap.add_argument("--rounds", type=int, default=None, help="default 4; --suite 5")
+    ap.add_argument("--pairs-per-round", type=int, default=None, help="default 48; --suite 32")
     ap.add_argument("--eval-prompts", type=int, default=16)
-    ap.add_argument("--samples", type=int, default=8, help="Samples per held-out prompt.")
-    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--samples", type=int, default=None,
+                    help="Samples per held-out prompt (default 8; --suite 4).")
+    ap.add_argument("--seeds", default=None, help="default 0,1,2; --suite 0,1")
     ap.add_argument("--configs", default=",".join(f"{lo}:{re}" for lo, re in CONFIGS),
                     help="loss:reference pairs, comma-separated")
     ap.add_argument("--reuse", nargs="*", default=[], type=Path,
                     help="earlier simulate outputs (learning_curve.json) to add to the table")
+    ap.add_argument("--resume", action="store_true", help="--suite: keep the runs already "
+                    "under bench/results/runs/learning-suite/ and run the others")
+    ap.add_argument("--json", default=None, help="--suite: write here instead of "
+                    "bench/results/learning-suite.json (and keep no per-run files)")
+    ap.add_argument("--plot", default=None, help="--suite: the plot's path "
+                    "(default docs/learning-suite.png)")
     args, extra = ap.parse_known_args()
+    suite = {"model": "gemma-3-270m", "rounds": 5, "pairs_per_round": 32, "samples": 4,
+             "seeds": "0,1"}
+    plain = {"model": "tiny", "rounds": 4, "pairs_per_round": 48, "samples": 8,
+             "seeds": "0,1,2"}
+    for key, value in (suite if args.suite else plain).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if not args.suite:
+        if args.oracle and len(args.oracle) > 1:
+            sys.exit("--oracle: give one oracle (several only with --suite)")
+        args.oracle = (args.oracle or ["shorter"])[0]
     name = args.model
     if args.model == "tiny":
         model = str(tiny_model(Path(tempfile.gettempdir()) / f"livedpo-bench-tiny-std{TINY_STD}"))
         extra = [*TINY_FLAGS, *extra]
     else:
         model, name = args.model, Path(args.model).name
+    if args.suite:
+        learning_suite.main(args, extra, model, name)
+        return
     configs = [tuple(c.split(":")) for c in args.configs.split(",") if c]
     stem = f"learning-{name}-{args.oracle.replace(':', '.')}"
     runs = [reused_run(p, args, name) for p in args.reuse]

@@ -27,6 +27,7 @@ from trainer.training.health import measure
 
 log = logging.getLogger(__name__)
 ANNOTATOR = "oracle"
+ANSWERS_PER_VOTE = 2  # an A/B vote: the annotator reads both answers
 N_EXAMPLES = 4
 
 
@@ -102,8 +103,9 @@ def oracle_measure(oracle, answers: list[dict]) -> dict | None:
             "base": round(sum(fn(a["base"]) for a in answers) / len(answers), 4)}
 
 
-def vote_until_round(svc, oracle, votes: int, timeout_s: float) -> dict:
-    """Vote on ``votes`` pairs, then wait for the trainer thread's round to finish."""
+def vote_until_round(svc, oracle, votes: int, timeout_s: float, on_vote=None) -> dict:
+    """Vote on ``votes`` pairs, then wait for the trainer thread's round to finish.
+    ``on_vote(cast)`` is called after each vote (a progress bar)."""
     last = max((r["id"] for r in svc.store.list_rounds(limit=1)), default=0)
     cast, t0 = 0, time.time()
     while cast < votes:
@@ -116,6 +118,8 @@ def vote_until_round(svc, oracle, votes: int, timeout_s: float) -> dict:
         choice = oracle(pair["prompt"], pair["response_a"], pair["response_b"])
         svc.vote(ANNOTATOR, pair["id"], choice, decide_ms=0)
         cast += 1
+        if on_vote:
+            on_vote(cast)
     while time.time() - t0 < timeout_s:
         done = [r for r in svc.store.list_rounds(limit=5)
                 if r["id"] > last and r["status"] != "running"]
@@ -129,6 +133,11 @@ def run(svc, oracle, *, rounds: int, pairs_per_round: int, eval_prompts: list[st
         samples: int, out_dir: Path, seed: int = 0, timeout_s: float = 3600,
         progress=None) -> dict:
     """Run the loop for ``rounds`` rounds; write learning_curve.json / .png, answers.jsonl.
+
+    Each round row has the win rate vs base, the KL per token, the share of serving's
+    and of base's answers that end by themselves (``ended``, ``ended_base``) and
+    ``answers_read``, what the votes so far cost a person (two answers per A/B vote).
+    ``progress`` gets (votes cast, votes per round, "round r/R ... last win rate").
 
     Each round is exactly ``pairs_per_round`` votes, then one DPO round on them: the
     service must start a round at that many votes (``votes_per_round``). Otherwise the
@@ -153,13 +162,21 @@ def run(svc, oracle, *, rounds: int, pairs_per_round: int, eval_prompts: list[st
                 "model": svc.model_cfg.model, "seed": seed}
     base_answers = svc.sampler.sample([p for p in eval_prompts for _ in range(samples)],
                                       BASE, seed + 1)
+    ended_base = round(measure(base_answers).healthy, 3)
+    last = None
     for r in range(rounds + 1):
         if r > 0:
-            rnd = vote_until_round(svc, oracle, pairs_per_round, timeout_s)
+            desc = f"round {r}/{rounds}: votes cast (last win rate {last:.0%})"
+            tick = (lambda n, d=desc: progress.update(n, pairs_per_round, d)) if progress \
+                else None
+            rnd = vote_until_round(svc, oracle, pairs_per_round, timeout_s, on_vote=tick)
         ev = evaluate(svc, oracle, eval_prompts, samples, seed + 1000 * r, base_answers)
+        last = ev.win_rate
         row = {"round": r, "serving": svc.policy.serving, "win_rate": ev.win_rate,
+               "answers_read": r * pairs_per_round * ANSWERS_PER_VOTE,
                "kl_per_token": ev.kl_per_token, "eval_samples": ev.n,
                "mean_chars": round(ev.mean_chars, 1), "ended": round(ev.ended, 3),
+               "ended_base": ended_base,
                "oracle_measure": ev.measure, "examples": ev.examples,
                "elapsed_s": round(time.time() - t0, 1)}
         if r > 0:
@@ -170,8 +187,6 @@ def run(svc, oracle, *, rounds: int, pairs_per_round: int, eval_prompts: list[st
         log.info("simulate: %s", {k: v for k, v in row.items() if k != "examples"})
         result = {"rounds": history, "settings": settings, "seconds": round(time.time() - t0, 1)}
         _write(out_dir, result, answers)  # after every round: a crash keeps what was measured
-        if progress:
-            progress.update(r, rounds, f"win rate {ev.win_rate:.0%} after round {r}")
     return result
 
 

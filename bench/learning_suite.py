@@ -1,0 +1,149 @@
+"""The learning suite: does the loop learn preferences it was never tuned on, at the
+app's defaults? (``python bench/learning.py --suite`` runs this.)
+
+    python bench/learning.py --suite                       # Gemma 3 270M, 2 seeds, hours
+    python bench/learning.py --suite --oracle mypkg.mod:fn # plus your own preference
+    python bench/learning.py --suite --resume              # keep finished runs, do the rest
+
+Each (oracle, seed) is one ``python app.py simulate`` run in a fresh data dir with NO
+training flags: the real pool, SQLite, trainer thread and hot-swaps at the app's
+defaults, with a scripted oracle instead of a person. The shipped oracles are
+``shorter``, ``keyword --keyword because`` (tie-break tie: only the keyword decides) and
+``positive``; ``--oracle pkg.mod:func`` adds plug-ins. A round's human budget is counted
+in answers read: 32 A/B votes read 64 answers. Win rate vs base is measured on held-out
+prompts, 16 x 4 = 64 comparisons per round.
+
+Writes bench/results/learning-suite.json (rewritten after every run; each finished run
+is also kept under bench/results/runs/learning-suite/) and docs/learning-suite.png:
+
+    {"runs": [{"oracle": "shorter", "seed": 0, "method": "dpo", "vote_mode": "pair",
+               "minutes": 21.4, "answers_to_70": 64,
+               "rounds": [{"round": 0, "win_rate": 0.48, "answers_read": 0,
+                           "kl_per_token": 0.0, "ended": 0.61, "ended_base": 0.61}, ...]}]}
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import RESULTS, ROOT, machine, write_json
+from storage.files import atomic_write, atomic_write_json
+
+SHIPPED = {"shorter": ["--oracle", "shorter"],
+           "keyword": ["--oracle", "keyword", "--keyword", "because",
+                       "--keyword-tiebreak", "tie"],
+           "positive": ["--oracle", "positive"]}
+TARGET = 0.70
+ROUND_KEYS = ("round", "win_rate", "answers_read", "kl_per_token", "ended", "ended_base",
+              "serving", "round_status", "mean_chars", "oracle_measure")
+
+
+def oracle_args(name: str) -> list[str]:
+    """simulate's flags for a shipped oracle's name, or a ``pkg.mod:func`` plug-in."""
+    return SHIPPED.get(name, ["--oracle", name])
+
+
+def answers_to(rounds: list[dict], target: float = TARGET) -> int | None:
+    """Answers read until the win rate first reached ``target`` (None: never)."""
+    return next((r["answers_read"] for r in rounds if r["win_rate"] >= target), None)
+
+
+def as_run(oracle: str, seed: int, curve: dict, minutes: float) -> dict:
+    """One run of the suite's JSON from a simulate ``learning_curve.json``."""
+    rounds = [{k: r.get(k) for k in ROUND_KEYS} for r in curve["rounds"]]
+    return {"oracle": oracle, "seed": seed, "method": "dpo", "vote_mode": "pair",
+            "minutes": round(minutes, 1), "answers_to_70": answers_to(rounds),
+            "rounds": rounds, "settings": curve.get("settings", {})}
+
+
+def simulate(model: str, oracle: str, seed: int, args, extra: list[str]) -> dict:
+    """One ``app.py simulate`` run; its progress bar goes to this terminal."""
+    with tempfile.TemporaryDirectory(prefix="livedpo-suite-") as tmp:
+        cmd = [sys.executable, str(ROOT / "app.py"), "simulate", *oracle_args(oracle),
+               "--rounds", str(args.rounds), "--pairs-per-round", str(args.pairs_per_round),
+               "--eval-prompts", str(args.eval_prompts), "--samples-per-prompt",
+               str(args.samples), "--data-dir", f"{tmp}/data", "--out", f"{tmp}/out",
+               "--model", model, "--seed", str(seed), *extra]
+        t0 = time.time()
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"simulate failed ({oracle}, seed {seed}, exit "
+                               f"{proc.returncode}); its log is above")
+        curve = json.loads(Path(f"{tmp}/out/learning_curve.json").read_text())
+    return as_run(oracle, seed, curve, (time.time() - t0) / 60)
+
+
+def kept_path(oracle: str, seed: int) -> Path:
+    return RESULTS / "runs" / "learning-suite" / f"{oracle.replace(':', '.')}-seed{seed}.json"
+
+
+def summary(runs: list[dict]) -> str:
+    """A table: one row per run, win rate per round, answers to 70%, health, minutes."""
+    n = max(len(r["rounds"]) for r in runs)
+    lines = ["| oracle | seed | " + " | ".join(f"r{i}" for i in range(n))
+             + " | answers to 70% | ended (base -> final) | KL/token | min |",
+             "|" + "---|" * (n + 6)]
+    for r in runs:
+        last = r["rounds"][-1]
+        wins = " | ".join(f"{x['win_rate']:.0%}" for x in r["rounds"])
+        lines.append(f"| {r['oracle']} | {r['seed']} | {wins} | {r['answers_to_70'] or '-'} | "
+                     f"{last['ended_base']:.0%} -> {last['ended']:.0%} | "
+                     f"{last['kl_per_token']:.3f} | {r['minutes']:.1f} |")
+    return "\n".join(lines)
+
+
+def plot_png(runs: list[dict]) -> bytes:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for r in runs:
+        ax.plot([x["answers_read"] for x in r["rounds"]],
+                [100 * x["win_rate"] for x in r["rounds"]], "o-",
+                label=f"{r['oracle']} (seed {r['seed']})")
+    ax.axhline(50, color="grey", lw=0.8, ls="--")
+    ax.axhline(100 * TARGET, color="tab:green", lw=0.8, ls=":")
+    ax.set(xlabel="answers read by the annotator", ylabel="win rate vs base (%)",
+           ylim=(0, 100), title="LiveDPO learning suite (app defaults)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def main(args, extra: list[str], model: str, name: str) -> None:
+    oracles = [*SHIPPED, *(args.oracle or [])]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    out = Path(args.json) if args.json else RESULTS / "learning-suite.json"
+    png = Path(args.plot) if args.plot else ROOT / "docs" / "learning-suite.png"
+    runs = []
+    for oracle in oracles:
+        for seed in seeds:
+            kept = kept_path(oracle, seed)
+            if args.resume and kept.is_file():
+                runs.append(json.loads(kept.read_text()))
+                print(f"{oracle} seed {seed}: kept from {kept}", flush=True)
+                continue
+            run = simulate(model, oracle, seed, args, extra)
+            if not args.json:  # the real suite keeps each run; smoke runs write only --json
+                write_json(str(kept.relative_to(RESULTS)), run)
+            runs.append(run)
+            print(f"{oracle} seed {seed}: " + " ".join(f"{x['win_rate']:.0%}"
+                                                      for x in run["rounds"])
+                  + f"  ({run['minutes']:.1f} min)", flush=True)
+            atomic_write_json(out, {"machine": machine(), "model": name,
+                                    "extra_flags": extra, "runs": runs})
+    atomic_write(png, plot_png(runs))
+    print(summary(runs))
+    print(f"wrote {out} and {png}")

@@ -1,0 +1,38 @@
+"""The learning suite as a user runs it (``python bench/learning.py --suite``), small: the
+tiny model, one seed, one round. Checks the JSON contract other tools read."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ROUND_KEYS = {"round", "win_rate", "answers_read", "kl_per_token", "ended", "ended_base"}
+
+
+@pytest.mark.slow
+def test_suite_writes_every_oracle_and_plug_in_in_the_contracted_shape(tmp_path):
+    out, png = tmp_path / "suite.json", tmp_path / "suite.png"
+    cmd = [sys.executable, "bench/learning.py", "--suite", "--model", "tiny", "--seeds", "0",
+           "--rounds", "1", "--pairs-per-round", "8", "--eval-prompts", "4", "--samples", "2",
+           "--oracle", "trainer.sim.oracles:shorter", "--json", str(out), "--plot", str(png)]
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["oracle"] for r in runs] == ["shorter", "keyword", "positive",
+                                           "trainer.sim.oracles:shorter"]
+    for r in runs:
+        assert {"oracle", "seed", "method", "vote_mode", "minutes", "answers_to_70",
+                "rounds"} <= set(r)
+        assert (r["seed"], r["method"], r["vote_mode"]) == (0, "dpo", "pair")
+        assert [x["round"] for x in r["rounds"]] == [0, 1]
+        assert all(set(x) >= ROUND_KEYS for x in r["rounds"])
+        assert [x["answers_read"] for x in r["rounds"]] == [0, 16]  # 8 A/B votes
+        first = next((x["answers_read"] for x in r["rounds"] if x["win_rate"] >= 0.7), None)
+        assert r["answers_to_70"] == first
+    assert png.stat().st_size > 1000
+    assert "| shorter | 0 |" in run.stdout
