@@ -267,3 +267,20 @@ def test_an_answer_that_retokenises_differently_is_trained_on_its_sampled_tokens
                                  320)
     assert (n_exact, n_retok) == (len(sampled), len(canonical))
     assert exact != pytest.approx(retok, abs=1e-3)  # different sequences, different logp
+
+
+@pytest.mark.parametrize("per_pass, epochs, min_steps, expected", [
+    (2, 2, 0, 2),    # off: the epochs
+    (2, 2, 16, 8),   # 2 steps a pass: 8 passes reach 16 steps
+    (3, 2, 16, 6),   # ceil(16 / 3)
+    (20, 2, 16, 2),  # plenty of votes: the epochs already take 40 steps
+])
+def test_passes_reach_the_step_budget(per_pass, epochs, min_steps, expected):
+    assert rounds.passes(per_pass, epochs, min_steps) == expected
+
+
+def test_a_round_takes_at_least_min_steps(tmp_path, tiny_model_dir):
+    svc = _trained_svc(tmp_path, tiny_model_dir, "--min-steps", "7")
+    out = svc.trainer.run_one("test")
+    assert out.status == "accepted" and out.metrics["steps"] >= 7
+    assert len(svc.store.query("select * from train_steps")) == out.metrics["steps"]

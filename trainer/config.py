@@ -136,6 +136,8 @@ class TrainConfig:
     label_smoothing: float = setting(0.0, "epsilon for cDPO / robust DPO (assumed label noise).")
     lr: float = setting(5e-5, "AdamW learning rate of the LoRA weights.")
     epochs: int = setting(2, "Passes over the round's training votes.")
+    min_steps: int = setting(0, "A round takes at least this many optimizer steps, with more "
+                             "passes over few votes (0 = --epochs passes only).")
     votes_per_round: int = setting(16, "A round starts once this many new usable votes exist.")
     window: int = setting(64, "Train on at most this many most recent voted pairs (0 = all); "
                      "caps a round at a few minutes on CPU.")
@@ -171,6 +173,8 @@ class TrainConfig:
             out.append(f"lr={self.lr}: must be in (0, 1) (try 5e-5)")
         if not 1 <= self.epochs <= 100:
             out.append(f"epochs={self.epochs}: must be in 1..100")
+        if not 0 <= self.min_steps <= 1000:
+            out.append(f"min_steps={self.min_steps}: must be in 0..1000 (0 = off)")
         if self.votes_per_round < 1:
             out.append(f"votes_per_round={self.votes_per_round}: must be >= 1")
         if self.window < 0:
@@ -262,8 +266,8 @@ def help_of(cls: type, name: str) -> str:
 
 
 # Settings an admin may change at run time, by area.
-EDITABLE = {"train": ("loss", "beta", "lr", "epochs", "votes_per_round", "reference",
-                      "label_smoothing", "window", "micro_batch", "grad_accum"),
+EDITABLE = {"train": ("loss", "beta", "lr", "epochs", "min_steps", "votes_per_round",
+                      "reference", "label_smoothing", "window", "micro_batch", "grad_accum"),
             "pool": ("arena_fraction", "arena_opponent", "ready_pairs", "overlap",
                      "release_after_s"),
             "sampling": ("temperature", "top_p", "top_k", "max_new_tokens")}

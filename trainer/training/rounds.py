@@ -161,16 +161,23 @@ def _kto_micro_step(policy, batch: list[Example], cfg: TrainConfig, ref_version:
     return loss, stats
 
 
+def passes(steps_per_pass: int, epochs: int, min_steps: int) -> int:
+    """Passes over the training votes: ``epochs``, or more until ``min_steps`` optimizer
+    steps (few decisive votes still move the policy)."""
+    return max(epochs, math.ceil(min_steps / max(steps_per_pass, 1)))
+
+
 def train_draft(policy, store, train: list[Example], cfg: TrainConfig, round_id: int,
                 ref_version: str, progress: Progress) -> dict:
-    """AdamW over the draft adapter for ``cfg.epochs``; records per-step metrics."""
+    """AdamW over the draft adapter for ``passes(...)`` passes; records per-step metrics."""
     params = policy.train_parameters()
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     rng = random.Random(cfg.seed + round_id)
     per_epoch = math.ceil(len(train) / (cfg.micro_batch * cfg.grad_accum))
-    total, step, t_start, seen = per_epoch * cfg.epochs, 0, time.perf_counter(), 0
+    epochs = passes(per_epoch, cfg.epochs, cfg.min_steps)
+    total, step, t_start, seen = per_epoch * epochs, 0, time.perf_counter(), 0
     last: dict = {}
-    for epoch in range(cfg.epochs):
+    for epoch in range(epochs):
         order = train[:]
         rng.shuffle(order)
         micro = [order[i:i + cfg.micro_batch] for i in range(0, len(order), cfg.micro_batch)]
