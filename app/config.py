@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from storage.common import MAX_PROMPT_CHARS
 from trainer.config import MODEL_AREAS, choice_problems, setting
 
 
@@ -20,7 +21,7 @@ class AppConfig:
     port: int = setting(7860, "Port the web app listens on.")
     auth_file: str = setting("", "Users file (add-user writes it); empty = local single-user mode.")
     guidelines_file: str = setting("", "Markdown file replacing the default annotation guidelines.")
-    max_prompt_chars: int = setting(4000, "Longest prompt accepted, in characters.")
+    max_prompt_chars: int = setting(MAX_PROMPT_CHARS, "Longest prompt accepted, in characters.")
 
     def problems(self) -> list[str]:
         out = choice_problems(self)

@@ -68,7 +68,7 @@ def matmul_gflops(n: int = 2048, repeats: int = 3) -> float:
 
 def run_child(script: str, *args: str, timeout: float = 1800) -> dict:
     """Run ``python script --child ...`` and return the JSON it prints on its last line."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, script, "--child", *args], capture_output=True,
                           text=True, timeout=timeout, env=env, cwd=ROOT)
     if proc.returncode != 0:

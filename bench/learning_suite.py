@@ -14,7 +14,7 @@ in answers read: 32 A/B votes read 64 answers. Win rate vs base is measured on h
 prompts, 16 x 4 = 64 comparisons per round.
 
 Writes bench/results/learning-suite.json (rewritten after every run; each finished run
-is also kept under bench/results/runs/learning-suite/) and docs/learning-suite.png:
+is also kept under bench/results/runs/learning-suite/MODEL/) and docs/learning-suite.png:
 
     {"runs": [{"oracle": "shorter", "seed": 0, "method": "dpo", "vote_mode": "pair",
                "minutes": 21.4, "answers_to_70": 64,
@@ -78,8 +78,23 @@ def simulate(model: str, oracle: str, seed: int, args, extra: list[str]) -> dict
     return as_run(oracle, seed, curve, (time.time() - t0) / 60)
 
 
-def kept_path(oracle: str, seed: int) -> Path:
-    return RESULTS / "runs" / "learning-suite" / f"{oracle.replace(':', '.')}-seed{seed}.json"
+def kept_path(model: str, oracle: str, seed: int) -> Path:
+    return (RESULTS / "runs" / "learning-suite" / model
+            / f"{oracle.replace(':', '.')}-seed{seed}.json")
+
+
+def kept_run(path: Path, args) -> dict:
+    """A finished run kept by an earlier suite, refused if its settings differ."""
+    run = json.loads(path.read_text())
+    st = run.get("settings", {})
+    want = {"pairs_per_round": args.pairs_per_round, "samples_per_prompt": args.samples,
+            "eval_prompts": args.eval_prompts, "rounds": args.rounds}
+    have = {**st, "rounds": len(run["rounds"]) - 1}
+    bad = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
+    if bad:
+        sys.exit(f"--resume: {path} was run with other settings ((kept, now): {bad}); "
+                 "delete it or run with the same flags")
+    return run
 
 
 def summary(runs: list[dict]) -> str:
@@ -91,7 +106,8 @@ def summary(runs: list[dict]) -> str:
     for r in runs:
         last = r["rounds"][-1]
         wins = " | ".join(f"{x['win_rate']:.0%}" for x in r["rounds"])
-        lines.append(f"| {r['oracle']} | {r['seed']} | {wins} | {r['answers_to_70'] or '-'} | "
+        to_70 = "-" if r["answers_to_70"] is None else r["answers_to_70"]
+        lines.append(f"| {r['oracle']} | {r['seed']} | {wins} | {to_70} | "
                      f"{last['ended_base']:.0%} -> {last['ended']:.0%} | "
                      f"{last['kl_per_token']:.3f} | {r['minutes']:.1f} |")
     return "\n".join(lines)
@@ -130,9 +146,9 @@ def main(args, extra: list[str], model: str, name: str) -> None:
     runs = []
     for oracle in oracles:
         for seed in seeds:
-            kept = kept_path(oracle, seed)
+            kept = kept_path(name, oracle, seed)
             if args.resume and kept.is_file():
-                runs.append(json.loads(kept.read_text()))
+                runs.append(kept_run(kept, args))
                 print(f"{oracle} seed {seed}: kept from {kept}", flush=True)
                 continue
             run = simulate(model, oracle, seed, args, extra)

@@ -16,6 +16,7 @@ import sys
 import time
 
 from bench.common import RESULTS, ROOT, machine, write_json
+from storage.files import atomic_write
 
 
 def run(script: str, *args: str) -> dict:
@@ -69,7 +70,7 @@ def main() -> None:
     write_json("latest.json", res)
     doc = ROOT / "docs" / "benchmarks.md"
     doc.parent.mkdir(exist_ok=True)
-    doc.write_text(render(res))
+    atomic_write(doc, render(res))
     print(f"wrote {RESULTS / 'latest.json'} and {doc}")
 
 

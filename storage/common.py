@@ -7,6 +7,7 @@ so they sort correctly as text and compare with ``<`` in SQL.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -15,6 +16,7 @@ from storage.errors import BadInput
 
 PAIR_STATUSES = ("queued", "served", "voted", "expired")
 CHOICES = ("a", "b", "tie", "both_bad")
+MAX_PROMPT_CHARS = 4000  # the default longest prompt (AppConfig.max_prompt_chars sets it)
 ADAPTER_STATUSES = ("saved", "ready", "rejected", "failed")  # saved: on disk, not yet serving
 ROUND_STATUSES = ("running", "accepted", "rejected", "failed")
 
@@ -53,10 +55,18 @@ def require_one_of(value: Any, allowed: tuple[str, ...], what: str) -> None:
         raise BadInput(f"{what} {value!r} is not valid: use one of {', '.join(allowed)}")
 
 
+_VERSION = re.compile(r"v([0-9]+)")
+
+
+def is_version(label: object) -> bool:
+    """True for an adapter version label: 'v' and ASCII digits ('v1', 'v12')."""
+    return isinstance(label, str) and _VERSION.fullmatch(label) is not None
+
+
 def version_number(version: object) -> int:
     """3 for 'v3'; 0 for 'base', 'import' or anything else (for sorting versions)."""
-    version = str(version)
-    return int(version[1:]) if version.startswith("v") and version[1:].isdigit() else 0
+    m = _VERSION.fullmatch(str(version))
+    return int(m.group(1)) if m else 0
 
 
 def ids_json(ids: Sequence[int] | None, what: str) -> str | None:

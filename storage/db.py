@@ -24,7 +24,15 @@ from pathlib import Path
 
 import sqlite_utils
 
-from storage.common import PAIR_STATUSES, dumps, ids_json, loads, now, require_one_of
+from storage.common import (
+    MAX_PROMPT_CHARS,
+    PAIR_STATUSES,
+    dumps,
+    ids_json,
+    loads,
+    now,
+    require_one_of,
+)
 from storage.errors import BadInput, StoreError, UnknownPair
 from storage.runs import RunsMixin
 from storage.schema import migrate
@@ -145,7 +153,7 @@ class Store(VotesMixin, RunsMixin):
         return t
 
     def add_prompts(self, texts: Iterable[str], source: str = "import",
-                    max_chars: int = 4000) -> int:
+                    max_chars: int = MAX_PROMPT_CHARS) -> int:
         """Add prompts (all or nothing; stripped); duplicates are skipped. Returns how many
         are new. An empty or over-long prompt raises BadInput naming its position."""
         clean = [self._clean_prompt(t, max_chars, f"prompt #{i + 1}")
@@ -158,7 +166,7 @@ class Store(VotesMixin, RunsMixin):
                 "values (?, ?, ?, 0)", [(text, source, t) for text in clean])
             return db.execute("select count(*) from prompts").fetchone()[0] - before
 
-    def add_prompt(self, text: str, source: str = "user", max_chars: int = 4000) -> int:
+    def add_prompt(self, text: str, source: str = "user", max_chars: int = MAX_PROMPT_CHARS) -> int:
         """The id of this prompt (stripped), adding it if new."""
         t = self._clean_prompt(text, max_chars)
         with self.write() as db:

@@ -7,8 +7,9 @@ version, never half of one: the one atomic write of the project.
   model), built in a temp dir beside its target and renamed into place.
 - ``zip_dir``: a zip of a directory (a download), written the same way.
 - ``jsonl_text``: the JSON Lines text of rows. ``ensure_ascii=False`` keeps U+2028,
-  U+2029 and U+0085 raw inside strings, so JSONL must be split on ``\\n`` only
-  (storage/readers.py ``lines``), never with ``str.splitlines``.
+  U+2029 and U+0085 raw inside strings, so JSONL is split at line ends only
+  (storage/readers.py ``lines``: ``\\n``, ``\\r\\n``, ``\\r``), never with
+  ``str.splitlines``.
 """
 
 from __future__ import annotations
@@ -31,19 +32,27 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _read_umask() -> int:
+    umask = os.umask(0)  # the only way to read it; done once, at import
+    os.umask(umask)
+    return umask
+
+
+_NEW_FILE_MODE = 0o666 & ~_read_umask()  # what open(path, "w") gives a new file
+
+
 def atomic_write(path: str | os.PathLike[str], data: str | bytes, *,
                  mode: int | None = None) -> None:
     """Write ``data`` (text as UTF-8, or bytes) to ``path`` atomically.
 
     ``mode`` sets the file's permissions before any byte is written (e.g. 0o600 for a
-    file of password hashes).
+    file of password hashes); by default a new file's usual mode (0o666 less the umask).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        if mode is not None:
-            os.fchmod(fd, mode)
+        os.fchmod(fd, _NEW_FILE_MODE if mode is None else mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
             f.flush()

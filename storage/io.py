@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from storage.common import CHOICES, now
+from storage.common import CHOICES, MAX_PROMPT_CHARS, now
 from storage.errors import BadInput, ImportFailed
 from storage.failpoints import failpoint
 from storage.files import atomic_write, jsonl_text
@@ -49,7 +49,7 @@ def _prompt(name: str, n: int, value: Any, max_chars: int) -> str:
 
 
 # --- prompts --------------------------------------------------------------------------------------
-def read_prompts(path: str | Path, max_chars: int = 4000) -> list[str]:
+def read_prompts(path: str | Path, max_chars: int = MAX_PROMPT_CHARS) -> list[str]:
     """Prompts of a .txt (one per non-blank line), .jsonl ({"prompt": ...}) or .csv (a
     'prompt' column) file, stripped and checked; ImportFailed on any problem."""
     p = Path(path)
@@ -73,7 +73,7 @@ def read_prompts(path: str | Path, max_chars: int = 4000) -> list[str]:
     return [_prompt(p.name, n, v, max_chars) for n, v in rows]
 
 
-def import_prompts(store, path: str | Path, max_chars: int = 4000) -> int:
+def import_prompts(store, path: str | Path, max_chars: int = MAX_PROMPT_CHARS) -> int:
     """Add a file's prompts (all or nothing); returns how many were new."""
     return store.add_prompts(read_prompts(path, max_chars), source="import",
                              max_chars=max_chars)
@@ -148,7 +148,7 @@ def _parse_kto(name: str, rows: Rows, max_chars: int) -> list[dict]:
     return out
 
 
-def import_prefs(store, path: str | Path, max_chars: int = 4000) -> dict:
+def import_prefs(store, path: str | Path, max_chars: int = MAX_PROMPT_CHARS) -> dict:
     """Import TRL DPO JSONL, TRL KTO JSONL or a votes CSV (as exported), detected from the
     keys of the first row / the CSV columns. Returns counts, e.g. {format, pairs}."""
     p = Path(path)

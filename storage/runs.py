@@ -9,6 +9,7 @@ from storage.common import (
     ADAPTER_STATUSES,
     ROUND_STATUSES,
     dumps,
+    is_version,
     loads,
     now,
     require_one_of,
@@ -45,8 +46,7 @@ class RunsMixin:
     def add_adapter(self, version: str, path: str, parent_version: str | None,
                     round_id: int | None, status: str = "ready", metrics: Any = None) -> None:
         """Record an adapter version saved at ``path`` (BadInput if the label is taken)."""
-        if not isinstance(version, str) or not version.startswith("v") \
-                or not version[1:].isdigit():
+        if not is_version(version):
             raise BadInput(f"adapter version {version!r}: expected 'v<number>', e.g. "
                            f"{self.next_adapter_version()!r}")
         require_one_of(status, ADAPTER_STATUSES, "adapter status")

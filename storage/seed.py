@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from storage.common import MAX_PROMPT_CHARS
 from storage.readers import lines
 
 DEFAULT_PROMPTS = Path(__file__).with_name("default_prompts.txt")
 SEEDED_KEY = "seeded_default_prompts"
 
 
-def seed_default_prompts(store, max_chars: int = 4000) -> int:
+def seed_default_prompts(store, max_chars: int = MAX_PROMPT_CHARS) -> int:
     """Load the default prompts once per DB (never again, even if they are all served)."""
     if store.get_state(SEEDED_KEY, False):
         return 0

@@ -194,7 +194,7 @@ class VotesMixin:
                 if v["better_answer"]:
                     out.append({"pair_id": pid, "prompt": p["prompt"],
                                 "completion": v["better_answer"], "label": True,
-                                "end": None})
+                                "end": None, "prompt_ids": p["prompt_ids"], "ids": None})
         for r in self.query("select l.completion, l.label, pr.text as prompt from labels l "
                             "join prompts pr on pr.id = l.prompt_id order by l.id"):
             out.append({"pair_id": None, "prompt": r["prompt"], "completion": r["completion"],

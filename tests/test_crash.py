@@ -184,7 +184,8 @@ def test_kill_while_an_adapter_version_is_saved(life):
 
 @pytest.mark.slow
 def test_kill_after_rename_before_the_db_row_does_not_block_later_versions(life):
-    """Regression: the orphan vN dir made every later save of vN fail (FileExistsError)."""
+    """A kill between the version dir's rename and its DB row leaves an orphan vN dir; it is
+    set aside at start, so a later save of vN does not fail with FileExistsError."""
     life.ensure_running()
     hit = arm(life.fp_dir, "adapter.before_record")
     with life.voters(seed=3) as voters:

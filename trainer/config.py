@@ -140,7 +140,8 @@ class TrainConfig:
                              "passes over few votes (0 = --epochs passes only).")
     votes_per_round: int = setting(16, "A round starts once this many new usable votes exist.")
     window: int = setting(64, "Train on at most this many most recent voted pairs (0 = all); "
-                     "caps a round at a few minutes on CPU.")
+                     "caps a round at a few minutes on CPU (DPO losses; KTO trains on "
+                     "every vote).")
     micro_batch: int = setting(2, "Pairs per forward pass.")
     grad_accum: int = setting(2, "Micro-batches per optimizer step.")
     max_length: int = setting(320, "Prompt + response tokens kept per example.")
@@ -198,8 +199,8 @@ class TrainConfig:
         return out
 
 
-# The model-side config areas by name: the CLI's flags, the settings form and the
-# service's editable settings all read this one table (app/config.py adds "app").
+# The model-side config areas by name: the CLI's flags and the settings form's help read
+# this one table (app/config.py adds "app"); EDITABLE below names what admins may change.
 MODEL_AREAS = {"model": ModelConfig, "sampling": SamplingConfig, "pool": PoolConfig,
                "train": TrainConfig}
 

@@ -142,8 +142,8 @@ class PairPool:
                 ids.append(self.store.record_pair(
                     item.prompt_id, a.text, b.text, va, vb, gen_config=self._gen_config(ra, rb),
                     seed=seed, arena=item.arena, status=status, end_a=a.scored_end,
-                    end_b=b.scored_end, prompt_ids=a.prompt_ids, ids_a=a.token_ids,
-                    ids_b=b.token_ids))
+                    end_b=b.scored_end, prompt_ids=a.prompt_ids or b.prompt_ids,
+                    ids_a=a.token_ids, ids_b=b.token_ids))
         dt = time.perf_counter() - t0
         self.produced += len(ids)
         self.last_batch = {"pairs": len(ids), "seconds": round(dt, 2),

@@ -13,6 +13,7 @@ import logging
 import threading
 from pathlib import Path
 
+from storage.common import MAX_PROMPT_CHARS
 from storage.dirlock import lock_data_dir, unlock_data_dir
 from trainer import config as C
 from trainer.model import adapters
@@ -32,7 +33,7 @@ class NotReady(RuntimeError):
 class Service:
     def __init__(self, store, data_dir: Path, model_cfg: C.ModelConfig,
                  sampling: C.SamplingConfig, pool_cfg: C.PoolConfig, train_cfg: C.TrainConfig,
-                 *, max_prompt_chars: int = 4000, terminal_progress: bool = True) -> None:
+                 *, max_prompt_chars: int = MAX_PROMPT_CHARS, terminal_progress: bool = True) -> None:
         self.store = store
         self.data_dir = Path(data_dir)
         self.adapters_dir = self.data_dir / "adapters"

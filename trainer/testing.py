@@ -8,7 +8,10 @@ multiple of the NF4 block size (64) and an output width that is a multiple of 32
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+
+from storage.files import publish_dir, staged_dir
 
 CORPUS = [
     "Question: What is the capital of France?\nAnswer: Paris is the capital of France.",
@@ -63,7 +66,10 @@ def make_tiny_model_dir(path: Path, chat: bool = False, seed: int = 0,
         initializer_range=init_std,
     )
     model = Gemma3ForCausalLM(cfg)
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
+    if path.exists():
+        shutil.rmtree(path)  # an incomplete leftover: callers reuse only complete ones
+    with staged_dir(path.parent, f".{path.name}.") as tmp:  # a kill leaves no half model
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        publish_dir(tmp, path)
     return path

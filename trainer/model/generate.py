@@ -262,6 +262,6 @@ class Sampler:
             text = clean_response(raw, self.stops)
             seen = tuple(cut_prompt(prompt_ids, self.cfg.max_prompt_tokens, tok.bos_token_id))
             out.append(Sample(text, n, ended, answer_end(raw, self.stops, token, ended),
-                              prompt_ids=seen if text else None,
+                              prompt_ids=seen,
                               token_ids=tuple(int(t) for t in row[:n]) if text else None))
         return out

@@ -23,7 +23,7 @@ from trainer.model.logprobs import (
 
 def text_hash(prompt: Seq, response: Seq) -> str:
     """Stable key of a (formatted prompt, response) pair for the reference-logp cache;
-    token ids (``Seq`` tuples) key as ``ids:1,2,3`` (never equal to a text's key)."""
+    token ids (``Seq`` tuples) key as ``ids:1,2,3``."""
     def canon(x: Seq) -> str:
         return x if isinstance(x, str) else "ids:" + ",".join(map(str, x))
     return hashlib.sha256(f"{canon(prompt)}\x00{canon(response)}".encode()).hexdigest()[:32]

@@ -76,7 +76,7 @@ def split(examples: list[Example], fraction: float) -> tuple[list[Example], list
     return train, held
 
 
-def texts_of(e: Example) -> list[str]:
+def texts_of(e: Example) -> list[Seq]:
     return [e.chosen] + ([e.rejected] if e.rejected is not None else [])
 
 

@@ -48,6 +48,7 @@ from trainer.training.losses import (
 
 log = logging.getLogger(__name__)
 MIN_TRAIN_EXAMPLES = 2
+HELDOUT_MAX = 128  # the most recent held-out pairs: scored twice a round, so round time stays flat
 
 
 class RoundError(RuntimeError):
@@ -215,14 +216,14 @@ def load_examples(store, cfg: TrainConfig, fmt, frame
     """(train, held-out, counts) from the votes stored so far (see ``paired_examples``).
 
     The held-out votes come from ALL rounds so far (the split is a hash of each vote's
-    key, so a vote never changes side): the gate judges each draft on every held-out
-    vote, not on the few of the latest round. ``--window`` limits only the training
-    votes."""
+    key, so a vote never changes side), the latest ``HELDOUT_MAX`` of them: the gate
+    judges each draft on the held-out votes of many rounds, not on the few of the latest
+    one. ``--window`` limits the DPO training votes (KTO trains on every vote)."""
     max_vote = store.last_vote_id()
     every = paired_examples(store.training_pairs(max_vote_id=max_vote), fmt, frame)
     recent = {r["key"] for r in store.training_pairs(max_vote_id=max_vote, window=cfg.window)}
     train, held = split(every, cfg.heldout_fraction)
-    train = [e for e in train if e.key in recent]
+    train, held = [e for e in train if e.key in recent], held[-HELDOUT_MAX:]
     paired = [e for e in every if e.key in recent]
     if cfg.loss == "kto":
         held_pairs = {e.pair_id for e in held}
