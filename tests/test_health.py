@@ -27,23 +27,28 @@ def test_health_prompts_put_held_out_first_and_cycle():
     assert health.health_prompts([], [], 3) == [] and health.health_prompts(["h"], [], 0) == []
 
 
-@pytest.mark.parametrize(("before", "after", "tol", "ok"), [
-    (1.0, 0.75, 0.25, True),    # exactly the tolerance
-    (1.0, 0.70, 0.25, False),
-    (0.5, 0.9, 0.0, True),      # healthier is always fine
-    (1.0, 0.0, 1.0, True),      # tolerance 1 turns the check off
+@pytest.mark.parametrize(("worse_by", "batch", "tol", "verdict"), [
+    (0.40, 1, 0.15, "reject"),  # clearly worse: one batch decides
+    (-0.10, 1, 0.15, "pass"),   # clearly healthier
+    (0.20, 1, 0.15, "more"),    # borderline: another batch
+    (0.30, 2, 0.15, "reject"),
+    (0.00, 2, 0.15, "pass"),
+    (0.10, 2, 0.15, "more"),
+    (0.15, 3, 0.15, "pass"),    # the last batch: the tolerance itself
+    (0.16, 3, 0.15, "reject"),
+    (0.90, 1, 1.0, "pass"),     # tolerance 1 only measures
 ])
-def test_healthy_enough(before, after, tol, ok):
-    mk = lambda share: health.AnswerHealth(share, 1 - share, 0.0, 10.0, 12)  # noqa: E731
-    assert health.healthy_enough(mk(before), mk(after), tol) is ok
+def test_step_decides_clear_batches_at_once_and_asks_for_more_when_borderline(
+        worse_by, batch, tol, verdict):
+    assert health.step(worse_by, batch, tol) == verdict
 
 
 def test_trading_empty_answers_for_run_on_ones_is_caught():
-    """Healthy 58% -> 50% (within 0.25) but cut at the token limit 8% -> 50%."""
+    """Healthy 58% -> 50% (within the tolerance) but cut at the token limit 8% -> 50%."""
     serving = health.AnswerHealth(7 / 12, 1 / 12, 4 / 12, 48.5, 12)
     draft = health.AnswerHealth(6 / 12, 6 / 12, 0.0, 124.6, 12)
-    assert not health.healthy_enough(serving, draft, 0.25)
-    assert health.healthy_enough(serving, draft, 1.0)
+    assert health.drop(serving, draft) == pytest.approx(5 / 12)
+    assert health.step(health.drop(serving, draft), 1, 0.15) == "reject"
 
 
 def test_length_tells_a_stop_from_running_out():
@@ -107,10 +112,11 @@ def test_a_draft_whose_answers_stop_ending_is_rejected(tmp_path, tiny_model_dir,
 
 def test_a_slow_drift_away_from_base_is_rejected(tmp_path, tiny_model_dir, monkeypatch):
     """Each round may lose up to the tolerance against serving, but not against base:
-    base 100% ended -> v1 80% (accepted) -> draft 60%, within 0.25 of v1, 40% below base."""
+    base 100% ended -> v1 92% (accepted) -> draft 83%, within 0.15 of v1, 17% below base.
+    Both are borderline, so each takes all three batches."""
     svc = _svc(tmp_path, tiny_model_dir)
     real, budget = svc.sampler.sample, svc.sampler.cfg.max_new_tokens
-    ended = {BASE: 1.0, TRAIN: 0.8}  # the first draft becomes v1
+    ended = {BASE: 1.0, TRAIN: 0.9}  # the first draft becomes v1
     asked = []
 
     def sample(prompts, version, seed, empty_retries=None):
@@ -124,16 +130,16 @@ def test_a_slow_drift_away_from_base_is_rejected(tmp_path, tiny_model_dir, monke
     first = svc.trainer.run_one("test")
     assert first.status == "accepted" and first.version == "v1", first.error
     assert first.metrics["health_base"] == first.metrics["health_before"]  # base is serving
-    ended.update({"v1": 0.8, TRAIN: 0.6})
+    ended.update({"v1": 0.9, TRAIN: 0.8})
     svc.pool.fill_once(8)
     vote_all(svc)
     asked.clear()
     second = svc.trainer.run_one("test")
     assert second.status == "rejected", second.error
-    assert "58% of 12 draft answers ended" in second.error and "vs 100% for base" in second.error
-    assert "(83% for v1: each round may lose up to the tolerance" in second.error
+    assert "83% of 36 draft answers ended" in second.error and "vs 100% for base" in second.error
+    assert "(92% for v1: each round may lose up to the tolerance" in second.error
     assert "serving stays v1" in second.error and svc.policy.serving == "v1"
-    assert asked == ["v1", TRAIN, BASE]
+    assert asked == ["v1", TRAIN, BASE] * 3 and second.metrics["health_batches"] == 3
     assert second.metrics["health_base"]["healthy"] == 1.0
 
 
@@ -157,14 +163,16 @@ def test_real_round_records_both_versions_health(tmp_path, tiny_model_dir):
     out = svc.trainer.run_one("test")
     assert out.status == "accepted", out.error
     before, after = out.metrics["health_before"], out.metrics["health_after"]
-    assert before["n"] == after["n"] == 6 and out.metrics["health_seconds"] > 0
+    batches = out.metrics["health_batches"]
+    assert before["n"] == after["n"] == 6 * batches and out.metrics["health_seconds"] > 0
     # What was recorded for serving (base) is base's health on those prompts and seed.
     rows = svc.store.training_pairs(max_vote_id=10**9, window=0)
     train, held = rounds.split(rounds.paired_examples(rows, svc.sampler.format,
                                                       svc.sampler.scored), 0.2)
     prompts = health.health_prompts([e.question for e in held],
                                     [e.question for e in train], 6)
-    again = health.measure(svc.sampler.sample(prompts, BASE, out.round_id, empty_retries=0))
+    again = health.measure([s for b in range(batches) for s in svc.sampler.sample(
+        prompts, BASE, out.round_id + 7919 * b, empty_retries=0)])
     assert before == dataclasses.asdict(again)
 
 

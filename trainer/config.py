@@ -154,11 +154,14 @@ class TrainConfig:
     accept_alpha: float = setting(0.05, "Significance of the paired sign test on the held-out "
                                   "pairs whose verdict changed (trainer/training/gate.py).")
     health_samples: int = setting(12, "Prompts the draft and the serving version each answer "
-                             "before a round is accepted (0 = no answer-health check).")
-    health_tolerance: float = setting(0.25, "A round is rejected when the draft's share of answers "
-                                 "that end by themselves (not empty, not cut at max tokens) "
-                                 "is lower than serving's, or its share cut at max tokens "
-                                 "higher, by more than this (1 = measure only).")
+                                  "per batch before a round is accepted; up to 3 batches "
+                                  "while the result is borderline (0 = no answer-health "
+                                  "check).")
+    health_tolerance: float = setting(0.15, "A round is rejected when the draft's share of answers "
+                                      "that end by themselves (not empty, not cut at max "
+                                      "tokens) is lower than serving's or base's, or its share "
+                                      "cut at max tokens higher, by more than this, judged on "
+                                      "1-3 batches of --health-samples (1 = measure only).")
     desirable_weight: float = setting(1.0, "KTO weight of desirable completions.")
     undesirable_weight: float = setting(1.0, "KTO weight of undesirable completions.")
     max_grad_norm: float = setting(1.0, "Gradient clipping norm.")
@@ -195,7 +198,7 @@ class TrainConfig:
                        "they are sampled in one batch while annotators wait")
         if not 0.0 <= self.health_tolerance <= 1.0:
             out.append(f"health_tolerance={self.health_tolerance}: must be in [0, 1] "
-                       "(1 = measure only; try 0.25)")
+                       "(1 = measure only; try 0.15)")
         return out
 
 

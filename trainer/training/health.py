@@ -8,9 +8,17 @@ themselves.
 
 So before a draft serves, the draft and the serving version answer the same prompts
 with the same seed, and the round is rejected when the share of healthy answers (ended
-by a stop string or EOS, and not empty) fell by more than ``health_tolerance``.
-Sharing prompts and seed makes the two shares move together, so the check sees the
-adapter's effect rather than sampling noise.
+by a stop string or EOS, and not empty) fell, or the share cut at the token limit rose,
+by more than ``health_tolerance``. Sharing prompts and seed makes the two shares move
+together, so the check sees the adapter's effect rather than sampling noise.
+
+A batch of 12 answers is a small sample: at a 61% healthy base, a draft whose answers
+end only 30% of the time shows a drop within 0.25 about half the time. So the check is
+sequential (``step``): a clear batch decides at once, a borderline one asks for another
+batch (new seed), up to ``MAX_BATCHES``; after the last, a drop above the tolerance
+rejects. Modelled as independent draws at that base with the default tolerance 0.15, a
+healthy draft is rejected about 11% of the time, and a draft at 30% (20%) passes about
+10% (2%), on about 20 answers per version on average.
 """
 
 from __future__ import annotations
@@ -51,11 +59,16 @@ def health_prompts(held_prompts: list[str], train_prompts: list[str], n: int) ->
     return [distinct[i % len(distinct)] for i in range(n)]
 
 
+def answers(sampler, prompts: list[str], version: str, seed: int) -> list[Sample]:
+    """One version's answers to ``prompts`` (the users' texts: the sampler applies the
+    template). Empty answers are NOT resampled here: an adapter that learned to stop at
+    once must show it."""
+    return sampler.sample(prompts, version, seed, empty_retries=0)
+
+
 def of(sampler, prompts: list[str], version: str, seed: int) -> AnswerHealth:
-    """One version's answer health on ``prompts`` (the users' texts: the sampler applies
-    the template). Empty answers are NOT resampled here: an adapter that learned to stop
-    at once must show it."""
-    return measure(sampler.sample(prompts, version, seed, empty_retries=0))
+    """One version's answer health on ``prompts`` (see ``answers``)."""
+    return measure(answers(sampler, prompts, version, seed))
 
 
 def compare(sampler, prompts: list[str], serving: str, draft: str,
@@ -64,12 +77,25 @@ def compare(sampler, prompts: list[str], serving: str, draft: str,
     return of(sampler, prompts, serving, seed), of(sampler, prompts, draft, seed)
 
 
-def healthy_enough(before: AnswerHealth, after: AnswerHealth, tolerance: float) -> bool:
-    """The draft may lose at most ``tolerance`` of healthy answers, and gain at most
-    ``tolerance`` of answers cut at the token limit (1.0: never rejects).
+MAX_BATCHES = 3
+# (reject if the drop is above, pass if at or below) after batches 1 and 2, as offsets
+# from the tolerance; after the last batch, a drop above the tolerance rejects.
+EARLY = ((0.19, -0.20), (0.09, -0.10))
 
-    Both, because a draft can trade empty answers for run-on ones: then its healthy
-    share barely moves while the share of answers cut at the token limit jumps.
-    """
-    return (after.healthy >= before.healthy - tolerance - 1e-9
-            and after.unfinished <= before.unfinished + tolerance + 1e-9)
+
+def drop(before: AnswerHealth, after: AnswerHealth) -> float:
+    """How much worse the draft is: the larger of its loss of healthy answers and its
+    gain of answers cut at the token limit."""
+    return max(before.healthy - after.healthy, after.unfinished - before.unfinished)
+
+
+def step(worse_by: float, batch: int, tolerance: float) -> str:
+    """'reject', 'pass' or 'more' after ``batch`` (1-based) batches of answers."""
+    if tolerance >= 1.0:
+        return "pass"  # measure only
+    if batch >= MAX_BATCHES:
+        return "reject" if worse_by > tolerance + 1e-9 else "pass"
+    reject_above, pass_at = EARLY[batch - 1]
+    if worse_by > tolerance + reject_above + 1e-9:
+        return "reject"
+    return "pass" if worse_by <= tolerance + pass_at + 1e-9 else "more"

@@ -319,30 +319,41 @@ def run_round(policy, store, cfg: TrainConfig, *, fmt, frame, adapters_dir: Path
 def _health_problem(sampler, train: list[Example], held: list[Example], serving: str,
                     cfg: TrainConfig, round_id: int, metrics: dict) -> str | None:
     """Why the draft must not serve after sampling it against serving and base
-    (trainer/training/health.py: its answers stopped ending, or serving changed under the
-    round), or None.
+    (trainer/training/health.py: its answers stopped ending, or serving changed under
+    the round), or None.
 
     Against base too, because each round may lose up to the tolerance against the one
     before: a slow drift (each step within the tolerance) would otherwise add up to
-    answers that never end. Records each version's answer health in ``metrics``.
+    answers that never end. Batches of ``health_samples`` answers per version are drawn
+    until ``health.step`` decides. Records each version's answer health in ``metrics``.
     """
     prompts = health.health_prompts([e.question for e in held], [e.question for e in train],
                                     cfg.health_samples)
-    with sampler.policy.lock.hold(priority=True):  # no swap or rollback between the two
+    versions = [serving, TRAIN] + ([BASE] if serving != BASE else [])
+    drawn: dict[str, list] = {v: [] for v in versions}
+    t0 = time.perf_counter()
+    with sampler.policy.lock.hold(priority=True):  # no swap or rollback between batches
         if sampler.policy.serving != serving:
             return (f"serving changed from {serving} to {sampler.policy.serving} during the "
                     f"round (a rollback?); this draft started from {serving}, so it is not "
                     "served; its votes stay in the next round's data.")
-        t0 = time.perf_counter()
-        was, now = health.compare(sampler, prompts, serving, TRAIN, cfg.seed + round_id)
-        base = (was if serving == BASE
-                else health.of(sampler, prompts, BASE, cfg.seed + round_id))
+        for batch in range(1, health.MAX_BATCHES + 1):
+            seed = cfg.seed + round_id + 7919 * (batch - 1)
+            for v in versions:
+                drawn[v] += health.answers(sampler, prompts, v, seed)
+            was, now = health.measure(drawn[serving]), health.measure(drawn[TRAIN])
+            base = health.measure(drawn[BASE]) if serving != BASE else was
+            verdicts = {name: health.step(health.drop(ref, now), batch, cfg.health_tolerance)
+                        for ref, name in ((was, serving), (base, BASE))}
+            if "reject" in verdicts.values() or set(verdicts.values()) == {"pass"}:
+                break
     metrics["health_seconds"] = round(time.perf_counter() - t0, 2)
+    metrics["health_batches"] = batch
     metrics["health_before"] = dataclasses.asdict(was)
     metrics["health_after"] = dataclasses.asdict(now)
     metrics["health_base"] = dataclasses.asdict(base)
     for ref, name in ((was, serving), (base, BASE)):
-        if not health.healthy_enough(ref, now, cfg.health_tolerance):
+        if verdicts[name] == "reject":
             drift = (f" ({was.healthy:.0%} for {serving}: each round may lose up to the "
                      "tolerance against the last, not against base)" if ref is not was else "")
             return (f"answers stopped ending by themselves: {now.healthy:.0%} of {now.n} "
@@ -350,7 +361,8 @@ def _health_problem(sampler, train: list[Example], held: list[Example], serving:
                     f"{ref.healthy:.0%} for {name}{drift}; cut at max tokens "
                     f"{ref.unfinished:.0%} -> {now.unfinished:.0%}, mean length "
                     f"{ref.mean_chars:.0f} -> {now.mean_chars:.0f} chars (health tolerance "
-                    f"{cfg.health_tolerance}); serving stays {serving}")
+                    f"{cfg.health_tolerance}, {batch} batch(es) of {len(prompts)}); serving "
+                    f"stays {serving}")
     return None
 
 
