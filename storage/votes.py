@@ -109,6 +109,16 @@ class VotesMixin:
             return db.execute("select id from votes where pair_id = ? and annotator = ?",
                               [pair_id, annotator]).fetchone()[0]
 
+    def recent_voted_prompts(self, limit: int, max_vote_id: int | None = None) -> list[str]:
+        """The texts of the prompts voted on most recently (up to ``max_vote_id``), newest
+        first, each once: every vote counts here, ties and both-bad included."""
+        cap = "" if max_vote_id is None else "where v.id <= ?"
+        rows = self.query(
+            "select pr.text, max(v.id) as last from votes v join pairs p on p.id = v.pair_id "
+            f"join prompts pr on pr.id = p.prompt_id {cap} group by pr.id order by last desc "
+            "limit ?", [*([] if max_vote_id is None else [max_vote_id]), limit])
+        return [r["text"] for r in rows]
+
     def votes_count(self) -> int:
         """How many votes are stored (a changed vote counts once)."""
         return self.one("select count(*) as n from votes")["n"]

@@ -25,6 +25,9 @@ def test_health_prompts_put_held_out_first_and_cycle():
     assert health.health_prompts(["h1", "h2"], ["t1", "h1", "t2"], 4) == ["h1", "h2", "t1", "t2"]
     assert health.health_prompts(["h1"], ["t1"], 5) == ["h1", "t1", "h1", "t1", "h1"]
     assert health.health_prompts([], [], 3) == [] and health.health_prompts(["h"], [], 0) == []
+    # Few decisive votes: recently voted prompts (ties too) fill in before any repeats.
+    assert health.health_prompts(["h1"], ["t1"], 4, ["r1", "t1", "r2"]) == [
+        "h1", "t1", "r1", "r2"]
 
 
 @pytest.mark.parametrize(("worse_by", "batch", "tol", "verdict"), [
@@ -170,7 +173,8 @@ def test_real_round_records_both_versions_health(tmp_path, tiny_model_dir):
     train, held = rounds.split(rounds.paired_examples(rows, svc.sampler.format,
                                                       svc.sampler.scored), 0.2)
     prompts = health.health_prompts([e.question for e in held],
-                                    [e.question for e in train], 6)
+                                    [e.question for e in train], 6,
+                                    svc.store.recent_voted_prompts(6))
     again = health.measure([s for b in range(batches) for s in svc.sampler.sample(
         prompts, BASE, out.round_id + 7919 * b, empty_retries=0)])
     assert before == dataclasses.asdict(again)

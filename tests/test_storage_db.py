@@ -395,3 +395,13 @@ def test_pairs_keep_sampled_token_ids_and_refuse_bad_ones(store):
     for bad in ([1, -2], ["x"], "12", [True]):
         with pytest.raises(BadInput, match="ids_a must be a list of token ids"):
             store.record_pair(pid, "a", "b", "base", "base", {}, 0, ids_a=bad)
+
+
+def test_recent_voted_prompts_are_newest_first_once_each(store):
+    pairs = [_pair(store, prompt=q) for q in ("Q1", "Q2", "Q3")]
+    again = _pair(store, prompt="Q1")  # the same prompt, another pair
+    for p in (*pairs, again):
+        store.record_vote(p, "ann", "tie")
+    assert store.recent_voted_prompts(10) == ["Q1", "Q3", "Q2"]
+    assert store.recent_voted_prompts(2) == ["Q1", "Q3"]
+    assert store.recent_voted_prompts(10, max_vote_id=2) == ["Q2", "Q1"]

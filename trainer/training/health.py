@@ -50,10 +50,13 @@ def measure(samples: list[Sample]) -> AnswerHealth:
         n=n)
 
 
-def health_prompts(held_prompts: list[str], train_prompts: list[str], n: int) -> list[str]:
-    """``n`` prompts: distinct ones, held-out first (the draft never trained on them),
-    repeated in turn when there are fewer than ``n``."""
-    distinct = list(dict.fromkeys([*held_prompts, *train_prompts]))
+def health_prompts(held_prompts: list[str], train_prompts: list[str], n: int,
+                   other_prompts: list[str] = ()) -> list[str]:
+    """``n`` prompts: distinct ones, held-out first (the draft never trained on them), then
+    the training votes', then ``other_prompts`` (recently voted ones: when few votes were
+    decisive, a handful of prompts repeated would not show how the draft answers), repeated
+    in turn when there are fewer than ``n``."""
+    distinct = list(dict.fromkeys([*held_prompts, *train_prompts, *other_prompts]))
     if not distinct or n <= 0:
         return []
     return [distinct[i % len(distinct)] for i in range(n)]

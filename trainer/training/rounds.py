@@ -276,7 +276,9 @@ def run_round(policy, store, cfg: TrainConfig, *, fmt, frame, adapters_dir: Path
         elif sampler is not None and cfg.health_samples:
             progress.update(0, 1, f"Round {round_id}: answer health ({cfg.health_samples} "
                             "answers each)")
-            reason = _health_problem(sampler, train, held, serving, cfg, round_id, metrics)
+            recent = store.recent_voted_prompts(cfg.health_samples, counts["max_vote_id"])
+            reason = _health_problem(sampler, train, held, serving, cfg, round_id, metrics,
+                                     recent)
         if reason:
             store.finish_round(round_id, "rejected", counts=counts, metrics=metrics,
                                error=reason)
@@ -317,7 +319,8 @@ def run_round(policy, store, cfg: TrainConfig, *, fmt, frame, adapters_dir: Path
 
 
 def _health_problem(sampler, train: list[Example], held: list[Example], serving: str,
-                    cfg: TrainConfig, round_id: int, metrics: dict) -> str | None:
+                    cfg: TrainConfig, round_id: int, metrics: dict,
+                    recent_prompts: list[str] = ()) -> str | None:
     """Why the draft must not serve after sampling it against serving and base
     (trainer/training/health.py: its answers stopped ending, or serving changed under
     the round), or None.
@@ -328,7 +331,7 @@ def _health_problem(sampler, train: list[Example], held: list[Example], serving:
     until ``health.step`` decides. Records each version's answer health in ``metrics``.
     """
     prompts = health.health_prompts([e.question for e in held], [e.question for e in train],
-                                    cfg.health_samples)
+                                    cfg.health_samples, recent_prompts)
     versions = [serving, TRAIN] + ([BASE] if serving != BASE else [])
     drawn: dict[str, list] = {v: [] for v in versions}
     t0 = time.perf_counter()
