@@ -117,14 +117,16 @@ def test_sign_test_matches_hand_computed_values():
 
 
 def test_held_out_votes_accumulate_across_rounds(tmp_path, tiny_model_dir):
-    """--window limits training to recent votes; the gate sees every held-out vote."""
-    svc = _trained_svc(tmp_path, tiny_model_dir, "--window", "2", "--heldout-fraction", "0.5")
+    """--window keeps the latest training pairs; the gate sees every held-out vote."""
+    svc = _trained_svc(tmp_path, tiny_model_dir, "--window", "2", "--heldout-fraction", "0.3")
     fmt, frame = svc.sampler.format, svc.sampler.scored
     train, held, counts = rounds.load_examples(svc.store, svc.train_cfg, fmt, frame)
     every = svc.store.training_pairs()
-    assert len(train) <= 2 and counts["pairs"] <= 2 and len(held) > 2  # beyond the window
+    assert len(train) == 2 and counts["pairs"] == len(every) and len(held) > 2
+    not_held = [r["key"] for r in every if not data.is_heldout(r["key"], 0.3)]
+    assert [e.key for e in train] == not_held[-2:]  # the latest training pairs
     assert {e.key for e in held} == {r["key"] for r in every
-                                     if data.is_heldout(r["key"], 0.5)}
+                                     if data.is_heldout(r["key"], 0.3)}
 
 
 def test_rollback_and_branching(tmp_path, tiny_model_dir):

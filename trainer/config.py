@@ -139,9 +139,9 @@ class TrainConfig:
     min_steps: int = setting(0, "A round takes at least this many optimizer steps, with more "
                              "passes over few votes (0 = --epochs passes only).")
     votes_per_round: int = setting(16, "A round starts once this many new usable votes exist.")
-    window: int = setting(64, "Train on at most this many most recent voted pairs (0 = all); "
-                     "caps a round at a few minutes on CPU (DPO losses; KTO trains on "
-                     "every vote).")
+    window: int = setting(64, "Train on at most this many most recent training pairs, ties "
+                          "not counted (0 = all); caps a round at a few minutes on CPU "
+                          "(DPO losses; KTO trains on every vote).")
     micro_batch: int = setting(2, "Pairs per forward pass.")
     grad_accum: int = setting(2, "Micro-batches per optimizer step.")
     max_length: int = setting(320, "Prompt + response tokens kept per example.")

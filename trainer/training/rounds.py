@@ -218,13 +218,14 @@ def load_examples(store, cfg: TrainConfig, fmt, frame
     The held-out votes come from ALL rounds so far (the split is a hash of each vote's
     key, so a vote never changes side), the latest ``HELDOUT_MAX`` of them: the gate
     judges each draft on the held-out votes of many rounds, not on the few of the latest
-    one. ``--window`` limits the DPO training votes (KTO trains on every vote)."""
+    one. ``--window`` keeps the latest training pairs, counted in pairs that teach
+    something (a tie teaches DPO nothing and takes no place), so a rare preference keeps
+    its decisive votes for many rounds. KTO trains on every vote."""
     max_vote = store.last_vote_id()
-    every = paired_examples(store.training_pairs(max_vote_id=max_vote), fmt, frame)
-    recent = {r["key"] for r in store.training_pairs(max_vote_id=max_vote, window=cfg.window)}
-    train, held = split(every, cfg.heldout_fraction)
-    train, held = [e for e in train if e.key in recent], held[-HELDOUT_MAX:]
-    paired = [e for e in every if e.key in recent]
+    paired = paired_examples(store.training_pairs(max_vote_id=max_vote), fmt, frame)
+    train, held = split(paired, cfg.heldout_fraction)
+    train = train[-cfg.window:] if cfg.window else train  # pair order: oldest first
+    held = held[-HELDOUT_MAX:]
     if cfg.loss == "kto":
         held_pairs = {e.pair_id for e in held}
         rows = [r for r in store.kto_rows(max_vote_id=max_vote)
