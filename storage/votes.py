@@ -177,18 +177,13 @@ class VotesMixin:
                                 "rejected_ids": p["ids"][side]})
         return out
 
-    def training_pairs(self, max_vote_id: int | None = None, window: int = 0) -> list[dict]:
+    def training_pairs(self, max_vote_id: int | None = None) -> list[dict]:
         """DPO rows {key, kind, pair_id, prompt, chosen, rejected, chosen_end, rejected_end,
         prompt_ids, chosen_ids, rejected_ids (sampled token ids or None), agreement,
-        n_votes} from
-        votes with id <= ``max_vote_id``, in pair order. ``window`` > 0 keeps the pairs
-        with the most recent votes. ``key`` is stable per row (held-out splits)."""
+        n_votes} from votes with id <= ``max_vote_id``, in pair order (rounds keep the
+        latest ``--window`` of them). ``key`` is stable per row (held-out splits)."""
         pairs = self._voted_pairs(max_vote_id)
-        ids = sorted(pairs)
-        if window > 0:
-            recent = set(sorted(ids, key=lambda i: pairs[i]["last"])[-window:])
-            ids = [i for i in ids if i in recent]
-        return [row for pid in ids for row in self._pair_examples(pid, pairs[pid])]
+        return [row for pid in sorted(pairs) for row in self._pair_examples(pid, pairs[pid])]
 
     def kto_rows(self, max_vote_id: int | None = None) -> list[dict]:
         """Unpaired rows {pair_id, prompt, completion, label} for KTO: the voted pairs

@@ -103,7 +103,7 @@ def test_a_draft_whose_answers_stop_ending_is_rejected(tmp_path, tiny_model_dir,
     assert "100% for base" in out.error and "serving stays base" in out.error
     assert "cut at max tokens 0% -> 100%" in out.error
     assert [v for v, _ in asked] == [BASE, TRAIN]  # serving and draft, once each
-    voted = {p["prompt"] for p in svc.store.training_pairs(max_vote_id=10**9, window=0)}
+    voted = {p["prompt"] for p in svc.store.training_pairs(max_vote_id=10**9)}
     assert asked[0][1] == asked[1][1] and set(asked[0][1]) <= voted  # users' texts, no
     assert not any(p.startswith("Question:") for p in asked[0][1])  # template applied twice
     assert svc.policy.serving == BASE and svc.store.list_adapters() == []
@@ -169,7 +169,7 @@ def test_real_round_records_both_versions_health(tmp_path, tiny_model_dir):
     batches = out.metrics["health_batches"]
     assert before["n"] == after["n"] == 6 * batches and out.metrics["health_seconds"] > 0
     # What was recorded for serving (base) is base's health on those prompts and seed.
-    rows = svc.store.training_pairs(max_vote_id=10**9, window=0)
+    rows = svc.store.training_pairs(max_vote_id=10**9)
     train, held = rounds.split(rounds.paired_examples(rows, svc.sampler.format,
                                                       svc.sampler.scored), 0.2)
     prompts = health.health_prompts([e.question for e in held],

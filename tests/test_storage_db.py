@@ -164,13 +164,13 @@ def test_key_is_stable_when_the_majority_flips(store):
     assert store.training_pairs()[0]["key"] == key
 
 
-def test_cutoff_and_window(store):
+def test_cutoff(store):
     p1, p2, p3 = (_pair(store, f"q{i}") for i in range(3))
     v1 = store.record_vote(p1, "u", "a")
     store.record_vote(p3, "u", "a")
     store.record_vote(p2, "u", "b")  # p2 voted last
     assert [r["pair_id"] for r in store.training_pairs(max_vote_id=v1)] == [p1]
-    assert [r["pair_id"] for r in store.training_pairs(window=2)] == [p2, p3]
+    assert [r["pair_id"] for r in store.training_pairs()] == [p1, p2, p3]  # pair order
     assert [r["pair_id"] for r in store.kto_rows(max_vote_id=v1)] == [p1, p1]
     assert store.last_vote_id() == 3 and store.usable_votes_since(v1) == 2
     store.record_vote(p1, "w", "tie")
@@ -396,12 +396,3 @@ def test_pairs_keep_sampled_token_ids_and_refuse_bad_ones(store):
         with pytest.raises(BadInput, match="ids_a must be a list of token ids"):
             store.record_pair(pid, "a", "b", "base", "base", {}, 0, ids_a=bad)
 
-
-def test_recent_voted_prompts_are_newest_first_once_each(store):
-    pairs = [_pair(store, prompt=q) for q in ("Q1", "Q2", "Q3")]
-    again = _pair(store, prompt="Q1")  # the same prompt, another pair
-    for p in (*pairs, again):
-        store.record_vote(p, "ann", "tie")
-    assert store.recent_voted_prompts(10) == ["Q1", "Q3", "Q2"]
-    assert store.recent_voted_prompts(2) == ["Q1", "Q3"]
-    assert store.recent_voted_prompts(10, max_vote_id=2) == ["Q2", "Q1"]
