@@ -169,7 +169,12 @@ def main() -> None:
     ap.add_argument("--oracle", action="append", default=None, help="The oracle (default "
                     "shorter); with --suite, a plug-in added to the shipped three (repeatable).")
     ap.add_argument("--rounds", type=int, default=None, help="default 4; --suite 5")
-    ap.add_argument("--pairs-per-round", type=int, default=None, help="default 48; --suite 32")
+    ap.add_argument("--pairs-per-round", type=int, default=None, help="default 48 (not "
+                    "with --suite: it sets --answers-per-round)")
+    ap.add_argument("--answers-per-round", type=int, default=64, help="--suite: a round's "
+                    "human budget in answers read (64 = 32 A/B votes or 16 rank-of-4 votes)")
+    ap.add_argument("--modes", default=learning_suite.MODES, help="--suite: VOTE_MODE:METHOD "
+                    "entries, each run for every oracle and seed (default pair:dpo,rank:dno)")
     ap.add_argument("--eval-prompts", type=int, default=16)
     ap.add_argument("--samples", type=int, default=None,
                     help="Samples per held-out prompt (default 8; --suite 4).")
@@ -185,13 +190,14 @@ def main() -> None:
     ap.add_argument("--plot", default=None, help="--suite: the plot's path "
                     "(default docs/learning-suite.png)")
     args, extra = ap.parse_known_args()
-    suite = {"model": "gemma-3-270m", "rounds": 5, "pairs_per_round": 32, "samples": 4,
-             "seeds": "0,1"}
+    suite = {"model": "gemma-3-270m", "rounds": 5, "samples": 4, "seeds": "0,1"}
     plain = {"model": "tiny", "rounds": 4, "pairs_per_round": 48, "samples": 8,
              "seeds": "0,1,2"}
     for key, value in (suite if args.suite else plain).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.suite and args.pairs_per_round is not None:
+        sys.exit("--pairs-per-round: with --suite the budget is --answers-per-round")
     if not args.suite:
         if args.oracle and len(args.oracle) > 1:
             sys.exit("--oracle: give one oracle (several only with --suite)")

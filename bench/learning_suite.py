@@ -4,14 +4,17 @@ app's defaults? (``python bench/learning.py --suite`` runs this.)
     python bench/learning.py --suite                       # Gemma 3 270M, 2 seeds, hours
     python bench/learning.py --suite --oracle mypkg.mod:fn # plus your own preference
     python bench/learning.py --suite --resume              # keep finished runs, do the rest
+    python bench/learning.py --suite --modes pair:dpo      # A/B votes with DPO only
 
 Each (oracle, seed) is one ``python app.py simulate`` run in a fresh data dir with NO
 training flags: the real pool, SQLite, trainer thread and hot-swaps at the app's
 defaults, with a scripted oracle instead of a person. The shipped oracles are
 ``shorter``, ``keyword --keyword because`` (tie-break tie: only the keyword decides) and
-``positive``; ``--oracle pkg.mod:func`` adds plug-ins. A round's human budget is counted
-in answers read: 32 A/B votes read 64 answers. Win rate vs base is measured on held-out
-prompts, 16 x 4 = 64 comparisons per round.
+``positive``; ``--oracle pkg.mod:func`` adds plug-ins. Each runs in every ``--modes``
+entry, VOTE_MODE:METHOD (default ``pair:dpo,rank:dno``). A round's human budget is
+counted in answers read, ``--answers-per-round`` (64): 32 A/B votes, or 16 rank-of-4
+votes, so the modes are compared at the same cost to a person. Win rate vs base is
+measured on held-out prompts, 16 x 4 = 64 comparisons per round.
 
 Writes bench/results/learning-suite.json (rewritten after every run; each finished run
 is also kept under bench/results/runs/learning-suite/MODEL/) and docs/learning-suite.png:
@@ -39,8 +42,27 @@ SHIPPED = {"shorter": ["--oracle", "shorter"],
                        "--keyword-tiebreak", "tie"],
            "positive": ["--oracle", "positive"]}
 TARGET = 0.70
+MODES = "pair:dpo,rank:dno"
+RANK_SIZE = 4  # the app's default --rank-size
 ROUND_KEYS = ("round", "win_rate", "answers_read", "kl_per_token", "ended", "ended_base",
               "serving", "round_status", "mean_chars", "oracle_measure")
+
+
+def parse_modes(text: str) -> list[tuple[str, str]]:
+    """[(vote_mode, method), ...] from 'pair:dpo,rank:dno'; exits naming a bad entry."""
+    out = []
+    for entry in filter(None, text.split(",")):
+        mode, _, method = entry.partition(":")
+        if mode not in ("pair", "rank") or method not in ("dpo", "dno"):
+            sys.exit(f"--modes {entry!r}: write VOTE_MODE:METHOD with vote mode pair or rank "
+                     "and method dpo or dno, e.g. pair:dpo,rank:dno")
+        out.append((mode, method))
+    return out
+
+
+def votes_per_round(mode: str, answers: int) -> int:
+    """Votes that cost ``answers`` answers read: 2 per A/B vote, RANK_SIZE per rank vote."""
+    return max(answers // (2 if mode == "pair" else RANK_SIZE), 1)
 
 
 def oracle_args(name: str) -> list[str]:
@@ -56,16 +78,21 @@ def answers_to(rounds: list[dict], target: float = TARGET) -> int | None:
 def as_run(oracle: str, seed: int, curve: dict, minutes: float) -> dict:
     """One run of the suite's JSON from a simulate ``learning_curve.json``."""
     rounds = [{k: r.get(k) for k in ROUND_KEYS} for r in curve["rounds"]]
-    return {"oracle": oracle, "seed": seed, "method": "dpo", "vote_mode": "pair",
+    st = curve.get("settings", {})
+    return {"oracle": oracle, "seed": seed, "method": st.get("method", "dpo"),
+            "vote_mode": st.get("vote_mode", "pair"),
             "minutes": round(minutes, 1), "answers_to_70": answers_to(rounds),
             "rounds": rounds, "settings": curve.get("settings", {})}
 
 
-def simulate(model: str, oracle: str, seed: int, args, extra: list[str]) -> dict:
+def simulate(model: str, oracle: str, seed: int, mode: tuple[str, str], args,
+             extra: list[str]) -> dict:
     """One ``app.py simulate`` run; its progress bar goes to this terminal."""
+    votes = votes_per_round(mode[0], args.answers_per_round)
     with tempfile.TemporaryDirectory(prefix="livedpo-suite-") as tmp:
         cmd = [sys.executable, str(ROOT / "app.py"), "simulate", *oracle_args(oracle),
-               "--rounds", str(args.rounds), "--pairs-per-round", str(args.pairs_per_round),
+               "--vote-mode", mode[0], "--method", mode[1], "--rank-size", str(RANK_SIZE),
+               "--rounds", str(args.rounds), "--pairs-per-round", str(votes),
                "--eval-prompts", str(args.eval_prompts), "--samples-per-prompt",
                str(args.samples), "--data-dir", f"{tmp}/data", "--out", f"{tmp}/out",
                "--model", model, "--seed", str(seed), *extra]
@@ -78,18 +105,20 @@ def simulate(model: str, oracle: str, seed: int, args, extra: list[str]) -> dict
     return as_run(oracle, seed, curve, (time.time() - t0) / 60)
 
 
-def kept_path(model: str, oracle: str, seed: int) -> Path:
+def kept_path(model: str, oracle: str, seed: int, mode: tuple[str, str]) -> Path:
     return (RESULTS / "runs" / "learning-suite" / model
-            / f"{oracle.replace(':', '.')}-seed{seed}.json")
+            / f"{oracle.replace(':', '.')}-{mode[0]}-{mode[1]}-seed{seed}.json")
 
 
-def kept_run(path: Path, args) -> dict:
+def kept_run(path: Path, args, mode: tuple[str, str]) -> dict:
     """A finished run kept by an earlier suite, refused if its settings differ."""
     run = json.loads(path.read_text())
     st = run.get("settings", {})
-    want = {"pairs_per_round": args.pairs_per_round, "samples_per_prompt": args.samples,
-            "eval_prompts": args.eval_prompts, "rounds": args.rounds}
-    have = {**st, "rounds": len(run["rounds"]) - 1}
+    want = {"pairs_per_round": votes_per_round(mode[0], args.answers_per_round),
+            "samples_per_prompt": args.samples, "eval_prompts": args.eval_prompts,
+            "rounds": args.rounds, "vote_mode": mode[0], "method": mode[1]}
+    have = {**st, "rounds": len(run["rounds"]) - 1, "vote_mode": run.get("vote_mode"),
+            "method": run.get("method")}
     bad = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
     if bad:
         sys.exit(f"--resume: {path} was run with other settings ((kept, now): {bad}); "
@@ -100,14 +129,15 @@ def kept_run(path: Path, args) -> dict:
 def summary(runs: list[dict]) -> str:
     """A table: one row per run, win rate per round, answers to 70%, health, minutes."""
     n = max(len(r["rounds"]) for r in runs)
-    lines = ["| oracle | seed | " + " | ".join(f"r{i}" for i in range(n))
+    lines = ["| oracle | mode | seed | " + " | ".join(f"r{i}" for i in range(n))
              + " | answers to 70% | ended (base -> final) | KL/token | min |",
-             "|" + "---|" * (n + 6)]
+             "|" + "---|" * (n + 7)]
     for r in runs:
         last = r["rounds"][-1]
         wins = " | ".join(f"{x['win_rate']:.0%}" for x in r["rounds"])
         to_70 = "-" if r["answers_to_70"] is None else r["answers_to_70"]
-        lines.append(f"| {r['oracle']} | {r['seed']} | {wins} | {to_70} | "
+        lines.append(f"| {r['oracle']} | {r['vote_mode']}:{r['method']} | {r['seed']} | "
+                     f"{wins} | {to_70} | "
                      f"{last['ended_base']:.0%} -> {last['ended']:.0%} | "
                      f"{last['kl_per_token']:.3f} | {r['minutes']:.1f} |")
     return "\n".join(lines)
@@ -125,7 +155,7 @@ def plot_png(runs: list[dict]) -> bytes:
     for r in runs:
         ax.plot([x["answers_read"] for x in r["rounds"]],
                 [100 * x["win_rate"] for x in r["rounds"]], "o-",
-                label=f"{r['oracle']} (seed {r['seed']})")
+                label=f"{r['oracle']} {r['vote_mode']}:{r['method']} (seed {r['seed']})")
     ax.axhline(50, color="grey", lw=0.8, ls="--")
     ax.axhline(100 * TARGET, color="tab:green", lw=0.8, ls=":")
     ax.set(xlabel="answers read by the annotator", ylabel="win rate vs base (%)",
@@ -144,22 +174,22 @@ def main(args, extra: list[str], model: str, name: str) -> None:
     out = Path(args.json) if args.json else RESULTS / "learning-suite.json"
     png = Path(args.plot) if args.plot else ROOT / "docs" / "learning-suite.png"
     runs = []
-    for oracle in oracles:
-        for seed in seeds:
-            kept = kept_path(name, oracle, seed)
-            if args.resume and kept.is_file():
-                runs.append(kept_run(kept, args))
-                print(f"{oracle} seed {seed}: kept from {kept}", flush=True)
-                continue
-            run = simulate(model, oracle, seed, args, extra)
-            if not args.json:  # the real suite keeps each run; smoke runs write only --json
-                write_json(str(kept.relative_to(RESULTS)), run)
-            runs.append(run)
-            print(f"{oracle} seed {seed}: " + " ".join(f"{x['win_rate']:.0%}"
-                                                      for x in run["rounds"])
-                  + f"  ({run['minutes']:.1f} min)", flush=True)
-            atomic_write_json(out, {"machine": machine(), "model": name,
-                                    "extra_flags": extra, "runs": runs})
+    modes = parse_modes(args.modes)
+    for oracle, mode, seed in ((o, m, s) for o in oracles for m in modes for s in seeds):
+        label = f"{oracle} {mode[0]}:{mode[1]} seed {seed}"
+        kept = kept_path(name, oracle, seed, mode)
+        if args.resume and kept.is_file():
+            runs.append(kept_run(kept, args, mode))
+            print(f"{label}: kept from {kept}", flush=True)
+            continue
+        run = simulate(model, oracle, seed, mode, args, extra)
+        if not args.json:  # the real suite keeps each run; smoke runs write only --json
+            write_json(str(kept.relative_to(RESULTS)), run)
+        runs.append(run)
+        print(f"{label}: " + " ".join(f"{x['win_rate']:.0%}" for x in run["rounds"])
+              + f"  ({run['minutes']:.1f} min)", flush=True)
+        atomic_write_json(out, {"machine": machine(), "model": name, "extra_flags": extra,
+                                "runs": runs})
     atomic_write(png, plot_png(runs))
     print(summary(runs))
     print(f"wrote {out} and {png}")

@@ -8,7 +8,8 @@ see the latest committed data (WAL lets them run beside a writer). An in-memory 
 None, for tests) has one shared connection guarded by a lock.
 
 The API is small named methods grouped by concern: connections, prompts and pairs here;
-votes and their training-data mapping in storage/votes.py; rounds, adapters, state and
+votes and their training-data mapping in storage/votes.py; rank-of-N sets and their
+votes in storage/ranks.py; rounds, adapters, state and
 cached reference log-probs in storage/runs.py. Timestamps: see storage/common.py.
 """
 
@@ -34,6 +35,8 @@ from storage.common import (
     require_one_of,
 )
 from storage.errors import BadInput, StoreError, UnknownPair
+from storage.ranking import parse_answers
+from storage.ranks import RanksMixin
 from storage.runs import RunsMixin
 from storage.schema import migrate
 from storage.votes import VotesMixin
@@ -41,11 +44,12 @@ from storage.votes import VotesMixin
 __all__ = ["Store", "DB_NAME", "DEFAULT_PATH", "BUSY_TIMEOUT_S", "now", "dumps", "loads"]
 
 BUSY_TIMEOUT_S = 30.0
+KINDS = ("pair", "rank")  # what take_pair hands out: A/B pairs or rank-of-N sets
 DB_NAME = "livedpo.db"
 DEFAULT_PATH = Path("data") / DB_NAME
 
 
-class Store(VotesMixin, RunsMixin):
+class Store(VotesMixin, RanksMixin, RunsMixin):
     """All LiveDPO data in one SQLite DB. ``Store(None)`` is an in-memory DB (tests)."""
 
     def __init__(self, path: str | Path | None = None) -> None:
@@ -228,6 +232,8 @@ class Store(VotesMixin, RunsMixin):
     def _pair_row(row: dict) -> dict:
         row["gen_config"] = loads(row.get("gen_config")) or {}
         row["arena"] = bool(row["arena"])
+        if "answers" in row:
+            row["answers"] = parse_answers(row["answers"])
         return row
 
     def get_pair(self, pair_id: int) -> dict:
@@ -240,10 +246,15 @@ class Store(VotesMixin, RunsMixin):
         return self._pair_row(row)
 
     @staticmethod
-    def _available_sql(versions: Collection[str] | None) -> tuple[str, list]:
-        """WHERE clause of pairs that may still be handed out (live, not expired)."""
+    def _available_sql(versions: Collection[str] | None, kind: str | None = None
+                       ) -> tuple[str, list]:
+        """WHERE clause of pairs that may still be handed out (live, not expired); ``kind``
+        'pair' or 'rank' keeps A/B pairs or rank sets only."""
         # voted pairs stay available: with overlap > 1 they go to further annotators
         sql = "pairs.status != 'expired' and pairs.origin = 'live'"
+        if kind is not None:
+            require_one_of(kind, KINDS, "kind")
+            sql += f" and pairs.answers is {'' if kind == 'pair' else 'not '}null"
         params: list = []
         if versions is not None:
             vs = list(versions)
@@ -253,15 +264,17 @@ class Store(VotesMixin, RunsMixin):
         return sql, params
 
     def take_pair(self, annotator: str, overlap: int = 1,
-                  versions: Collection[str] | None = None) -> dict | None:
+                  versions: Collection[str] | None = None,
+                  kind: str | None = None) -> dict | None:
         """Atomically give ``annotator`` the oldest pair they were never assigned that has
-        fewer than ``overlap`` annotators (both sides in ``versions`` if given); records the
-        assignment. None when there is none."""
+        fewer than ``overlap`` annotators (both sides in ``versions`` if given; A/B pairs
+        or rank sets only with ``kind`` 'pair' / 'rank'); records the assignment. None
+        when there is none."""
         if not isinstance(annotator, str) or not annotator.strip():
             raise BadInput("annotator name is empty: log in, or pass a name")
         if overlap < 1:
             raise BadInput(f"overlap={overlap}: must be >= 1")
-        where, params = self._available_sql(versions)
+        where, params = self._available_sql(versions, kind)
         with self.write() as db:
             row = db.execute(
                 f"select pairs.id from pairs where {where} and not exists (select 1 from "
@@ -335,10 +348,12 @@ class Store(VotesMixin, RunsMixin):
                            "and status = 'served'", [pair_id])
             return len(stale)
 
-    def ready_pair_count(self, versions: Collection[str] | None = None) -> int:
+    def ready_pair_count(self, versions: Collection[str] | None = None,
+                         kind: str | None = None) -> int:
         """Pairs still to hand out: queued, live and not yet given to anyone (what the pool
-        keeps topped up; with overlap > 1, pairs given once are not counted)."""
-        where, params = self._available_sql(versions)
+        keeps topped up; with overlap > 1, pairs given once are not counted); ``kind``
+        counts A/B pairs or rank sets only."""
+        where, params = self._available_sql(versions, kind)
         return self.one(f"select count(*) as n from pairs where {where} and status = 'queued' "
                         "and not exists (select 1 from pair_assignments a where "
                         "a.pair_id = pairs.id) and not exists (select 1 from skips s where "

@@ -21,6 +21,7 @@ from typing import Any
 from storage.common import CHOICES, MAX_PROMPT_CHARS, now
 from storage.errors import BadInput, ImportFailed
 from storage.failpoints import failpoint
+from storage.ranking import MAX_RANK, MIN_RANK, RANK_CHOICES, check_tiers
 from storage.files import atomic_write, jsonl_text
 from storage.readers import Rows, csv_rows, jsonl_rows, lines, read_text
 from storage.votes import MAX_BETTER_ANSWER
@@ -29,7 +30,9 @@ PROMPT_EXTS = (".txt", ".jsonl", ".csv")
 PREF_EXTS = (".jsonl", ".json", ".csv")
 VOTE_COLUMNS = ["pair_id", "prompt", "response_a", "response_b", "version_a", "version_b",
                 "arena", "annotator", "choice", "better_answer", "decide_ms", "created",
-                "end_a", "end_b"]  # end_*: optional on import (see _end_cell)
+                "end_a", "end_b", "answers", "ranking"]
+# end_*, answers, ranking: optional on import. answers (rank sets only): JSON list of
+# {text, version, end}; ranking: JSON tiers of answer indices, best first (rank votes).
 IMPORT_ANNOTATOR = "import"
 IMPORT_VERSION = "import"
 ARENA_VALUES = {"0": 0, "1": 1, "": 0, "false": 0, "true": 1}
@@ -179,13 +182,14 @@ def _prompt_id(db, text: str) -> int:
 
 
 def _insert_pair(db, pair_id: int | None, prompt_id: int, a: str, b: str, va: str, vb: str,
-                 arena: int, end_a: str | None = None, end_b: str | None = None) -> int:
-    """An imported, already voted pair (never handed to annotators)."""
+                 arena: int, end_a: str | None = None, end_b: str | None = None,
+                 answers: str | None = None) -> int:
+    """An imported, already voted pair or rank set (never handed to annotators)."""
     return db.execute(
         "insert into pairs (id, prompt_id, response_a, response_b, version_a, version_b, "
-        "arena, gen_config, seed, created, status, origin, end_a, end_b) values "
-        "(?,?,?,?,?,?,?,'{}',0,?,'voted','import',?,?)",
-        [pair_id, prompt_id, a, b, va, vb, arena, now(), end_a, end_b]).lastrowid
+        "arena, gen_config, seed, created, status, origin, end_a, end_b, answers) values "
+        "(?,?,?,?,?,?,?,'{}',0,?,'voted','import',?,?,?)",
+        [pair_id, prompt_id, a, b, va, vb, arena, now(), end_a, end_b, answers]).lastrowid
 
 
 def _import_dpo(store, rows: list[dict]) -> dict:
@@ -214,7 +218,7 @@ def _import_kto(store, rows: list[dict]) -> dict:
 
 # --- votes CSV -------------------------------------------------------------------------------------
 PAIR_FIELDS = ("prompt", "response_a", "response_b", "version_a", "version_b", "arena",
-               "end_a", "end_b")
+               "end_a", "end_b", "answers")
 
 
 def _end_cell(end: str | None) -> str:
@@ -236,12 +240,44 @@ def _end_value(cell: str | None, column: str, bad) -> str | None:
     return end
 
 
+def _rank_cells(r: dict, bad) -> tuple[str | None, str | None]:
+    """(answers, ranking) as stored, checked: a rank set's answers and its vote's tiers,
+    or (None, None) for an A/B pair."""
+    if not r.get("answers"):
+        if r.get("ranking"):
+            raise bad("ranking given without answers: a ranking needs the rank set's answers")
+        return None, None
+    try:
+        answers = json.loads(r["answers"])
+    except json.JSONDecodeError as e:
+        raise bad(f"answers is not JSON ({e})") from None
+    if (not isinstance(answers, list) or not MIN_RANK <= len(answers) <= MAX_RANK
+            or not all(isinstance(a, dict) and isinstance(a.get("text"), str)
+                       and isinstance(a.get("version"), str) and a["version"]
+                       and isinstance(a.get("end"), str | None) for a in answers)):
+        raise bad(f"answers: expected a JSON list of {MIN_RANK}..{MAX_RANK} objects "
+                  "{text, version, end}")
+    if r["choice"] not in RANK_CHOICES:
+        raise bad(f"choice {r['choice']!r} on a rank set: use one of {', '.join(RANK_CHOICES)}")
+    tiers = None
+    if r["choice"] == "rank":
+        try:
+            tiers = check_tiers(json.loads(r.get("ranking") or "null"), len(answers))
+        except (json.JSONDecodeError, BadInput) as e:
+            raise bad(f"ranking {r.get('ranking')!r}: {e}") from None
+    clean = [{"text": a["text"], "version": a["version"], "end": a.get("end"), "ids": None,
+              "reward": None} for a in answers]
+    return (json.dumps(clean, ensure_ascii=False),
+            None if tiers is None else json.dumps(tiers))
+
+
 def _vote_row(name: str, n: int, r: dict, max_chars: int) -> dict:
     """One checked votes-CSV row with typed values."""
     def bad(problem: str) -> ImportFailed:
         return ImportFailed(name, n, problem)
 
-    if r["choice"] not in CHOICES:
+    answers, ranking = _rank_cells(r, bad)
+    if answers is None and r["choice"] not in CHOICES:
         raise bad(f"choice {r['choice']!r} is not one of {', '.join(CHOICES)}")
     for k in ("annotator", "response_a", "response_b", "version_a", "version_b"):
         if not r[k].strip():
@@ -261,7 +297,8 @@ def _vote_row(name: str, n: int, r: dict, max_chars: int) -> dict:
             "better_answer": (r.get("better_answer") or "").strip() or None,
             "created": r.get("created") or None,
             "end_a": _end_value(r.get("end_a"), "end_a", bad),
-            "end_b": _end_value(r.get("end_b"), "end_b", bad)}
+            "end_b": _end_value(r.get("end_b"), "end_b", bad),
+            "answers": answers, "ranking": ranking}
 
 
 def _parse_votes(name: str, rows: Rows, max_chars: int) -> list[dict]:
@@ -294,14 +331,16 @@ def _import_votes(store, rows: list[dict]) -> dict:
                 keep = r["key"] if isinstance(r["key"], int) and not taken else None
                 pairs[r["key"]] = _insert_pair(
                     db, keep, _prompt_id(db, r["prompt"]), r["response_a"], r["response_b"],
-                    r["version_a"], r["version_b"], r["arena"], r["end_a"], r["end_b"])
+                    r["version_a"], r["version_b"], r["arena"], r["end_a"], r["end_b"],
+                    r["answers"])
             t = now()
             db.execute("insert into votes (pair_id, annotator, choice, better_answer, decide_ms,"
-                       " created, updated) values (?,?,?,?,?,?,?) on conflict (pair_id, "
-                       "annotator) do update set choice = excluded.choice, better_answer = "
-                       "excluded.better_answer, decide_ms = excluded.decide_ms",
+                       " created, updated, ranking) values (?,?,?,?,?,?,?,?) on conflict "
+                       "(pair_id, annotator) do update set choice = excluded.choice, "
+                       "better_answer = excluded.better_answer, decide_ms = "
+                       "excluded.decide_ms, ranking = excluded.ranking",
                        [pairs[r["key"]], r["annotator"], r["choice"], r["better_answer"],
-                        r["decide_ms"], r["created"] or t, t])
+                        r["decide_ms"], r["created"] or t, t, r["ranking"]])
         failpoint("import.before_commit")
     return {"format": "votes", "pairs": len(pairs), "votes": len(rows)}
 
@@ -321,10 +360,18 @@ def _vote_rows(store) -> list[dict]:
     rows = store.query(
         "select v.pair_id, pr.text as prompt, p.response_a, p.response_b, p.version_a, "
         "p.version_b, p.arena, v.annotator, v.choice, v.better_answer, v.decide_ms, "
-        "v.created, p.end_a, p.end_b from votes v join pairs p on p.id = v.pair_id join "
-        "prompts pr on pr.id = p.prompt_id order by v.pair_id, v.id")
-    return [{**r, "end_a": _end_cell(r["end_a"]), "end_b": _end_cell(r["end_b"])}
-            for r in rows]
+        "v.created, p.end_a, p.end_b, p.answers, v.ranking from votes v join pairs p on "
+        "p.id = v.pair_id join prompts pr on pr.id = p.prompt_id order by v.pair_id, v.id")
+    return [{**r, "end_a": _end_cell(r["end_a"]), "end_b": _end_cell(r["end_b"]),
+             "answers": _answers_cell(r["answers"])} for r in rows]
+
+
+def _answers_cell(answers: str | None) -> str | None:
+    """A rank set's answers for the CSV: text, version and end of each (no token ids)."""
+    if answers is None:
+        return None
+    return json.dumps([{k: a.get(k) for k in ("text", "version", "end")}
+                       for a in json.loads(answers)], ensure_ascii=False)
 
 
 def _csv_text(rows: list[dict]) -> str:

@@ -102,6 +102,15 @@ def _v6_sampled_tokens(db: sqlite_utils.Database) -> None:
         db["pairs"].add_column(column, str)
 
 
+def _v7_rank_sets(db: sqlite_utils.Database) -> None:
+    """pairs.answers: a rank-of-N set's answers (JSON list of {text, version, end, ids,
+    reward}; NULL for an A/B pair, whose answers are response_a / response_b), and
+    votes.ranking: a rank vote's order as tiers of answer indices, best first (JSON, e.g.
+    [[2], [0, 3], [1]]: 2 best, 1 worst; NULL for A/B votes, ties and both-bad)."""
+    db["pairs"].add_column("answers", str)
+    db["votes"].add_column("ranking", str)
+
+
 Migration = tuple[int, str, Callable[[sqlite_utils.Database], None]]
 MIGRATIONS: list[Migration] = [
     (1, "initial schema", _v1_initial),
@@ -110,6 +119,7 @@ MIGRATIONS: list[Migration] = [
     (4, "how each answer ended", _v4_answer_ends),
     (5, "drop the unused annotators table", _v5_drop_annotators),
     (6, "sampled token ids of each pair", _v6_sampled_tokens),
+    (7, "rank-of-N sets and their rankings", _v7_rank_sets),
 ]
 LATEST = MIGRATIONS[-1][0]
 

@@ -19,6 +19,7 @@ from collections import Counter
 
 from storage.common import CHOICES, ids_of, now, today, version_number
 from storage.errors import BadChoice, BadInput, UnknownPair
+from storage.ranking import parse_answers
 
 MAX_BETTER_ANSWER = 20_000
 MAX_ANNOTATOR = 64
@@ -96,7 +97,10 @@ class VotesMixin:
         pair_id = parse_pair_id(pair_id)
         t = now()
         with self.write() as db:
-            self.get_pair(pair_id)  # UnknownPair with a clear message
+            answers = self.get_pair(pair_id).get("answers")  # UnknownPair if missing
+            if answers is not None:
+                raise BadInput(f"pair {pair_id} is a rank set of {len(answers)} answers: "
+                               "vote on it with vote_rank (best and worst)")
             db.execute(
                 "insert into votes (pair_id, annotator, choice, better_answer, decide_ms, "
                 "created, updated) values (?,?,?,?,?,?,?) on conflict (pair_id, annotator) do "
@@ -137,9 +141,9 @@ class VotesMixin:
         """{pair_id: {prompt, a, b, last (newest vote id), votes: [...]}} up to a cut-off."""
         cap = "" if max_vote_id is None else "and v.id <= ?"
         rows = self.query(
-            "select v.pair_id, v.annotator, v.choice, v.better_answer, v.id as vote_id, "
-            "p.response_a, p.response_b, p.end_a, p.end_b, p.prompt_ids, p.ids_a, p.ids_b, "
-            "pr.text as prompt "
+            "select v.pair_id, v.annotator, v.choice, v.better_answer, v.ranking, "
+            "v.id as vote_id, p.response_a, p.response_b, p.end_a, p.end_b, p.prompt_ids, "
+            "p.ids_a, p.ids_b, p.answers, pr.text as prompt "
             "from votes v join pairs p on "
             f"p.id = v.pair_id join prompts pr on pr.id = p.prompt_id where 1 {cap} "
             "order by v.pair_id, v.id", [] if max_vote_id is None else [max_vote_id])
@@ -149,14 +153,16 @@ class VotesMixin:
                 "prompt": r["prompt"], "a": r["response_a"], "b": r["response_b"],
                 "end": {"a": r["end_a"], "b": r["end_b"]},
                 "ids": {"a": ids_of(r["ids_a"]), "b": ids_of(r["ids_b"])},
-                "prompt_ids": ids_of(r["prompt_ids"]), "votes": []})
+                "prompt_ids": ids_of(r["prompt_ids"]), "answers": parse_answers(r["answers"]),
+                "votes": []})
             p["votes"].append(r)
             p["last"] = r["vote_id"]
         return pairs
 
-    @staticmethod
-    def _pair_examples(pid: int, p: dict) -> list[dict]:
-        """The DPO rows of one voted pair (see the module docstring)."""
+    def _pair_examples(self, pid: int, p: dict) -> list[dict]:
+        """The DPO rows of one voted pair (see the module docstring) or rank set."""
+        if p["answers"] is not None:
+            return self._rank_examples(pid, p)
         choice, agreement = majority([v["choice"] for v in p["votes"]])
         base = {"pair_id": pid, "prompt": p["prompt"], "prompt_ids": p["prompt_ids"],
                 "agreement": agreement, "n_votes": len(p["votes"])}
@@ -190,6 +196,9 @@ class VotesMixin:
         (see the module docstring), then the imported labels (pair_id None)."""
         out = []
         for pid, p in sorted(self._voted_pairs(max_vote_id).items()):
+            if p["answers"] is not None:
+                out += self._rank_kto_rows(pid, p)
+                continue
             choice, _ = majority([v["choice"] for v in p["votes"]])
             for side, good in KTO_LABELS.get(choice, {}).items():
                 out.append({"pair_id": pid, "prompt": p["prompt"], "completion": p[side],
@@ -212,9 +221,10 @@ class VotesMixin:
         this annotator matched it (None when there is no such pair)."""
         mine = self.one("select count(*) as total, coalesce(sum(created >= ?), 0) as today "
                         "from votes where annotator = ?", [today(), name])
-        rows = self.query("select v.pair_id, v.choice as mine, o.choice as other from votes v "
-                          "join votes o on o.pair_id = v.pair_id and o.annotator != "
-                          "v.annotator where v.annotator = ? order by v.pair_id", [name])
+        rows = self.query("select v.pair_id, coalesce(v.ranking, v.choice) as mine, "
+                          "coalesce(o.ranking, o.choice) as other from votes v join votes o "
+                          "on o.pair_id = v.pair_id and o.annotator != v.annotator where "
+                          "v.annotator = ? order by v.pair_id", [name])
         others: dict[int, tuple[str, list[str]]] = {}
         for r in rows:
             others.setdefault(r["pair_id"], (r["mine"], []))[1].append(r["other"])
@@ -227,7 +237,8 @@ class VotesMixin:
     def recent_votes(self, limit: int = 50) -> list[dict]:
         """The newest votes joined with their prompt, responses and versions."""
         return self.query(
-            "select v.id, v.pair_id, v.annotator, v.choice, v.better_answer, v.decide_ms, "
+            "select v.id, v.pair_id, v.annotator, v.choice, v.ranking, v.better_answer, "
+            "v.decide_ms, "
             "v.created, pr.text as prompt, p.response_a, p.response_b, p.version_a, "
             "p.version_b, p.arena from votes v join pairs p on p.id = v.pair_id join prompts "
             "pr on pr.id = p.prompt_id order by v.id desc limit ?", [limit])
@@ -235,9 +246,11 @@ class VotesMixin:
     def arena_results(self) -> list[dict]:
         """Human win-rate of each adapter version in arena pairs, per opponent:
         {version, opponent, wins, losses, ties, both_bad, n}. The version is the newer side
-        (an adapter against base, or against the previous version)."""
+        (an adapter against base, or against the previous version). Arena rank sets add
+        their cross-version comparisons (``rank_arena_results``)."""
         rows = self.query("select p.version_a, p.version_b, v.choice from votes v join pairs p "
-                          "on p.id = v.pair_id where p.arena = 1 and p.version_a != p.version_b")
+                          "on p.id = v.pair_id where p.arena = 1 and p.version_a != p.version_b "
+                          "and p.answers is null")
         agg: dict[tuple[str, str], dict] = {}
         for r in rows:
             a, b = r["version_a"], r["version_b"]
@@ -251,4 +264,10 @@ class VotesMixin:
                 s["both_bad"] += 1
             else:
                 s["wins" if r["choice"] == side else "losses"] += 1
+        for r in self.rank_arena_results():
+            s = agg.setdefault((r["version"], r["opponent"]), dict.fromkeys(
+                ("wins", "losses", "ties", "both_bad", "n"), 0) | {
+                "version": r["version"], "opponent": r["opponent"]})
+            for k in ("wins", "losses", "ties", "both_bad", "n"):
+                s[k] += r[k]
         return sorted(agg.values(), key=lambda s: (version_number(s["version"]), s["opponent"]))

@@ -18,21 +18,28 @@ ROUND_KEYS = {"round", "win_rate", "answers_read", "kl_per_token", "ended", "end
 def test_suite_writes_every_oracle_and_plug_in_in_the_contracted_shape(tmp_path):
     out, png = tmp_path / "suite.json", tmp_path / "suite.png"
     cmd = [sys.executable, "bench/learning.py", "--suite", "--model", "tiny", "--seeds", "0",
-           "--rounds", "1", "--pairs-per-round", "8", "--eval-prompts", "4", "--samples", "2",
+           "--rounds", "1", "--answers-per-round", "16", "--eval-prompts", "4", "--samples", "2",
+           "--modes", "pair:dpo,rank:dno",
            "--oracle", "trainer.sim.oracles:shorter", "--json", str(out), "--plot", str(png)]
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     runs = json.loads(out.read_text())["runs"]
-    assert [r["oracle"] for r in runs] == ["shorter", "keyword", "positive",
-                                           "trainer.sim.oracles:shorter"]
+    oracles = ["shorter", "keyword", "positive", "trainer.sim.oracles:shorter"]
+    assert [(r["oracle"], r["vote_mode"], r["method"]) for r in runs] == [
+        (o, mode, method) for o in oracles for mode, method in (("pair", "dpo"), ("rank", "dno"))]
     for r in runs:
         assert {"oracle", "seed", "method", "vote_mode", "minutes", "answers_to_70",
                 "rounds"} <= set(r)
-        assert (r["seed"], r["method"], r["vote_mode"]) == (0, "dpo", "pair")
+        assert r["seed"] == 0
         assert [x["round"] for x in r["rounds"]] == [0, 1]
         assert all(set(x) >= ROUND_KEYS for x in r["rounds"])
-        assert [x["answers_read"] for x in r["rounds"]] == [0, 16]  # 8 A/B votes
+        read = r["rounds"][1]["answers_read"]
+        if r["vote_mode"] == "pair":
+            assert read == 16  # 8 A/B votes
+        else:
+            assert 12 <= read <= 16  # 4 rank votes on sets of 3-4 different answers
         first = next((x["answers_read"] for x in r["rounds"] if x["win_rate"] >= 0.7), None)
         assert r["answers_to_70"] == first
     assert png.stat().st_size > 1000
-    assert "| shorter | 0 |" in run.stdout
+    assert "| shorter | pair:dpo | 0 |" in run.stdout
+    assert "| positive | rank:dno | 0 |" in run.stdout

@@ -6,6 +6,7 @@ import pytest
 
 from storage.readers import read_jsonl
 from tests.svc_fixtures import tiny_service
+from trainer.config import PoolConfig, TrainConfig
 from trainer.model.generate import Sample
 from trainer.model.policy import BASE
 from trainer.sim import simulate as sim
@@ -75,8 +76,7 @@ class _FakeSampler:
 def _fake_service(sampler) -> SimpleNamespace:
     """What ``simulate.run`` reads of the service, with a scripted sampler."""
     return SimpleNamespace(
-        train_cfg=SimpleNamespace(votes_per_round=4, loss="nca_pair", beta=0.1, lr=5e-5,
-                                  epochs=2, reference="base", max_length=64),
+        train_cfg=TrainConfig(votes_per_round=4, max_length=64), pool_cfg=PoolConfig(),
         model_cfg=SimpleNamespace(model="fake"), policy=SimpleNamespace(serving=BASE),
         sampler=sampler)
 

@@ -52,7 +52,7 @@ def test_votes_csv_keeps_how_each_answer_ended(tmp_path):
     assert [(r["chosen_end"], r["rejected_end"]) for r in older.training_pairs()] == [
         (None, None)]
     bad = tmp_path / "bad.csv"
-    bad.write_text(lines[0] + "\n" + "0,q,a,b,base,base,0,ann,a,,,,<eos>,\n")
+    bad.write_text(lines[0] + "\n" + "0,q,a,b,base,base,0,ann,a,,,,<eos>,,,\n")
     with pytest.raises(ImportFailed, match="end_a '<eos>': leave it empty, or write a JSON"):
         import_prefs(Store(None), bad)
 

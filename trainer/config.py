@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_MODEL = "gemma-3-270m"
+METHODS = ("dpo", "dno")
+VOTE_MODES = ("pair", "rank")
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", "bco_pair", "nca_pair", "sppo_hard", "kto")
 
 
@@ -105,6 +107,12 @@ class PoolConfig:
     staleness: int = setting(0, "Queued pairs from more than this many versions back are retired "
                         "after a hot-swap (0 = only the serving version is shown).")
     overlap: int = setting(1, "How many different annotators see each pair (agreement needs >= 2).")
+    vote_mode: str = setting("pair", "What annotators judge: pair = two answers, pick A/B/tie/"
+                             "both bad; rank = --rank-size answers to one prompt, mark the "
+                             "best and the worst (one vote implies several ordered pairs).",
+                             VOTE_MODES)
+    rank_size: int = setting(4, "Answers per rank set (--vote-mode rank), sampled in one "
+                             "batched decode.")
     release_after_s: float = setting(1800.0, "A pair handed out but not voted on for this long "
                                 "(closed tab, reload) goes back to the queue for others.")
 
@@ -120,6 +128,9 @@ class PoolConfig:
             out.append(f"staleness={self.staleness}: must be >= 0")
         if self.overlap < 1:
             out.append(f"overlap={self.overlap}: must be >= 1")
+        if not 3 <= self.rank_size <= 8:
+            out.append(f"rank_size={self.rank_size}: must be in 3..8 (try 4; 2 answers is "
+                       "--vote-mode pair)")
         if self.release_after_s <= 0:
             out.append(f"release_after_s={self.release_after_s}: must be > 0 seconds")
         return out
@@ -129,6 +140,10 @@ class PoolConfig:
 class TrainConfig:
     """DPO rounds: when they start, what they optimise, and when a result is accepted."""
 
+    method: str = setting("dpo", "dpo: train on every pair the votes imply, reference = "
+                          "--reference. dno: Direct Nash Optimization (DNO-Prct, arXiv "
+                          "2404.03715 Alg. 2): only each vote's (best, worst) pair, reference "
+                          "= the previous iterate (the serving version).", METHODS)
     loss: str = setting("nca_pair", "Preference loss (README: loss variants). nca_pair "
                         "also pushes up the chosen answer's likelihood, which keeps live "
                         "rounds from collapsing (docs/learning.md).", LOSS_TYPES)
@@ -270,8 +285,8 @@ def help_of(cls: type, name: str) -> str:
 
 
 # Settings an admin may change at run time, by area.
-EDITABLE = {"train": ("loss", "beta", "lr", "epochs", "min_steps", "votes_per_round",
+EDITABLE = {"train": ("method", "loss", "beta", "lr", "epochs", "min_steps", "votes_per_round",
                       "reference", "label_smoothing", "window", "micro_batch", "grad_accum"),
-            "pool": ("arena_fraction", "arena_opponent", "ready_pairs", "overlap",
-                     "release_after_s"),
+            "pool": ("vote_mode", "rank_size", "arena_fraction", "arena_opponent",
+                     "ready_pairs", "overlap", "release_after_s"),
             "sampling": ("temperature", "top_p", "top_k", "max_new_tokens")}

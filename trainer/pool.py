@@ -3,7 +3,8 @@
 Pairs are sampled from the CURRENT serving policy (on-policy, iterated DPO), several
 prompts per batched generate call, least-served prompts first. A share of pairs are
 "arena" pairs: the serving adapter against base (or the previous version), sides
-shuffled, versions recorded per side and revealed only after the vote. After a
+shuffled, versions recorded per side and revealed only after the vote. With
+``--vote-mode rank`` it makes rank-of-N sets instead (trainer/ranksets.py). After a
 hot-swap, queued pairs from older versions are retired so annotators judge the
 current policy. Errors are logged, counted, shown in status and retried with backoff;
 they never kill the producer.
@@ -22,6 +23,7 @@ from trainer.config import PoolConfig
 from trainer.model.generate import Sample, Sampler
 from trainer.model.policy import BASE
 from trainer.model.scoring import implicit_rewards
+from trainer.ranksets import sample_sets
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +74,8 @@ class PairPool:
         while not self._stop.is_set():
             try:
                 self.store.release_stale_assignments(self.cfg.release_after_s)
-                need = self.cfg.ready_pairs - self.store.ready_pair_count()
+                need = self.cfg.ready_pairs - self.store.ready_pair_count(
+                    kind=self.cfg.vote_mode)
                 if need <= 0:
                     self._wake.wait(5.0)
                     self._wake.clear()
@@ -118,6 +121,8 @@ class PairPool:
             plan = [PlannedPair(p["id"], p["text"], opp is not None
                                 and self.rng.random() < self.cfg.arena_fraction)
                     for p in prompts]
+            if self.cfg.vote_mode == "rank":
+                return self.produce_sets(plan, opp)
             return self.produce(plan, opp)
 
     def produce(self, plan: list[PlannedPair], opponent: str | None,
@@ -149,6 +154,50 @@ class PairPool:
         self.last_batch = {"pairs": len(ids), "seconds": round(dt, 2),
                            **{k: round(v, 2) for k, v in self.sampler.last_stats.items()}}
         return ids
+
+    def produce_sets(self, plan: list[PlannedPair], opponent: str | None,
+                     status: str = "queued") -> list[int]:
+        """Sample and store one rank set of ``cfg.rank_size`` answers per planned prompt
+        (each answer's implicit reward under serving when it differs from its
+        reference); returns the new ids."""
+        t0 = time.perf_counter()
+        seed, n = self._next_seed(), self.cfg.rank_size
+        ids = []
+        with self.policy.lock.hold(priority=True):
+            serving = self.policy.serving
+            sets = sample_sets(self.sampler, [p.prompt for p in plan], [p.arena for p in plan],
+                               serving, opponent, n, seed, self.rng)
+            for item, answers in zip(plan, sets):
+                if answers is None:
+                    log.warning("prompt %d gave fewer than 3 different answers; skipped",
+                                item.prompt_id)
+                    continue
+                rewards = self._set_rewards(item.prompt, answers, serving)
+                rows = [{"text": s.text, "version": v, "end": s.scored_end,
+                         "ids": s.token_ids, "reward": r}
+                        for (s, v), r in zip(answers, rewards)]
+                ids.append(self.store.record_rank_set(
+                    item.prompt_id, rows, gen_config={**self._gen_config(None, None),
+                                                      "rank_size": n},
+                    seed=seed, arena=item.arena, status=status,
+                    prompt_ids=next((s.prompt_ids for s, _ in answers if s.prompt_ids), None)))
+        dt = time.perf_counter() - t0
+        self.produced += len(ids)
+        self.last_batch = {"sets": len(ids), "seconds": round(dt, 2),
+                           **{k: round(v, 2) for k, v in self.sampler.last_stats.items()}}
+        return ids
+
+    def _set_rewards(self, prompt: str, answers: list, serving: str) -> list[float | None]:
+        """Implicit rewards of a set's answers under serving (None: arena, or serving is
+        its own reference)."""
+        ref = self.reference(serving)
+        if serving == ref or any(v != serving for _, v in answers):
+            return [None] * len(answers)
+        fmt = self.sampler.format(prompt)
+        prompts = [s.prompt_ids or fmt for s, _ in answers]
+        texts = [s.token_ids or self.sampler.scored(s.text, s.scored_end) for s, _ in answers]
+        return implicit_rewards(self.policy, prompts, texts, serving, ref, self.beta,
+                                self.max_length)
 
     def _next_seed(self) -> int:
         """Deterministic per batch: the base seed and how many pairs exist so far."""

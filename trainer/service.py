@@ -144,11 +144,22 @@ class Service:
 
     # --- annotating ---------------------------------------------------------------------
     def next_pair(self, annotator: str) -> dict | None:
-        """The next pair for this annotator (None when the pool is empty right now)."""
-        pair = self.store.take_pair(annotator, overlap=self.pool_cfg.overlap)
+        """The next A/B pair for this annotator (None when none is ready right now)."""
+        return self._take(annotator, "pair")
+
+    def next_rank(self, annotator: str) -> dict | None:
+        """The next rank set (its ``answers``) for this annotator, or None."""
+        return self._take(annotator, "rank")
+
+    def next_item(self, annotator: str) -> dict | None:
+        """The next pair or rank set, as the admin's ``vote_mode`` says."""
+        return self._take(annotator, self.pool_cfg.vote_mode)
+
+    def _take(self, annotator: str, kind: str) -> dict | None:
+        item = self.store.take_pair(annotator, overlap=self.pool_cfg.overlap, kind=kind)
         if self.pool:
             self.pool.wake()
-        return pair
+        return item
 
     def vote(self, annotator: str, pair_id: int, choice: str, better_answer: str | None = None,
              decide_ms: int | None = None) -> dict:
@@ -164,15 +175,37 @@ class Service:
                 "prediction_correct": None if predicted is None or choice not in ("a", "b")
                 else predicted == choice}
 
+    def vote_rank(self, annotator: str, pair_id: int, choice: str = "rank",
+                  best: int | None = None, worst: int | None = None,
+                  decide_ms: int | None = None) -> dict:
+        """Commit a rank vote (0-based best / worst), then reveal each answer's version
+        and the implicit reward's own pick of best and worst."""
+        self.store.record_rank_vote(pair_id, annotator, choice, best, worst, decide_ms)
+        answers = self.store.get_pair(pair_id)["answers"]
+        rewards = [a.get("reward") for a in answers]
+        known = None not in rewards and len(set(rewards)) > 1
+        pred_best = max(range(len(rewards)), key=rewards.__getitem__) if known else None
+        pred_worst = min(range(len(rewards)), key=rewards.__getitem__) if known else None
+        return {"pair_id": pair_id, "choice": choice, "best": best, "worst": worst,
+                "versions": [a["version"] for a in answers], "rewards": rewards,
+                "arena": len({a["version"] for a in answers}) > 1,
+                "predicted_best": pred_best, "predicted_worst": pred_worst,
+                "prediction_correct": None if pred_best is None or choice != "rank"
+                else (pred_best, pred_worst) == (best, worst)}
+
     def ask(self, annotator: str, prompt: str) -> dict:
-        """Generate a pair for the annotator's own prompt at once and hand it to them."""
+        """Generate a pair (or a rank set, in rank mode) for the annotator's own prompt at
+        once and hand it to them."""
         self.require_ready()
         prompt_id = self.store.add_prompt(prompt, source="user",
                                           max_chars=self.max_prompt_chars)
-        ids = self.pool.produce([PlannedPair(prompt_id, prompt.strip(), False)], None,
-                                status="queued")
+        plan = [PlannedPair(prompt_id, prompt.strip(), False)]
+        if self.pool_cfg.vote_mode == "rank":
+            ids = self.pool.produce_sets(plan, None, status="queued")
+        else:
+            ids = self.pool.produce(plan, None, status="queued")
         if not ids:
-            raise ValueError("The model gave two identical (or empty) answers to that prompt "
+            raise ValueError("The model gave the same (or empty) answers to that prompt "
                              "three times; try rephrasing it.")
         self.store.assign_pair(ids[0], annotator)
         return self.store.get_pair(ids[0])

@@ -136,3 +136,31 @@ def checked(oracle: Oracle) -> Oracle:
             raise ValueError(f"oracle returned {out!r}; it must return one of {CHOICES}")
         return out
     return call
+
+
+def rank_vote(oracle: Oracle, prompt: str, answers: list[str]
+              ) -> tuple[str, int | None, int | None]:
+    """A rank vote (choice, best, worst) from a pairwise oracle, as a careful annotator
+    marks it on the page. Every two answers are compared (a win scores 1, a tie or
+    both-bad ½ each). A unique top score is marked best and a unique bottom score worst;
+    a shared one is left unmarked (the rest are equal to it), unless both are shared:
+    then one of each is marked, as a person must pick. All scores equal: 'both_bad' if
+    every comparison was both-bad, else 'tie'."""
+    n = len(answers)
+    score = [0.0] * n
+    verdicts = []
+    for i in range(n):
+        for j in range(i + 1, n):
+            v = oracle(prompt, answers[i], answers[j])
+            verdicts.append(v)
+            score[i] += 1.0 if v == "a" else 0.0 if v == "b" else 0.5
+            score[j] += 1.0 if v == "b" else 0.0 if v == "a" else 0.5
+    top, bottom = max(score), min(score)
+    if top == bottom:
+        return ("both_bad" if all(v == "both_bad" for v in verdicts) else "tie"), None, None
+    first_top, last_bottom = score.index(top), n - 1 - score[::-1].index(bottom)
+    unique_top, unique_bottom = score.count(top) == 1, score.count(bottom) == 1
+    if not unique_top and not unique_bottom:
+        return "rank", first_top, last_bottom
+    return ("rank", first_top if unique_top else None,
+            last_bottom if unique_bottom else None)

@@ -23,11 +23,11 @@ from pathlib import Path
 from storage.files import atomic_write, atomic_write_json, jsonl_text
 from trainer.model.policy import BASE
 from trainer.model.scoring import mean_token_kl
+from trainer.sim.oracles import rank_vote
 from trainer.training.health import measure
 
 log = logging.getLogger(__name__)
 ANNOTATOR = "oracle"
-ANSWERS_PER_VOTE = 2  # an A/B vote: the annotator reads both answers
 N_EXAMPLES = 4
 
 
@@ -103,20 +103,33 @@ def oracle_measure(oracle, answers: list[dict]) -> dict | None:
             "base": round(sum(fn(a["base"]) for a in answers) / len(answers), 4)}
 
 
+def cast_vote(svc, oracle, item: dict) -> int:
+    """The oracle votes on one pair or rank set as the page would let a person; returns
+    how many answers it read."""
+    answers = item.get("answers")
+    if answers is None:
+        choice = oracle(item["prompt"], item["response_a"], item["response_b"])
+        svc.vote(ANNOTATOR, item["id"], choice, decide_ms=0)
+        return 2
+    choice, best, worst = rank_vote(oracle, item["prompt"], [a["text"] for a in answers])
+    svc.vote_rank(ANNOTATOR, item["id"], choice, best, worst, decide_ms=0)
+    return len(answers)
+
+
 def vote_until_round(svc, oracle, votes: int, timeout_s: float, on_vote=None) -> dict:
-    """Vote on ``votes`` pairs, then wait for the trainer thread's round to finish.
-    ``on_vote(cast)`` is called after each vote (a progress bar)."""
+    """Vote on ``votes`` pairs or rank sets (``vote_mode``), then wait for the trainer
+    thread's round to finish. ``on_vote(cast)`` is called after each vote (a progress
+    bar). Returns the round's row with ``answers_read`` added."""
     last = max((r["id"] for r in svc.store.list_rounds(limit=1)), default=0)
-    cast, t0 = 0, time.time()
+    cast, read, t0 = 0, 0, time.time()
     while cast < votes:
         if time.time() - t0 > timeout_s:
             raise TimeoutError(f"only {cast}/{votes} votes in {timeout_s:.0f} s")
-        pair = svc.next_pair(ANNOTATOR)
-        if pair is None:
+        item = svc.next_item(ANNOTATOR)
+        if item is None:
             time.sleep(0.2)
             continue
-        choice = oracle(pair["prompt"], pair["response_a"], pair["response_b"])
-        svc.vote(ANNOTATOR, pair["id"], choice, decide_ms=0)
+        read += cast_vote(svc, oracle, item)
         cast += 1
         if on_vote:
             on_vote(cast)
@@ -124,7 +137,7 @@ def vote_until_round(svc, oracle, votes: int, timeout_s: float, on_vote=None) ->
         done = [r for r in svc.store.list_rounds(limit=5)
                 if r["id"] > last and r["status"] != "running"]
         if done:
-            return done[0]
+            return {**done[0], "answers_read": read}
         time.sleep(0.5)
     raise TimeoutError(f"no round finished within {timeout_s:.0f} s")
 
@@ -136,7 +149,8 @@ def run(svc, oracle, *, rounds: int, pairs_per_round: int, eval_prompts: list[st
 
     Each round row has the win rate vs base, the KL per token, the share of serving's
     and of base's answers that end by themselves (``ended``, ``ended_base``) and
-    ``answers_read``, what the votes so far cost a person (two answers per A/B vote).
+    ``answers_read``, what the votes so far cost a person (two answers per A/B vote, N
+    per rank-of-N vote).
     ``progress`` gets (votes cast, votes per round, "round r/R ... last win rate").
 
     Each round is exactly ``pairs_per_round`` votes, then one DPO round on them: the
@@ -159,21 +173,24 @@ def run(svc, oracle, *, rounds: int, pairs_per_round: int, eval_prompts: list[st
                 "eval_prompts": len(eval_prompts), "loss": svc.train_cfg.loss,
                 "beta": svc.train_cfg.beta, "lr": svc.train_cfg.lr,
                 "epochs": svc.train_cfg.epochs, "reference": svc.train_cfg.reference,
+                "method": svc.train_cfg.method, "vote_mode": svc.pool_cfg.vote_mode,
+                "rank_size": svc.pool_cfg.rank_size,
                 "model": svc.model_cfg.model, "seed": seed}
     base_answers = svc.sampler.sample([p for p in eval_prompts for _ in range(samples)],
                                       BASE, seed + 1)
     ended_base = round(measure(base_answers).healthy, 3)
-    last = None
+    last, read = None, 0
     for r in range(rounds + 1):
         if r > 0:
             desc = f"round {r}/{rounds}: votes cast (last win rate {last:.0%})"
             tick = (lambda n, d=desc: progress.update(n, pairs_per_round, d)) if progress \
                 else None
             rnd = vote_until_round(svc, oracle, pairs_per_round, timeout_s, on_vote=tick)
+            read += rnd["answers_read"]
         ev = evaluate(svc, oracle, eval_prompts, samples, seed + 1000 * r, base_answers)
         last = ev.win_rate
         row = {"round": r, "serving": svc.policy.serving, "win_rate": ev.win_rate,
-               "answers_read": r * pairs_per_round * ANSWERS_PER_VOTE,
+               "answers_read": read,
                "kl_per_token": ev.kl_per_token, "eval_samples": ev.n,
                "mean_chars": round(ev.mean_chars, 1), "ended": round(ev.ended, 3),
                "ended_base": ended_base,

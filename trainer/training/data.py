@@ -28,6 +28,7 @@ class Example:
     desirable: bool = True  # unpaired rows only
     ref: dict[Seq, tuple[float, int]] = field(default_factory=dict)  # answer -> (logp, n)
     question: str = ""  # the prompt as the annotator saw it (before the template)
+    group: str = ""  # rows that share answers (one rank set) share it: held out together
 
 
 def is_heldout(key: str, fraction: float) -> bool:
@@ -56,7 +57,7 @@ def paired_examples(rows: list[dict], fmt, frame) -> list[Example]:
                     chosen=_answer(r["chosen"], r.get("chosen_ids"), r.get("chosen_end"), frame),
                     rejected=_answer(r["rejected"], r.get("rejected_ids"),
                                      r.get("rejected_end"), frame),
-                    question=r["prompt"]) for r in rows]
+                    question=r["prompt"], group=r.get("group") or "") for r in rows]
 
 
 def unpaired_examples(rows: list[dict], fmt, frame) -> list[Example]:
@@ -71,9 +72,11 @@ def unpaired_examples(rows: list[dict], fmt, frame) -> list[Example]:
 
 
 def split(examples: list[Example], fraction: float) -> tuple[list[Example], list[Example]]:
-    train = [e for e in examples if not is_heldout(e.key, fraction)]
-    held = [e for e in examples if is_heldout(e.key, fraction)]
-    return train, held
+    """(train, held-out) by the hash of each row's group (its key when it has none): the
+    pairs one rank set implies share answers, so they fall on one side together."""
+    held = [is_heldout(e.group or e.key, fraction) for e in examples]
+    return ([e for e, h in zip(examples, held) if not h],
+            [e for e, h in zip(examples, held) if h])
 
 
 def texts_of(e: Example) -> list[Seq]:

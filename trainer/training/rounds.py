@@ -65,8 +65,15 @@ class RoundOutcome:
 
 
 def reference_version(cfg: TrainConfig, serving: str) -> str:
-    """base (adapters disabled), or the serving version for sDPO (--reference previous)."""
-    return serving if cfg.reference == "previous" else BASE
+    """base (adapters disabled), or the serving version: for sDPO (--reference previous)
+    and for DNO, whose reference is the previous iterate (--method dno)."""
+    return serving if cfg.reference == "previous" or cfg.method == "dno" else BASE
+
+
+def method_rows(rows: list[dict], method: str) -> list[dict]:
+    """The training rows a method learns from: every implied pair (dpo), or only each
+    vote's (best, worst) pair (dno; an A/B vote or a written better answer is one)."""
+    return rows if method == "dpo" else [r for r in rows if r.get("extreme", True)]
 
 
 def heldout_accuracy(policy, held: list[Example], version: str, cfg: TrainConfig) -> dict:
@@ -222,7 +229,8 @@ def load_examples(store, cfg: TrainConfig, fmt, frame
     something (a tie teaches DPO nothing and takes no place), so a rare preference keeps
     its decisive votes for many rounds. KTO trains on every vote."""
     max_vote = store.last_vote_id()
-    paired = paired_examples(store.training_pairs(max_vote_id=max_vote), fmt, frame)
+    rows = method_rows(store.training_pairs(max_vote_id=max_vote), cfg.method)
+    paired = paired_examples(rows, fmt, frame)
     train, held = split(paired, cfg.heldout_fraction)
     train = train[-cfg.window:] if cfg.window else train  # pair order: oldest first
     held = held[-HELDOUT_MAX:]
@@ -287,7 +295,7 @@ def run_round(policy, store, cfg: TrainConfig, *, fmt, frame, adapters_dir: Path
         t_save = time.perf_counter()
         version = store.next_adapter_version()
         meta = {"version": version, "parent_version": serving, "round": round_id,
-                "loss": cfg.loss, "beta": cfg.beta, "reference": ref_version,
+                "method": cfg.method, "loss": cfg.loss, "beta": cfg.beta, "reference": ref_version,
                 "counts": counts, "metrics": metrics, "created": time.time()}
         path = adapters.write_version(adapters_dir, version,
                                       lambda d: policy.save_train_adapter(d, meta))
