@@ -20,10 +20,11 @@ from typing import Any
 
 import gradio as gr
 
-from app import auth, views
+from app import auth, leaderboard, views
 from app.config import AppConfig
 from app.inputs import check_text, fail, parse_pair_id, upload_path
 from storage.common import CHOICES
+from storage.ranking import MAX_RANK, RANK_CHOICES
 from storage.votes import MAX_BETTER_ANSWER
 from trainer.config import EDITABLE, MODEL_AREAS
 
@@ -32,8 +33,12 @@ EXPORTS = {"dpo": "livedpo-dpo.jsonl", "kto": "livedpo-kto.jsonl", "votes": "liv
 # Order of the values every annotate handler returns.
 # ``shown_id`` is a hidden component holding the id of the pair on the page: a vote sends
 # it back, so a second click or key press that raced the page update is refused.
+# In rank mode ``rank_box`` shows instead of ``pair_box``: up to MAX_RANK answers and
+# the best / worst marks (radio choices "1".."N").
+RANK_ANSWERS = tuple(f"answer_{k + 1}" for k in range(MAX_RANK))
 ANNOTATE_OUTPUTS = ("state", "prompt", "response_a", "response_b", "reveal", "progress",
-                    "better", "banner", "timer", "shown_id")
+                    "better", "pair_box", "rank_box", *RANK_ANSWERS, "rank_best",
+                    "rank_worst", "banner", "timer", "shown_id")
 _KEEP = len(ANNOTATE_OUTPUTS) - 3  # outputs a poll tick leaves alone (before banner)
 
 
@@ -125,13 +130,30 @@ class Handlers:
 
     def _annotate(self, user: str, pair: dict | None, reveal: Any = None,
                   clear_better: bool = True) -> tuple:
-        """Outputs (ANNOTATE_OUTPUTS order) showing ``pair`` (or the waiting note)."""
-        state = {"id": int(pair["id"]), "shown": time.time()} if pair else None
-        prompt, a, b = views.pair_markdown(pair)
+        """Outputs (ANNOTATE_OUTPUTS order) showing ``pair`` (an A/B pair or a rank set)
+        or the waiting note."""
+        answers = (pair or {}).get("answers")
+        state = {"id": int(pair["id"]), "shown": time.time(),
+                 "kind": "pair" if answers is None else "rank"} if pair else None
+        rank = answers is not None or (pair is None and self._mode() == "rank")
         ready = self.svc.wait_ready(0)
+        if answers is not None:
+            prompt, texts = views.rank_markdown(pair)
+            a = b = ""
+        else:
+            (prompt, a, b), texts = views.pair_markdown(pair), []
+        marks = [str(k + 1) for k in range(len(texts))]
+        boxes = [gr.Markdown(value=texts[k] if k < len(texts) else "", visible=k < len(texts))
+                 for k in range(MAX_RANK)]
         return (state, prompt, a, b, gr.skip() if reveal is None else reveal,
-                self.progress(user), "" if clear_better else gr.skip(), self.banner(),
-                gr.Timer(active=pair is None or not ready), state and state["id"])
+                self.progress(user), "" if clear_better else gr.skip(),
+                gr.Column(visible=not rank), gr.Column(visible=rank), *boxes,
+                gr.Radio(choices=marks, value=None), gr.Radio(choices=marks, value=None),
+                self.banner(), gr.Timer(active=pair is None or not ready),
+                state and state["id"])
+
+    def _mode(self) -> str:
+        return self.svc.pool_cfg.vote_mode
 
     def commit_vote(self, user: str, pair_id: Any, choice: Any, better: str | None,
                     decide_ms: int | None) -> dict:
@@ -150,6 +172,25 @@ class Handlers:
         except self._user_errors as e:
             raise fail(f"Vote not stored: {e}") from e
 
+    def commit_rank_vote(self, user: str, pair_id: Any, choice: Any, best: Any, worst: Any,
+                         decide_ms: int | None) -> dict:
+        """Validate, then store a rank vote (0-based best / worst); returns the reveal."""
+        if choice not in RANK_CHOICES:
+            raise fail(f"choice {choice!r} is not valid for a rank set: use one of "
+                       f"{', '.join(RANK_CHOICES)}.")
+        pair_id = parse_pair_id(pair_id)
+        marks = {}
+        for name, value in (("best", best), ("worst", worst)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise fail(f"{name}={value!r}: give the answer's index (0-based) or leave it "
+                           "empty.")
+            marks[name] = value
+        try:
+            return self.svc.vote_rank(user, pair_id, choice, marks["best"], marks["worst"],
+                                      decide_ms)
+        except self._user_errors as e:
+            raise fail(f"Vote not stored: {e}") from e
+
     def api_decide_ms(self, pair_id: Any, user: str) -> int | None:
         """Time to decide for API votes: from when the store handed the pair to ``user``."""
         try:
@@ -164,7 +205,7 @@ class Handlers:
         user = self.access.user(request)
         admin = self.access.role(user) == "admin"
         who = f"Logged in as **{html.escape(user)}** ({'admin' if admin else 'annotator'})."
-        return (*self._annotate(user, self.svc.next_pair(user)), who,
+        return (*self._annotate(user, self.svc.next_item(user)), who,
                 gr.Tab(visible=admin), gr.Tab(visible=admin))
 
     def vote(self, choice: str, better: str, shown_id: float | None, state: dict | None,
@@ -174,22 +215,45 @@ class Handlers:
         ``shown_id`` is the pair id the page showed when the button was pressed.
         """
         user = self.access.user(request)
+        decide_ms = self._shown(state, shown_id, "pair")
+        reveal = self.commit_vote(user, state["id"], choice, better, decide_ms)
+        return self._annotate(user, self.svc.next_item(user), views.reveal_markdown(reveal))
+
+    def vote_rank(self, choice: str, best: str | None, worst: str | None,
+                  shown_id: float | None, state: dict | None, request: gr.Request) -> tuple:
+        """Commit a rank vote from the page (marks are the labels "1".."N"), reveal, then
+        show the next item."""
+        user = self.access.user(request)
+        decide_ms = self._shown(state, shown_id, "rank")
+        if choice == "rank" and not best and not worst:
+            raise fail("Mark the best answer, the worst, or both (keys 1-N and Shift+1-N), "
+                       "or press All equally good / All bad.")
+        marks = [int(m) - 1 if m and choice == "rank" else None for m in (best, worst)]
+        reveal = self.commit_rank_vote(user, state["id"], choice, *marks, decide_ms)
+        return self._annotate(user, self.svc.next_item(user),
+                              views.rank_reveal_markdown(reveal))
+
+    @staticmethod
+    def _shown(state: dict | None, shown_id: float | None, kind: str) -> int:
+        """Milliseconds the item was on screen; refuses a vote that does not fit it."""
         if not state:
             raise fail("No pair is shown yet: wait until one appears, then vote.")
         if shown_id is not None and int(shown_id) != state["id"]:
             raise fail(f"This vote was meant for pair {int(shown_id)}, which was already "
                        "answered (a second click or key press?); nothing was stored. Judge "
                        f"the pair now shown (pair {state['id']}).")
-        decide_ms = max(int((time.time() - state["shown"]) * 1000), 0)
-        reveal = self.commit_vote(user, state["id"], choice, better, decide_ms)
-        return self._annotate(user, self.svc.next_pair(user), views.reveal_markdown(reveal))
+        if state.get("kind", "pair") != kind:
+            what = ("a rank set: mark its best and worst answers" if kind == "pair" else
+                    "an A/B pair: choose A, B, tie or both bad")
+            raise fail(f"Pair {state['id']} on the page is {what}; nothing was stored.")
+        return max(int((time.time() - state["shown"]) * 1000), 0)
 
     def skip(self, state: dict | None, request: gr.Request) -> tuple:
         """No vote; release the pair if the store can, and show another."""
         user = self.access.user(request)
         if state:
             self.store.skip_pair(int(state["id"]), user)
-        pair = self.svc.next_pair(user)
+        pair = self.svc.next_item(user)
         note = "*Skipped.*" if state else gr.skip()
         return self._annotate(user, pair, note, clear_better=False)
 
@@ -200,7 +264,7 @@ class Handlers:
         if state:
             return (*(gr.skip(),) * _KEEP, self.banner(), gr.Timer(active=not ready),
                     gr.skip())
-        pair = self.svc.next_pair(user)
+        pair = self.svc.next_item(user)
         if pair is None:
             return (*(gr.skip(),) * _KEEP, self.banner(), gr.Timer(active=True), gr.skip())
         return self._annotate(user, pair, clear_better=False)
@@ -233,8 +297,8 @@ class Handlers:
         md, frac, label = views.trainer_markdown(status)
         frames = views.steps_frames(self.store.train_steps())
         rounds = self.store.list_rounds(100)
-        board = views.leaderboard_frame(self.store.arena_results(), self.store.list_adapters())
-        held, arena = views.heldout_frame(rounds), views.arena_plot_frame(board)
+        board = leaderboard.leaderboard_frame(self.store.arena_results(), self.store.list_adapters())
+        held, arena = views.heldout_frame(rounds), leaderboard.arena_plot_frame(board)
         return (md, views.progress_bar_html(frac, label), frames["loss"],
                 frames["accuracy"], frames["margins"],
                 gr.BarPlot(value=held, sort=list(held["label"]) or None),
@@ -288,7 +352,7 @@ class Handlers:
 
     # --- leaderboard and data ------------------------------------------------------------
     def leaderboard(self) -> Any:
-        return views.leaderboard_frame(self.store.arena_results(), self.store.list_adapters())
+        return leaderboard.leaderboard_frame(self.store.arena_results(), self.store.list_adapters())
 
     def data_view(self, request: gr.Request) -> tuple:
         self.access.require_admin(request, "see the data tab")
@@ -331,59 +395,3 @@ class Handlers:
         except self._user_errors as e:
             raise fail(f"Nothing imported from {Path(path).name}: {e}") from e
         return f"Imported {n} new prompt(s) from {Path(path).name}."
-
-
-def _json_safe(value: Any) -> Any:
-    """``value`` with anything JSON cannot hold turned into text."""
-    import json
-
-    return json.loads(json.dumps(value, default=str))
-
-
-def register_api(h: Handlers) -> None:
-    """The scripted API (inside a gr.Blocks context): stable names for gradio_client.
-
-    ``next_pair``, ``vote`` and ``status`` for every logged-in user; ``train_now``,
-    ``rollback`` and ``update_settings`` for admins only (checked here, on the server).
-    """
-
-    def next_pair(request: gr.Request) -> tuple[int | None, str, str, str]:
-        """The caller's next pair: (pair_id, prompt, response_a, response_b).
-
-        pair_id is None (and the texts empty) while no pair is ready: retry in a few seconds.
-        """
-        pair = h.svc.next_pair(h.access.user(request))
-        if not pair:
-            return None, "", "", ""
-        return int(pair["id"]), pair["prompt"], pair["response_a"], pair["response_b"]
-
-    def vote(request: gr.Request, pair_id: int, choice: str, better_answer: str = "") -> dict:
-        """Vote on a pair from next_pair: choice is a, b, tie or both_bad; better_answer is
-        optional text stored as preferred over both. Returns the reveal (versions per side,
-        implicit rewards, whether they predicted the choice)."""
-        user = h.access.user(request)
-        return _json_safe(h.commit_vote(user, pair_id, choice, better_answer,
-                                        h.api_decide_ms(pair_id, user)))
-
-    def status() -> dict:
-        """Counts, serving version, trainer and model-loading state."""
-        return _json_safe(h.svc.status())
-
-    def train_now(request: gr.Request) -> str:
-        """Admins: start a training round as soon as possible."""
-        return h.train_now(request)
-
-    def rollback(request: gr.Request, version: str) -> str:
-        """Admins: serve an earlier version ('base' or vN)."""
-        return h.rollback(version, request)
-
-    def update_settings(request: gr.Request, changes: dict) -> dict:
-        """Admins: change runtime settings, {area: {field: value}}; returns all settings."""
-        h.access.require_admin(request, "change settings")
-        try:
-            return _json_safe(h.svc.update_settings(changes))
-        except ValueError as e:
-            raise fail(f"Settings not saved. {e}") from e
-
-    for fn in (next_pair, vote, status, train_now, rollback, update_settings):
-        gr.api(fn, api_name=fn.__name__, concurrency_limit=None)

@@ -5,8 +5,8 @@ the Blocks for it (and for the tests). Layout and event wiring live here; the ca
 are methods of ``app.api.Handlers`` and all formatting is in ``app.views``.
 
 Every UI callback is hidden from the API (``api_visibility="private"``); the scripted
-API is ``next_pair``, ``vote`` and ``status`` plus the admin-only ``train_now``,
-``rollback`` and ``update_settings`` (app.api.register_api). Admin rights are checked
+API is ``next_pair``, ``vote``, ``next_rank``, ``vote_rank`` and ``status`` plus the
+admin-only ``train_now``, ``rollback`` and ``update_settings`` (app/scripted.py). Admin rights are checked
 on the server in every admin callback, hidden or not.
 """
 
@@ -17,9 +17,10 @@ from typing import Any
 
 import gradio as gr
 
-from app.api import Handlers, help_table, register_api
+from app.api import RANK_ANSWERS, Handlers, help_table
 from app.auth import gradio_auth
 from app.config import AppConfig
+from app.scripted import register_api
 
 DEFAULT_GUIDELINES = Path(__file__).with_name("guidelines.md")
 POLL_S = 2.0
@@ -29,6 +30,12 @@ QUIET = {"api_visibility": "private", "show_progress": "hidden", "concurrency_li
 # (label, choice, element id, key shown on the button)
 VOTE_BUTTONS = (("A is better", "a", "vote-a", "1"), ("B is better", "b", "vote-b", "2"),
                 ("Tie", "tie", "vote-tie", "3"), ("Both bad", "both_bad", "vote-both-bad", "4"))
+RANK_BUTTONS = (("Submit ranking", "rank", "rank-submit", "Enter"),
+                ("All equally good", "tie", "rank-tie", "T"),
+                ("All bad", "both_bad", "rank-both-bad", "X"))
+RANK_KEYS_NOTE = ("Keys: **1-N** mark the best answer, **Shift+1-N** the worst, **Enter** "
+                  "submits, **T** all equally good, **X** all bad, **S** skip. Marking only "
+                  "the best (or only the worst) says the others are equal.")
 LEADERBOARD_NOTE = (
     "Human win rate of each adapter version in arena pairs against its opponent (base "
     "unless `arena_opponent=previous`): (wins + ½ ties) / (wins + losses + ties), with a 95% "
@@ -45,24 +52,44 @@ CSS = """
 .ldpo-fill { height: 100%; background: var(--color-accent); transition: width .4s; }
 .ldpo-bar-label { font-size: 0.9em; margin-top: 4px; }
 """
-# Shortcuts: 1/2/3/4/S click the vote buttons; ignored while typing, with modifier keys,
-# on key repeat, and when the Annotate tab is hidden.
+# Shortcuts. A/B mode: 1/2/3/4/S click the vote buttons. Rank mode (its box is shown):
+# 1-8 mark the best answer, Shift+1-8 the worst, Enter/T/X/S click its buttons. Ignored
+# while typing, with Ctrl/Alt/Meta, on key repeat, and when the Annotate tab is hidden.
 SHORTCUTS_JS = """
 () => {
   if (window.__livedpoKeys) return;
   window.__livedpoKeys = true;
-  const keys = {"1": "vote-a", "2": "vote-b", "3": "vote-tie", "4": "vote-both-bad",
-                "s": "vote-skip", "S": "vote-skip"};
+  const pairKeys = {"1": "vote-a", "2": "vote-b", "3": "vote-tie", "4": "vote-both-bad",
+                    "s": "vote-skip", "S": "vote-skip"};
+  const rankKeys = {"Enter": "rank-submit", "t": "rank-tie", "T": "rank-tie",
+                    "x": "rank-both-bad", "X": "rank-both-bad", "s": "rank-skip",
+                    "S": "rank-skip"};
+  const shown = (el) => el && el.offsetParent !== null;
+  const press = (id, e) => {
+    const el = document.getElementById(id);
+    const btn = el && (el.tagName === "BUTTON" ? el : el.querySelector("button"));
+    if (!btn || btn.disabled || !shown(btn)) return;
+    e.preventDefault();
+    btn.click();
+  };
   document.addEventListener("keydown", (e) => {
     if (e.ctrlKey || e.metaKey || e.altKey || e.repeat) return;
     const t = e.target;
-    if (t && (t.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(t.tagName))) return;
-    const id = keys[e.key];
-    const el = id && document.getElementById(id);
-    const btn = el && (el.tagName === "BUTTON" ? el : el.querySelector("button"));
-    if (!btn || btn.disabled || btn.offsetParent === null) return;
-    e.preventDefault();
-    btn.click();
+    const typing = t && (t.isContentEditable || ["TEXTAREA", "SELECT"].includes(t.tagName)
+      || (t.tagName === "INPUT" && !["radio", "checkbox", "button"].includes(t.type)));
+    if (typing) return;
+    if (shown(document.getElementById("ldpo-rank"))) {
+      const digit = /^Digit([1-8])$/.exec(e.code || "");
+      if (digit) {
+        const group = e.shiftKey ? "rank-worst" : "rank-best";
+        const box = document.querySelector(`#${group} input[value="${digit[1]}"]`);
+        if (box && shown(box.closest("label") || box)) { e.preventDefault(); box.click(); }
+        return;
+      }
+      if (rankKeys[e.key]) press(rankKeys[e.key], e);
+      return;
+    }
+    if (pairKeys[e.key]) press(pairKeys[e.key], e);
   });
 }
 """
@@ -84,19 +111,24 @@ def _annotate_tab(h: Handlers, guidelines: str) -> dict[str, Any]:
     with gr.Accordion("Annotation guidelines (read these first)", open=False):
         gr.Markdown(guidelines)
     c["prompt"] = gr.Markdown(elem_id="ldpo-prompt")
-    with gr.Row(equal_height=True):
-        for side in ("a", "b"):
-            with gr.Column(elem_classes=["ldpo-side"]):
-                gr.Markdown(f"#### Response {side.upper()}")
-                c[f"response_{side}"] = gr.Markdown(elem_id=f"ldpo-response-{side}",
-                                                    elem_classes=["ldpo-resp"])
-    with gr.Row():
-        for label, choice, elem_id, key in VOTE_BUTTONS:
-            c[f"btn_{choice}"] = gr.Button(f"{label}  [{key}]", elem_id=elem_id,
-                                           variant="primary" if choice in "ab" else "secondary")
-        c["btn_skip"] = gr.Button("Skip  [S]", elem_id="vote-skip", variant="secondary")
-    c["better"] = gr.Textbox(label="Write a better answer (optional: sent with your vote and "
-                             "stored as preferred over both)", lines=2, elem_id="ldpo-better")
+    with gr.Column(elem_id="ldpo-pair") as c["pair_box"]:
+        with gr.Row(equal_height=True):
+            for side in ("a", "b"):
+                with gr.Column(elem_classes=["ldpo-side"]):
+                    gr.Markdown(f"#### Response {side.upper()}")
+                    c[f"response_{side}"] = gr.Markdown(elem_id=f"ldpo-response-{side}",
+                                                        elem_classes=["ldpo-resp"])
+        with gr.Row():
+            for label, choice, elem_id, key in VOTE_BUTTONS:
+                c[f"btn_{choice}"] = gr.Button(f"{label}  [{key}]", elem_id=elem_id,
+                                               variant="primary" if choice in "ab"
+                                               else "secondary")
+            c["btn_skip"] = gr.Button("Skip  [S]", elem_id="vote-skip", variant="secondary")
+        c["better"] = gr.Textbox(label="Write a better answer (optional: sent with your vote "
+                                 "and stored as preferred over both)", lines=2,
+                                 elem_id="ldpo-better")
+    with gr.Column(elem_id="ldpo-rank", visible=False) as c["rank_box"]:
+        _rank_box(c)
     c["reveal"] = gr.Markdown(elem_id="ldpo-reveal")
     c["progress"] = gr.Markdown(elem_id="ldpo-progress")
     with gr.Row():
@@ -104,6 +136,25 @@ def _annotate_tab(h: Handlers, guidelines: str) -> dict[str, Any]:
                                   "you to judge)", scale=4, elem_id="ldpo-ask")
         c["ask_btn"] = gr.Button("Generate a pair", scale=1)
     return c
+
+
+def _rank_box(c: dict[str, Any]) -> None:
+    """Rank mode: up to MAX_RANK answers two per row, best / worst marks, buttons."""
+    for k in range(0, len(RANK_ANSWERS), 2):
+        with gr.Row(equal_height=True):
+            for name in RANK_ANSWERS[k:k + 2]:
+                c[name] = gr.Markdown(elem_id=f"ldpo-{name.replace('_', '-')}",
+                                      elem_classes=["ldpo-side", "ldpo-resp"], visible=False)
+    with gr.Row():
+        c["rank_best"] = gr.Radio(label="Best answer [1-N]", elem_id="rank-best")
+        c["rank_worst"] = gr.Radio(label="Worst answer [Shift+1-N]", elem_id="rank-worst")
+    with gr.Row():
+        for label, choice, elem_id, key in RANK_BUTTONS:
+            c[f"rank_{choice}"] = gr.Button(f"{label}  [{key}]", elem_id=elem_id,
+                                            variant="primary" if choice == "rank"
+                                            else "secondary")
+        c["rank_skip"] = gr.Button("Skip  [S]", elem_id="rank-skip", variant="secondary")
+    gr.Markdown(RANK_KEYS_NOTE)
 
 
 def _train_tab(h: Handlers, specs: list[dict]) -> dict[str, Any]:
@@ -204,14 +255,20 @@ def _wire(demo: gr.Blocks, h: Handlers, specs: list[dict], a: dict, t: dict, d: 
     """Connect the events (all hidden from the API)."""
     state, timer, banner, who = ns["state"], ns["timer"], ns["banner"], ns["who"]
     outs = [state, a["prompt"], a["response_a"], a["response_b"], a["reveal"], a["progress"],
-            a["better"], banner, timer, ns["shown_id"]]
+            a["better"], a["pair_box"], a["rank_box"], *(a[n] for n in RANK_ANSWERS),
+            a["rank_best"], a["rank_worst"], banner, timer, ns["shown_id"]]
     demo.load(h.on_load, None, [*outs, who, ns["train_tab"], ns["data_tab"]], **PRIVATE)
     demo.load(None, js=SHORTCUTS_JS)
     timer.tick(h.poll, [state], outs, **QUIET)
     for _, choice, _, _ in VOTE_BUTTONS:
         a[f"btn_{choice}"].click(_voter(h, choice), [a["better"], ns["shown_id"], state], outs,
                                  show_progress="minimal", **PRIVATE)
-    a["btn_skip"].click(h.skip, [state], outs, show_progress="minimal", **PRIVATE)
+    for btn in (a["btn_skip"], a["rank_skip"]):
+        btn.click(h.skip, [state], outs, show_progress="minimal", **PRIVATE)
+    for _, choice, _, _ in RANK_BUTTONS:
+        a[f"rank_{choice}"].click(_ranker(h, choice), [a["rank_best"], a["rank_worst"],
+                                                       ns["shown_id"], state], outs,
+                                  show_progress="minimal", **PRIVATE)
     for trigger in (a["ask_btn"].click, a["ask_box"].submit):
         trigger(h.ask, [a["ask_box"], state], [*outs, a["ask_box"]], concurrency_limit=2,
                 **PRIVATE)
@@ -255,6 +312,13 @@ def _voter(h: Handlers, choice: str):
     def vote(better: str, shown_id: float | None, state: dict | None,
              request: gr.Request) -> tuple:
         return h.vote(choice, better, shown_id, state, request)
+    return vote
+
+
+def _ranker(h: Handlers, choice: str):
+    def vote(best: str | None, worst: str | None, shown_id: float | None,
+             state: dict | None, request: gr.Request) -> tuple:
+        return h.vote_rank(choice, best, worst, shown_id, state, request)
     return vote
 
 

@@ -26,7 +26,8 @@ _ZWSP = "\u200b"
 # renderer slows down sharply with size (its LaTeX block rule rescans the rest of the
 # text at every paragraph): 1 MB of Markdown took from 6 s to minutes in Chromium.
 MAX_DISPLAY_CHARS = 20_000
-CHOICE_LABELS = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both bad"}
+CHOICE_LABELS = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both bad",
+                 "rank": "Ranked"}
 STEP_SERIES = {"loss": ("loss",), "accuracy": ("rewards/accuracies",),
                "margins": ("rewards/chosen", "rewards/rejected", "rewards/margins")}
 
@@ -87,6 +88,46 @@ def pair_markdown(pair: Mapping[str, Any] | None) -> tuple[str, str, str]:
                     for k in ("prompt", "response_a", "response_b"))
     return (f"**Prompt** (pair {int(pair['id'])})\n\n{prompt}", a or "*(empty)*",
             b or "*(empty)*")
+
+
+def rank_markdown(item: Mapping[str, Any]) -> tuple[str, list[str]]:
+    """(prompt, one block per answer headed "Answer k") of a rank set, as safe Markdown."""
+    prompt = safe_markdown(item.get("prompt"), MAX_DISPLAY_CHARS)
+    answers = item.get("answers") or []
+    blocks = [f"#### Answer {k + 1}\n\n"
+              + (safe_markdown(a.get("text"), MAX_DISPLAY_CHARS) or "*(empty)*")
+              for k, a in enumerate(answers)]
+    return (f"**Prompt** (pair {int(item['id'])}: mark the best and the worst of "
+            f"{len(answers)} answers)\n\n{prompt}", blocks)
+
+
+def rank_reveal_markdown(reveal: Mapping[str, Any]) -> str:
+    """What was behind a rank vote: each answer's version and implicit reward, and
+    whether the reward's own best / worst matched the marks."""
+    choice, best, worst = reveal.get("choice"), reveal.get("best"), reveal.get("worst")
+    if choice == "rank":
+        marks = ", ".join(f"{name} {v + 1}" for name, v in (("best", best), ("worst", worst))
+                          if v is not None)
+        head = f"**Your ranking of pair {reveal.get('pair_id')}: {marks}.**"
+    else:
+        head = (f"**Your vote on pair {reveal.get('pair_id')}: "
+                f"{CHOICE_LABELS.get(choice, choice)}.**")
+    versions, rewards = reveal.get("versions") or [], reveal.get("rewards") or []
+    if reveal.get("arena"):
+        sides = "Arena set: " + ", ".join(f"{k + 1} was `{v}`" for k, v in enumerate(versions))
+    else:
+        sides = f"All answers came from `{versions[0] if versions else '?'}`."
+    if reveal.get("predicted_best") is None:
+        guess = "The implicit reward made no prediction here."
+    else:
+        verdict = {True: "it **agrees** with you", False: "it **differs** from you",
+                   None: "your vote ranked nothing, so it is not scored"}[
+            reveal.get("prediction_correct")]
+        guess = ("Implicit reward β·log π/π_ref: "
+                 + ", ".join(f"{k + 1}: {_fmt_reward(r)}" for k, r in enumerate(rewards))
+                 + f" → best {reveal['predicted_best'] + 1}, worst "
+                 f"{reveal['predicted_worst'] + 1}; {verdict}.")
+    return f"{head} {sides}\n\n{guess}"
 
 
 def progress_bar_html(fraction: float | None, label: str) -> str:
@@ -202,7 +243,8 @@ def steps_frames(rows: Iterable[Mapping[str, Any]]) -> dict[str, pd.DataFrame]:
     return {k: pd.DataFrame(v, columns=cols) for k, v in out.items()}
 
 
-def _heldout(metrics: Mapping[str, Any] | None, key: str) -> float | None:
+def heldout_of(metrics: Mapping[str, Any] | None, key: str) -> float | None:
+    """A round's held-out accuracy (``key``: heldout_before / heldout_after), or None."""
     v = ((metrics or {}).get(key) or {}).get("accuracy")
     return float(v) if isinstance(v, (int, float)) else None
 
@@ -215,12 +257,12 @@ def heldout_frame(rounds: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """
     data = []
     for r in sorted(rounds, key=lambda r: r.get("id") or 0):
-        after = _heldout(r.get("metrics"), "heldout_after")
+        after = heldout_of(r.get("metrics"), "heldout_after")
         if after is None:
             continue
         label = r.get("adapter_version") or f"r{r.get('id')} ({r.get('status')})"
         data.append({"label": label, "accuracy": after,
-                     "before": _heldout(r.get("metrics"), "heldout_before"),
+                     "before": heldout_of(r.get("metrics"), "heldout_before"),
                      "round": r.get("id"), "status": r.get("status")})
     return pd.DataFrame(data, columns=["label", "accuracy", "before", "round", "status"])
 
@@ -239,8 +281,8 @@ def rounds_frame(rounds: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
         data.append({"round": r.get("id"), "status": r.get("status"),
                      "trigger": r.get("trigger"), "version": r.get("adapter_version") or "",
                      "train": c.get("train"), "held out": c.get("heldout"),
-                     "acc before": _heldout(m, "heldout_before"),
-                     "acc after": _heldout(m, "heldout_after"),
+                     "acc before": heldout_of(m, "heldout_before"),
+                     "acc after": heldout_of(m, "heldout_after"),
                      "ended before": _healthy(m, "health_before"),
                      "ended after": _healthy(m, "health_after"),
                      "steps": m.get("steps"), "seconds": m.get("train_seconds"),
@@ -249,66 +291,6 @@ def rounds_frame(rounds: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
                                        "held out", "acc before", "acc after",
                                        "ended before", "ended after", "steps", "seconds",
                                        "error"])
-
-
-# --------------------------------------------------------------------------- leaderboard
-def wilson_interval(successes: float, n: float, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion (successes may be fractional: ties = ½)."""
-    if n <= 0:
-        return (0.0, 1.0)
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
-def leaderboard_frame(arena: Iterable[Mapping[str, Any]],
-                      adapters: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    """Every adapter version: human win rate vs its arena opponent with a 95% Wilson CI.
-
-    Win rate = (wins + ½ ties) / (wins + losses + ties). "Both bad" votes carry no
-    preference between the two sides, so they are left out of the rate (and counted in
-    their own column). Versions without arena votes show an empty rate.
-    """
-    by_version: dict[str, list[Mapping[str, Any]]] = {}
-    for row in arena:
-        by_version.setdefault(str(row.get("version")), []).append(row)
-    data = []
-    for a in sorted(adapters, key=lambda a: version_number(a.get("version", ""))):
-        version = str(a.get("version"))
-        rows = by_version.pop(version, None) or [{"opponent": "base"}]
-        for row in rows:
-            data.append(_leader_row(version, row, a))
-    for version, rows in by_version.items():  # arena rows of versions not listed
-        data.extend(_leader_row(version, row, {}) for row in rows)
-    cols = ["version", "status", "opponent", "win rate", "95% CI", "wins", "losses", "ties",
-            "both bad", "votes", "held-out acc"]
-    return pd.DataFrame(data, columns=cols)
-
-
-def _leader_row(version: str, row: Mapping[str, Any], adapter: Mapping[str, Any]) -> dict:
-    w, lo, t = (int(row.get(k) or 0) for k in ("wins", "losses", "ties"))
-    n = w + lo + t
-    rate, ci = None, ""
-    if n:
-        rate = (w + 0.5 * t) / n
-        low, high = wilson_interval(w + 0.5 * t, n)
-        ci = f"{low:.0%} – {high:.0%}"
-    return {"version": version, "status": adapter.get("status", ""),
-            "opponent": row.get("opponent") or "base",
-            "win rate": None if rate is None else round(rate, 3), "95% CI": ci,
-            "wins": w, "losses": lo, "ties": t, "both bad": int(row.get("both_bad") or 0),
-            "votes": int(row.get("n") or n + int(row.get("both_bad") or 0)),
-            "held-out acc": _heldout(adapter.get("metrics"), "heldout_after")}
-
-
-def arena_plot_frame(board: pd.DataFrame) -> pd.DataFrame:
-    """Win rate per version (oldest first) from ``leaderboard_frame``'s output."""
-    rows = board.dropna(subset=["win rate"])
-    return pd.DataFrame({"version": rows["version"].astype(str),
-                         "win rate": rows["win rate"].astype(float),
-                         "opponent": rows["opponent"].astype(str)}).reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------- data tab

@@ -21,8 +21,8 @@ from typing import Any
 from storage.common import CHOICES, MAX_PROMPT_CHARS, now
 from storage.errors import BadInput, ImportFailed
 from storage.failpoints import failpoint
-from storage.ranking import MAX_RANK, MIN_RANK, RANK_CHOICES, check_tiers
 from storage.files import atomic_write, jsonl_text
+from storage.ranking import MAX_RANK, MIN_RANK, RANK_CHOICES, check_tiers
 from storage.readers import Rows, csv_rows, jsonl_rows, lines, read_text
 from storage.votes import MAX_BETTER_ANSWER
 

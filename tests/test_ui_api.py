@@ -49,8 +49,8 @@ def test_api_surface(served):
     _, _, url = served
     names = set(client(url, ANNOTATOR).view_api(print_info=False,
                                                 return_format="dict")["named_endpoints"])
-    assert names == {"/next_pair", "/vote", "/status", "/train_now", "/rollback",
-                     "/update_settings"}
+    assert names == {"/next_pair", "/vote", "/next_rank", "/vote_rank", "/status",
+                     "/train_now", "/rollback", "/update_settings"}
 
 
 def test_annotator_next_pair_vote_status(served):
@@ -129,3 +129,33 @@ def raw_call(url: str, user: str, fn_index: int) -> dict:
         msg = run_event(h, fn_index, [])
     assert "refused" not in msg, f"the queue refused the join: {msg}"
     return msg
+
+
+def test_rank_mode_next_rank_and_vote_rank(served):
+    svc, _, url = served
+    admin, c = client(url, ADMIN), client(url, CAROL)
+    assert c.predict(api_name="/next_rank")["pair_id"] is None  # A/B mode: no rank sets
+    admin.predict({"pool": {"vote_mode": "rank", "rank_size": 3}}, api_name="/update_settings")
+    try:
+        svc.pool.wake()
+        wait_for(lambda: svc.store.ready_pair_count(kind="rank") >= 2, timeout=120)
+        item = c.predict(api_name="/next_rank")
+        assert isinstance(item["pair_id"], int) and len(item["answers"]) == 3
+        before = vote_count(svc)
+        with pytest.raises(Exception, match="best and worst are both answer 2"):
+            c.predict(item["pair_id"], 1, 1, api_name="/vote_rank")
+        with pytest.raises(Exception, match="is a rank set of 3 answers: vote on it with "
+                                            "vote_rank"):
+            c.predict(item["pair_id"], "a", api_name="/vote")
+        assert vote_count(svc) == before
+        reveal = c.predict(item["pair_id"], 2, 0, api_name="/vote_rank")
+        assert (reveal["best"], reveal["worst"], reveal["choice"]) == (2, 0, "rank")
+        assert reveal["versions"] == ["base"] * 3 and vote_count(svc) == before + 1
+        vote = svc.store.recent_votes(1)[0]
+        assert (vote["annotator"], vote["ranking"]) == (CAROL, "[[2], [1], [0]]")
+        other = c.predict(api_name="/next_rank")
+        assert c.predict(other["pair_id"], None, None, "tie",
+                         api_name="/vote_rank")["choice"] == "tie"
+    finally:
+        admin.predict({"pool": {"vote_mode": "pair", "rank_size": 4}},
+                      api_name="/update_settings")

@@ -349,8 +349,8 @@ def test_build_ui_api_surface(loading):
 
     demo = build_ui(loading, LOCAL)
     public = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"}
-    assert public == {"next_pair", "vote", "status", "train_now", "rollback",
-                      "update_settings"}
+    assert public == {"next_pair", "vote", "next_rank", "vote_rank", "status", "train_now",
+                      "rollback", "update_settings"}
     assert all(fn.api_visibility == "private" for fn in demo.fns.values()
                if fn.api_name not in public)
 
@@ -364,3 +364,32 @@ def test_guidelines_file(tmp_path):
     assert load_guidelines(str(f)) == "# Our rules"
     with pytest.raises(ValueError, match="guidelines file .*missing.md cannot be read"):
         load_guidelines(str(tmp_path / "missing.md"))
+
+
+def test_rank_mode_shows_sets_and_votes_with_marks(svc):
+    svc.update_settings({"pool": {"vote_mode": "rank", "rank_size": 3}})
+    ids = svc.pool.fill_once(3)
+    h = Handlers(svc, LOCAL)
+    out = _out(h.on_load(ME))
+    state = out["state"]
+    assert state == {**state, "id": ids[0], "kind": "rank"}
+    assert "mark the best and the worst of 3 answers" in out["prompt"]
+    assert [out[f"answer_{k}"].visible for k in (1, 3, 4)] == [True, True, False]
+    assert out["answer_2"].value.startswith("#### Answer 2")
+    assert out["rank_box"].visible and not out["pair_box"].visible
+    assert [c[0] for c in out["rank_best"].choices] == ["1", "2", "3"]
+    before = _votes(svc)
+    with pytest.raises(gr.Error, match="Mark the best answer, the worst, or both"):
+        h.vote_rank("rank", None, None, ids[0], state, ME)
+    with pytest.raises(gr.Error, match="is a rank set: mark its best and worst"):
+        h.vote("a", "", ids[0], state, ME)
+    with pytest.raises(gr.Error, match="best and worst are both answer 2"):
+        h.vote_rank("rank", "2", "2", ids[0], state, ME)
+    assert _votes(svc) == before
+    out = _out(h.vote_rank("rank", "2", None, ids[0], state, ME))
+    assert "Your ranking of pair" in out["reveal"] and "best 2." in out["reveal"]
+    assert svc.store.recent_votes(1)[0]["ranking"] == "[[1], [0, 2]]"
+    assert out["state"]["id"] == ids[1]
+    out = _out(h.vote_rank("both_bad", "1", None, ids[1], out["state"], ME))  # marks ignored
+    assert svc.store.recent_votes(1)[0]["choice"] == "both_bad"
+    assert "Both bad" in out["reveal"]

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from app import views
+from app import leaderboard, views
 from app.api import help_table
 
 ZW = "\u200b"
@@ -50,10 +50,10 @@ def test_pair_markdown_waiting_and_pair():
 
 
 def test_wilson_interval_known_values():
-    lo, hi = views.wilson_interval(5, 10)
+    lo, hi = leaderboard.wilson_interval(5, 10)
     assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(0.7634, abs=1e-4)
-    assert views.wilson_interval(0, 0) == (0.0, 1.0)
-    lo, hi = views.wilson_interval(10, 10)
+    assert leaderboard.wilson_interval(0, 0) == (0.0, 1.0)
+    lo, hi = leaderboard.wilson_interval(10, 10)
     assert hi == 1.0 and lo == pytest.approx(0.7225, abs=1e-4)
 
 
@@ -62,15 +62,15 @@ def test_leaderboard_ties_half_both_bad_excluded():
               "both_bad": 4, "n": 10}]
     adapters = [{"version": "v10", "status": "ready"}, {"version": "v2", "status": "ready",
                  "metrics": {"heldout_after": {"accuracy": 0.8}}}]
-    board = views.leaderboard_frame(arena, adapters)
+    board = leaderboard.leaderboard_frame(arena, adapters)
     assert list(board["version"]) == ["v2", "v10"]  # numeric order, not text order
     row = board.iloc[0]
     assert row["win rate"] == pytest.approx(4 / 6, abs=1e-3)
     assert row["both bad"] == 4 and row["votes"] == 10 and row["held-out acc"] == 0.8
-    lo, hi = views.wilson_interval(4, 6)
+    lo, hi = leaderboard.wilson_interval(4, 6)
     assert row["95% CI"] == f"{lo:.0%} – {hi:.0%}"
     assert board.iloc[1]["win rate"] is None or math.isnan(board.iloc[1]["win rate"])
-    plot = views.arena_plot_frame(board)
+    plot = leaderboard.arena_plot_frame(board)
     assert list(plot["version"]) == ["v2"]
 
 

@@ -191,7 +191,8 @@ class Service:
                 "arena": len({a["version"] for a in answers}) > 1,
                 "predicted_best": pred_best, "predicted_worst": pred_worst,
                 "prediction_correct": None if pred_best is None or choice != "rank"
-                else (pred_best, pred_worst) == (best, worst)}
+                else (best is None or pred_best == best)
+                and (worst is None or pred_worst == worst)}
 
     def ask(self, annotator: str, prompt: str) -> dict:
         """Generate a pair (or a rank set, in rank mode) for the annotator's own prompt at
