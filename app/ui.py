@@ -40,7 +40,8 @@ LEADERBOARD_NOTE = (
     "Human win rate of each adapter version in arena pairs against its opponent (base "
     "unless `arena_opponent=previous`): (wins + ½ ties) / (wins + losses + ties), with a 95% "
     "Wilson interval. *Both bad* votes say nothing about which side is better, so they are "
-    "left out of the rate and counted in their own column.")
+    "left out of the rate and counted in their own column. In an arena rank set each "
+    "answer of one version ranked against an answer of the other counts once.")
 # System fonts: nothing is fetched from font CDNs (annotation servers are often offline).
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                           font_mono=["ui-monospace", "monospace"])
@@ -132,8 +133,8 @@ def _annotate_tab(h: Handlers, guidelines: str) -> dict[str, Any]:
     c["reveal"] = gr.Markdown(elem_id="ldpo-reveal")
     c["progress"] = gr.Markdown(elem_id="ldpo-progress")
     with gr.Row():
-        c["ask_box"] = gr.Textbox(label="Ask your own prompt (the model answers it twice for "
-                                  "you to judge)", scale=4, elem_id="ldpo-ask")
+        c["ask_box"] = gr.Textbox(label="Ask your own prompt (the model answers it at once "
+                                  "for you to judge)", scale=4, elem_id="ldpo-ask")
         c["ask_btn"] = gr.Button("Generate a pair", scale=1)
     return c
 

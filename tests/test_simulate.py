@@ -225,3 +225,21 @@ def test_tiny_learning_curve_rises_above_chance(tmp_path, learnable_tiny_dir):
     assert sum(len(r["serving"]) for r in last) / len(last) == pytest.approx(
         res["rounds"][-1]["oracle_measure"]["serving"], abs=1e-3)  # mean answer chars
 
+
+
+@pytest.mark.parametrize("answers,expected", [
+    (["x because", "y", "z", "w"], ("rank", 0, None)),  # one decides: best only
+    (["x because", "y because", "z", "w"], ("rank", 0, 3)),  # two levels: one of each
+    (["x", "y", "z", "w"], ("tie", None, None)),
+    (["", " ", "", ""], ("both_bad", None, None)),
+])
+def test_rank_vote_marks_what_the_oracle_can_tell(answers, expected):
+    from trainer.sim.oracles import rank_vote
+
+    assert rank_vote(checked(keyword_oracle("because")), "q", answers) == expected
+
+
+def test_rank_vote_with_a_full_order_marks_best_and_worst():
+    from trainer.sim.oracles import rank_vote
+
+    assert rank_vote(shorter, "q", ["xxx", "y", "zz", "wwww"]) == ("rank", 1, 3)
