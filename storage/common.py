@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -83,3 +84,12 @@ def ids_json(ids: Sequence[int] | None, what: str) -> str | None:
 def ids_of(text: str | None) -> tuple[int, ...] | None:
     """The token ids stored by ``ids_json`` (None for NULL)."""
     return None if text is None else tuple(json.loads(text))
+
+
+def majority(choices: list[str]) -> tuple[str | None, float]:
+    """(majority choice or None on an even split at the top, share choosing it)."""
+    counts = Counter(choices).most_common()
+    share = counts[0][1] / len(choices)
+    if len(counts) > 1 and counts[0][1] == counts[1][1]:
+        return None, share
+    return counts[0][0], share

@@ -203,12 +203,13 @@ class Store(VotesMixin, RanksMixin, RunsMixin):
                     status: str = "queued", end_a: str | None = None,
                     end_b: str | None = None, prompt_ids: Sequence[int] | None = None,
                     ids_a: Sequence[int] | None = None,
-                    ids_b: Sequence[int] | None = None) -> int:
+                    ids_b: Sequence[int] | None = None, answers: str | None = None) -> int:
         """Store a freshly sampled pair and count the prompt as served; returns its id.
 
         ``end_a``/``end_b``: what generation ended that answer with, '' if it was cut at
         the token limit, None if unknown (see ``frame_response``). ``prompt_ids``,
-        ``ids_a``, ``ids_b``: the tokens the model saw and sampled (None if unknown)."""
+        ``ids_a``, ``ids_b``: the tokens the model saw and sampled (None if unknown).
+        ``answers``: a rank set's checked answers as JSON (``record_rank_set``)."""
         require_one_of(status, PAIR_STATUSES, "pair status")
         if not version_a or not version_b:
             raise BadInput(f"pair versions {version_a!r}/{version_b!r}: both sides need an "
@@ -220,10 +221,10 @@ class Store(VotesMixin, RanksMixin, RunsMixin):
             cur = db.execute(
                 "insert into pairs (prompt_id, response_a, response_b, version_a, version_b, "
                 "arena, gen_config, seed, created, status, end_a, end_b, prompt_ids, ids_a, "
-                "ids_b) values (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "ids_b, answers) values (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [prompt_id, response_a, response_b, version_a, version_b, int(arena),
                  config, seed, now(), status, end_a, end_b, ids_json(prompt_ids, "prompt_ids"),
-                 ids_json(ids_a, "ids_a"), ids_json(ids_b, "ids_b")])
+                 ids_json(ids_a, "ids_a"), ids_json(ids_b, "ids_b"), answers])
             db.execute("update prompts set served_count = served_count + 1 where id = ?",
                        [prompt_id])
             return cur.lastrowid

@@ -7,7 +7,7 @@ them); best 2 alone is ``[[2], [0, 1, 3]]``. A tie ("all equally good")
 or both-bad ("all bad") vote puts every answer in one tier: it orders nothing.
 
 With several annotators on one set, each ordered pair of answers (i, j) is decided by
-majority over the annotators' relations i > j, i < j or i = j (``storage.votes.majority``);
+majority over the annotators' relations i > j, i < j or i = j (``storage.common.majority``);
 an even split at the top decides nothing. The set's *extreme* pair is (best, worst) by
 mean tier position: the pair DNO trains on (Rosset et al. 2024, arXiv 2404.03715,
 Algorithm 2: the largest-margin pair of the N samples).
@@ -16,9 +16,9 @@ Algorithm 2: the largest-margin pair of the N samples).
 from __future__ import annotations
 
 import json
-from collections import Counter
 from collections.abc import Sequence
 
+from storage.common import majority
 from storage.errors import BadInput
 
 RANK_CHOICES = ("rank", "tie", "both_bad")  # choice column of a rank vote
@@ -76,14 +76,6 @@ def relation(tiers: Tiers | None, i: int, j: int) -> str:
     return "=" if where[i] == where[j] else ">" if where[i] < where[j] else "<"
 
 
-def _majority(values: list[str]) -> tuple[str | None, float]:
-    counts = Counter(values).most_common()
-    share = counts[0][1] / len(values)
-    if len(counts) > 1 and counts[0][1] == counts[1][1]:
-        return None, share
-    return counts[0][0], share
-
-
 def implied_pairs(rankings: Sequence[Tiers | None], n: int) -> list[dict]:
     """The ordered pairs the votes on one set imply: {chosen, rejected, agreement,
     extreme}, chosen above rejected by majority. ``rankings`` holds one entry per
@@ -94,7 +86,7 @@ def implied_pairs(rankings: Sequence[Tiers | None], n: int) -> list[dict]:
     out = []
     for i in range(n):
         for j in range(i + 1, n):
-            top, share = _majority([relation(t, i, j) for t in rankings])
+            top, share = majority([relation(t, i, j) for t in rankings])
             if top in (">", "<"):
                 c, r = (i, j) if top == ">" else (j, i)
                 out.append({"chosen": c, "rejected": r, "agreement": share, "extreme": False})
@@ -120,7 +112,7 @@ def answer_labels(rankings: Sequence[tuple[str, Tiers | None]], n: int) -> list[
                 per[i].append("good" if i in tiers[0] else "bad" if i in tiers[-1] else "-")
     labels: list[bool | None] = []
     for votes in per:
-        top, _ = _majority(votes) if votes else (None, 0.0)
+        top, _ = majority(votes) if votes else (None, 0.0)
         labels.append(True if top == "good" else False if top == "bad" else None)
     return labels
 

@@ -13,7 +13,12 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from storage.common import PAIR_STATUSES, dumps, ids_json, loads, now, require_one_of
+from storage.common import (
+    ids_json,
+    loads,
+    now,
+    version_number,
+)
 from storage.errors import BadChoice, BadInput
 from storage.ranking import (
     MAX_RANK,
@@ -25,7 +30,7 @@ from storage.ranking import (
     relation,
     tiers_of,
 )
-from storage.votes import _check_vote, parse_pair_id
+from storage.votes import check_vote, parse_pair_id
 
 ANSWER_KEYS = ("text", "version", "end", "ids", "reward")
 
@@ -55,25 +60,14 @@ class RanksMixin:
         """Store N freshly sampled answers to one prompt as a rank set; returns its id.
         Each answer is {text, version, end, ids, reward} (see ``record_pair`` for end and
         ids). The versions of the set show in version_a / version_b (retiring, arena)."""
-        require_one_of(status, PAIR_STATUSES, "pair status")
         clean = _clean_answers(answers)
         versions = list(dict.fromkeys(a["version"] for a in clean))
         first, second = clean[0], clean[1]
-        with self.write() as db:
-            if not db.execute("select 1 from prompts where id = ?", [prompt_id]).fetchone():
-                raise BadInput(f"no prompt with id {prompt_id!r}: add it with add_prompt first")
-            cur = db.execute(
-                "insert into pairs (prompt_id, response_a, response_b, version_a, version_b, "
-                "arena, gen_config, seed, created, status, end_a, end_b, prompt_ids, ids_a, "
-                "ids_b, answers) values (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [prompt_id, first["text"], second["text"], versions[0], versions[-1],
-                 int(arena), dumps(gen_config, "gen_config"), seed, now(), status,
-                 first["end"], second["end"], ids_json(prompt_ids, "prompt_ids"),
-                 ids_json(first["ids"], "ids"), ids_json(second["ids"], "ids"),
-                 json.dumps(clean, ensure_ascii=False)])
-            db.execute("update prompts set served_count = served_count + 1 where id = ?",
-                       [prompt_id])
-            return cur.lastrowid
+        return self.record_pair(
+            prompt_id, first["text"], second["text"], versions[0], versions[-1], gen_config,
+            seed, arena=arena, status=status, end_a=first["end"], end_b=second["end"],
+            prompt_ids=prompt_ids, ids_a=first["ids"], ids_b=second["ids"],
+            answers=json.dumps(clean, ensure_ascii=False))
 
     def record_rank_vote(self, pair_id: int, annotator: str, choice: str = "rank",
                          best: int | None = None, worst: int | None = None,
@@ -84,7 +78,7 @@ class RanksMixin:
         if choice not in RANK_CHOICES:
             raise BadChoice(f"choice {choice!r} is not valid for a rank set: use one of "
                             f"{', '.join(RANK_CHOICES)}")
-        _check_vote(annotator, "tie", None, decide_ms)
+        check_vote(annotator, "tie", None, decide_ms)
         pair_id = parse_pair_id(pair_id)
         with self.write() as db:
             answers = self.get_pair(pair_id).get("answers")
@@ -141,8 +135,6 @@ class RanksMixin:
         """Arena rank sets (answers from two versions): every cross-version comparison a
         ranking implies counts as a win or loss of the newer version, one tier apart or
         more; same-tier cross-version answers count as ties. Rows as ``arena_results``."""
-        from storage.common import version_number
-
         rows = self.query("select p.answers, v.choice, v.ranking from votes v join pairs p "
                           "on p.id = v.pair_id where p.arena = 1 and p.answers is not null")
         agg: dict[tuple[str, str], dict] = {}

@@ -15,9 +15,7 @@ Imported KTO labels (the ``labels`` table) are appended to ``kto_rows``.
 
 from __future__ import annotations
 
-from collections import Counter
-
-from storage.common import CHOICES, ids_of, now, today, version_number
+from storage.common import CHOICES, ids_of, majority, now, today, version_number
 from storage.errors import BadChoice, BadInput, UnknownPair
 from storage.ranking import parse_answers
 
@@ -51,7 +49,7 @@ def parse_pair_id(value: object) -> int:
     return value
 
 
-def _check_vote(annotator: object, choice: object, better_answer: object,
+def check_vote(annotator: object, choice: object, better_answer: object,
                 decide_ms: object) -> str | None:
     """Validate a vote's fields; returns the cleaned better answer (None if blank)."""
     if choice not in CHOICES:
@@ -76,15 +74,6 @@ def _check_vote(annotator: object, choice: object, better_answer: object,
     return better or None
 
 
-def majority(choices: list[str]) -> tuple[str | None, float]:
-    """(majority choice or None on an even split at the top, share choosing it)."""
-    counts = Counter(choices).most_common()
-    share = counts[0][1] / len(choices)
-    if len(counts) > 1 and counts[0][1] == counts[1][1]:
-        return None, share
-    return counts[0][0], share
-
-
 class VotesMixin:
     """Vote, annotator and training-data methods of ``storage.db.Store``."""
 
@@ -93,7 +82,7 @@ class VotesMixin:
         """Store a vote; a repeat by the same annotator on the same pair updates it (same
         id). The pair becomes 'voted'. Returns the vote id. Nothing is stored on error:
         UnknownPair, BadChoice (names the value and the allowed ones) or BadInput."""
-        better = _check_vote(annotator, choice, better_answer, decide_ms)
+        better = check_vote(annotator, choice, better_answer, decide_ms)
         pair_id = parse_pair_id(pair_id)
         t = now()
         with self.write() as db:
