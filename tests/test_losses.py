@@ -198,3 +198,30 @@ def test_kto_reference_point_is_detached_and_clamped():
 def test_reward_accuracy():
     assert reward_accuracy(t(1, 2, 3, 0), t(0, 3, 1, 0)) == pytest.approx(0.5)  # tie: wrong
     assert math.isnan(reward_accuracy(t(), t()))
+
+
+def test_length_alpha_is_r_dpo_margin_by_hand():
+    """R-DPO: -log sigma(beta Delta + alpha (|y_c| - |y_r|)) for the sigmoid loss."""
+    pc, pr, rc, rr = ROWS[0]
+    alpha, lc, lr = 0.01, 40.0, 10.0
+    losses, cr, rj = preference_loss("sigmoid", t(pc), t(pr), t(rc), t(rr), BETA, 0.0, alpha,
+                                     t(lc), t(lr))
+    delta = (pc - rc) - (pr - rr)
+    assert losses.item() == pytest.approx(-logsig(BETA * delta + alpha * (lc - lr)))
+    assert cr.item() == pytest.approx(BETA * (pc - rc))  # rewards stay the policy's own
+    plain, *_ = preference_loss("sigmoid", t(pc), t(pr), t(rc), t(rr), BETA)
+    assert losses.item() < plain.item()  # a longer chosen answer needs less change
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_length_alpha_equal_lengths_changes_only_per_answer_losses(name):
+    """With equal lengths the margin is unchanged, so margin losses are unchanged."""
+    cols = columns()
+    same = t(20.0, 20.0)
+    plain, *_ = preference_loss(name, *cols, BETA)
+    shifted, *_ = preference_loss(name, *cols, BETA, 0.0, 0.01, same, same)
+    if name in ("sigmoid", "ipo", "hinge", "robust"):
+        assert torch.allclose(plain, shifted)
+    assert torch.isfinite(shifted).all()
+    with pytest.raises(ValueError, match="needs chosen_lengths and rejected_lengths"):
+        preference_loss(name, *cols, BETA, 0.0, 0.01)

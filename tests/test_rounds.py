@@ -49,6 +49,23 @@ def test_every_loss_type_runs_a_round(tmp_path, tiny_model_dir, loss):
     assert svc.store.train_steps(out.round_id)
 
 
+def test_length_alpha_round_passes_each_answers_length_to_the_loss(tmp_path, tiny_model_dir,
+                                                                  monkeypatch):
+    svc = _trained_svc(tmp_path, tiny_model_dir, "--length-alpha", "0.02")
+    seen = []
+    real = rounds.preference_loss
+
+    def spy(*a, **k):
+        seen.append(a[7:10])
+        return real(*a, **k)
+
+    monkeypatch.setattr(rounds, "preference_loss", spy)
+    out = svc.trainer.run_one("test")
+    assert out.status in ("accepted", "rejected"), out.error
+    alpha, chosen, rejected = seen[0]
+    assert alpha == 0.02 and chosen.shape == rejected.shape and (chosen >= 1).all()
+
+
 def test_nan_loss_keeps_serving_and_next_round_runs(tmp_path, tiny_model_dir, monkeypatch):
     svc = _trained_svc(tmp_path, tiny_model_dir)
     real = rounds.preference_loss

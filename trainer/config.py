@@ -149,6 +149,9 @@ class TrainConfig:
                         "rounds from collapsing (docs/learning.md).", LOSS_TYPES)
     beta: float = setting(0.1, "beta: strength of the KL tie to the reference policy.")
     label_smoothing: float = setting(0.0, "epsilon for cDPO / robust DPO (assumed label noise).")
+    length_alpha: float = setting(0.0, "R-DPO length term alpha (arXiv 2403.19159): a "
+                                  "preference explained by answer length alone does not "
+                                  "move the policy (0 = off; try 0.01).")
     lr: float = setting(5e-5, "AdamW learning rate of the LoRA weights.")
     epochs: int = setting(2, "Passes over the round's training votes.")
     min_steps: int = setting(0, "A round takes at least this many optimizer steps, with more "
@@ -188,6 +191,9 @@ class TrainConfig:
             out.append(f"beta={self.beta}: must be > 0 (try 0.1)")
         if not 0.0 <= self.label_smoothing < 0.5:
             out.append(f"label_smoothing={self.label_smoothing}: must be in [0, 0.5)")
+        if not 0.0 <= self.length_alpha <= 1.0:
+            out.append(f"length_alpha={self.length_alpha}: must be in [0, 1] (0 = off; try "
+                       "0.01)")
         if not 0 < self.lr < 1:
             out.append(f"lr={self.lr}: must be in (0, 1) (try 5e-5)")
         if not 1 <= self.epochs <= 100:
@@ -286,7 +292,8 @@ def help_of(cls: type, name: str) -> str:
 
 # Settings an admin may change at run time, by area.
 EDITABLE = {"train": ("method", "loss", "beta", "lr", "epochs", "min_steps", "votes_per_round",
-                      "reference", "label_smoothing", "window", "micro_batch", "grad_accum"),
+                      "reference", "label_smoothing", "length_alpha", "window",
+                      "micro_batch", "grad_accum"),
             "pool": ("vote_mode", "rank_size", "arena_fraction", "arena_opponent",
                      "ready_pairs", "overlap", "release_after_s"),
             "sampling": ("temperature", "top_p", "top_k", "max_new_tokens")}

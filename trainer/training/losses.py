@@ -124,19 +124,33 @@ def _check(loss_type: str, beta: float, label_smoothing: float) -> None:
 
 def preference_loss(loss_type: str, policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
                     ref_chosen_logps: Tensor, ref_rejected_logps: Tensor, beta: float,
-                    label_smoothing: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
+                    label_smoothing: float = 0.0, length_alpha: float = 0.0,
+                    chosen_lengths: Tensor | None = None,
+                    rejected_lengths: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Per-pair loss of variant ``loss_type`` and the implicit rewards.
 
     All inputs (B,). Returns (losses (B,), chosen_rewards (B,), rejected_rewards (B,))
     with rewards = beta * (policy - ref), DETACHED (for logging and reward accuracy).
     ``label_smoothing`` is the assumed label-flip rate eps of cDPO ("sigmoid") and
     rDPO ("robust"); the other variants ignore it.
+
+    ``length_alpha`` > 0 is R-DPO's length term (Park et al. 2024, arXiv 2403.19159,
+    Eq. 8-9): the reward of an answer of |y| tokens is rho + alpha |y|, so the DPO margin
+    becomes beta Delta + alpha (|y_c| - |y_r|). A preference that is explained by
+    length alone needs no change of the policy; every variant gets the same reward
+    shift (a += alpha |y_c| / beta, b += alpha |y_r| / beta). Needs both lengths (B,).
     """
     _check(loss_type, beta, label_smoothing)
     a = policy_chosen_logps - ref_chosen_logps  # (B,)
     b = policy_rejected_logps - ref_rejected_logps  # (B,)
+    rewards = (beta * a).detach(), (beta * b).detach()
+    if length_alpha:
+        if chosen_lengths is None or rejected_lengths is None:
+            raise ValueError("length_alpha > 0 needs chosen_lengths and rejected_lengths")
+        a = a + length_alpha / beta * chosen_lengths  # (B,)
+        b = b + length_alpha / beta * rejected_lengths  # (B,)
     losses = LOSSES[loss_type](a, b, beta, label_smoothing)  # (B,)
-    return losses, (beta * a).detach(), (beta * b).detach()
+    return losses, *rewards
 
 
 def kto_kl_estimate(policy_kl_logps: Tensor, ref_kl_logps: Tensor) -> Tensor:

@@ -79,7 +79,8 @@ def method_rows(rows: list[dict], method: str) -> list[dict]:
 def heldout_accuracy(policy, held: list[Example], version: str, cfg: TrainConfig) -> dict:
     """Implicit-reward accuracy on held-out pairs: does beta*log(pi/pi_ref) rank chosen first?
 
-    Ties (equal rewards, e.g. policy == reference) count half.
+    With ``--length-alpha`` the reward is R-DPO's, beta*log(pi/pi_ref) + alpha |y|, the
+    one the round optimises. Ties (equal rewards, e.g. policy == reference) count half.
     """
     paired = [e for e in held if e.rejected is not None]
     if not paired:
@@ -94,6 +95,7 @@ def heldout_accuracy(policy, held: list[Example], version: str, cfg: TrainConfig
                                                                 counts[2 * i + 1])
         rc, rr = _norm(cfg, *e.ref[e.chosen]), _norm(cfg, *e.ref[e.rejected])
         margin = cfg.beta * ((pc - rc) - (pr - rr))
+        margin += cfg.length_alpha * (counts[2 * i] - counts[2 * i + 1])  # R-DPO's reward
         margins.append(margin)
         hits.append(1.0 if margin > 1e-9 else 0.5 if abs(margin) <= 1e-9 else 0.0)
     return {"accuracy": sum(hits) / len(paired), "n": len(paired),
@@ -122,7 +124,8 @@ def _micro_step(policy, batch: list[Example], cfg: TrainConfig, ref_version: str
             sums, ref = sums / n.clamp(min=1), ref / ref_n.clamp(min=1)
         b = len(batch)
         losses, cr, rr = preference_loss(cfg.loss, sums[:b], sums[b:], ref[:b], ref[b:],
-                                         cfg.beta, cfg.label_smoothing)
+                                         cfg.beta, cfg.label_smoothing, cfg.length_alpha,
+                                         n[:b].float(), n[b:].float())
         loss = losses.mean()
         if not torch.isfinite(loss):
             raise RoundError(f"non-finite loss ({loss.item()}); the round is aborted. Lower "
