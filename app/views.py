@@ -207,7 +207,13 @@ def trainer_markdown(status: Mapping[str, Any]) -> tuple[str, float, str]:
     t = status.get("trainer") or {}
     prog = t.get("progress") or {}
     state = t.get("state", "idle")
-    lines = [f"**Serving**: `{status.get('serving_adapter', 'base')}` · **trainer**: {state}"]
+    settings = status.get("settings") or {}
+    pool, train = settings.get("pool") or {}, settings.get("train") or {}
+    voting = (f"rank-of-{pool.get('rank_size')} (best / worst)"
+              if pool.get("vote_mode") == "rank" else "A/B pairs")
+    lines = [f"**Serving**: `{status.get('serving_adapter', 'base')}` · **trainer**: {state}"
+             + (f" · **voting**: {voting}, **method**: {train.get('method', 'dpo')}"
+                if pool else "")]
     if state != "training" and t.get("votes_needed") is not None:
         lines.append(f"{t['votes_needed']} more usable vote(s) start the next round "
                      "(or press *Train now*).")

@@ -137,6 +137,10 @@ def test_trainer_markdown():
                                           "fraction": 0.5}, "last_error": "x<y"}})
     assert "`v1`" in md and "training" in md and "x&lt;y" in md
     assert frac == 0.5 and label == "Round 2: training: 3/6"
+    md, _, _ = views.trainer_markdown({"settings": {"pool": {"vote_mode": "rank",
+                                                             "rank_size": 4},
+                                                    "train": {"method": "dno"}}})
+    assert "**voting**: rank-of-4 (best / worst), **method**: dno" in md
 
 
 def test_settings_specs_and_changes():
