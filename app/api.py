@@ -1,9 +1,9 @@
 """Server-side handlers of the web UI and the scripted API: thin calls into the service.
 
 Who is calling comes from ``gr.Request.username`` (the login); what they may do is
-decided HERE, on the server, from their role in the users file, so an annotator who
-calls an admin endpoint directly (any client, any fn_index) is refused too. Without an
-auth file the app runs in local single-user mode: the caller is ``local``, an admin.
+decided in every handler, on the server, from their role in the users file
+(app/access.py), so an annotator who calls an admin endpoint directly (any client, any
+fn_index) is refused too.
 
 Handlers return tuples in the order the UI wires them (see ``ANNOTATE_OUTPUTS``);
 formatting lives in app/views.py. The service is passed in; nothing here imports the
@@ -20,7 +20,8 @@ from typing import Any
 
 import gradio as gr
 
-from app import auth, leaderboard, views
+from app import leaderboard, views
+from app.access import Access
 from app.config import AppConfig
 from app.inputs import check_text, fail, parse_pair_id, upload_path
 from storage.common import CHOICES
@@ -28,7 +29,6 @@ from storage.ranking import MAX_RANK, RANK_CHOICES
 from storage.votes import MAX_BETTER_ANSWER
 from trainer.config import EDITABLE, MODEL_AREAS
 
-LOCAL_USER = "local"
 EXPORTS = {"dpo": "livedpo-dpo.jsonl", "kto": "livedpo-kto.jsonl", "votes": "livedpo-votes.csv"}
 # Order of the values every annotate handler returns.
 # ``shown_id`` is a hidden component holding the id of the pair on the page: a vote sends
@@ -66,40 +66,13 @@ def help_table() -> dict[str, dict[str, tuple[str, tuple | None]]]:
                    for f in dataclasses.fields(MODEL_AREAS[area])} for area in EDITABLE}
 
 
-class Access:
-    """The caller's name and role, from the login and the users file (read per call)."""
-
-    def __init__(self, auth_file: str = "") -> None:
-        self.auth_file = auth_file
-
-    @property
-    def local_mode(self) -> bool:
-        return not self.auth_file
-
-    def user(self, request: gr.Request | None) -> str:
-        if self.local_mode:
-            return LOCAL_USER
-        name = getattr(request, "username", None)
-        if not name:
-            raise fail("You are not logged in: reload the page and log in again.")
-        return name
-
-    def role(self, name: str) -> str | None:
-        return "admin" if self.local_mode else auth.role_of(auth.load_users(self.auth_file),
-                                                            name)
-
-    def is_admin(self, request: gr.Request | None) -> bool:
-        return self.role(self.user(request)) == "admin"
-
-    def require_admin(self, request: gr.Request | None, action: str) -> str:
-        """The caller's name if they are an admin; else a clear refusal naming them."""
-        name = self.user(request)
-        role = self.role(name)
-        if role != "admin":
-            what = f"is an {role}" if role else "is not in the users file"
-            raise fail(f"Only admins may {action}; {name!r} {what}. An admin can run "
-                       f"`python app.py add-user {name} --role admin`.")
-        return name
+def _mark(label: Any) -> int | None:
+    """A page's best / worst mark ("1".."N") as a 0-based index; None when unmarked."""
+    if label in (None, ""):
+        return None
+    if not (isinstance(label, str) and label.isascii() and label.isdigit()):
+        raise fail(f"mark {label!r} is not an answer number: choose 1-N on the page.")
+    return int(label) - 1
 
 
 class Handlers:
@@ -228,7 +201,7 @@ class Handlers:
         if choice == "rank" and not best and not worst:
             raise fail("Mark the best answer, the worst, or both (keys 1-N and Shift+1-N), "
                        "or press All equally good / All bad.")
-        marks = [int(m) - 1 if m and choice == "rank" else None for m in (best, worst)]
+        marks = [_mark(m) if choice == "rank" else None for m in (best, worst)]
         reveal = self.commit_rank_vote(user, state["id"], choice, *marks, decide_ms)
         return self._annotate(user, self.svc.next_item(user),
                               views.rank_reveal_markdown(reveal))

@@ -1,4 +1,4 @@
-"""UI callbacks (app/api.py Handlers and Access) as plain functions on the REAL service over
+"""UI callbacks (app/api.py Handlers, app/access.py Access) as plain functions on the REAL service over
 the tiny model: a fresh data dir per test and no background threads (pairs, votes and
 rounds are made on demand), so every test is deterministic. Views: tests/test_ui_views.py."""
 
@@ -10,7 +10,8 @@ import gradio as gr
 import pytest
 
 from app import views
-from app.api import Access, Handlers, help_table, is_not_ready
+from app.access import Access
+from app.api import Handlers, help_table, is_not_ready
 from app.config import AppConfig
 from storage.readers import read_jsonl
 from storage.votes import MAX_BETTER_ANSWER
@@ -385,6 +386,10 @@ def test_rank_mode_shows_sets_and_votes_with_marks(svc):
         h.vote("a", "", ids[0], state, ME)
     with pytest.raises(gr.Error, match="best and worst are both answer 2"):
         h.vote_rank("rank", "2", "2", ids[0], state, ME)
+    with pytest.raises(gr.Error, match="mark 'x' is not an answer number"):
+        h.vote_rank("rank", "x", None, ids[0], state, ME)
+    with pytest.raises(gr.Error, match="best=7: mark one of the 3 answers"):
+        h.vote_rank("rank", "8", None, ids[0], state, ME)
     assert _votes(svc) == before
     out = _out(h.vote_rank("rank", "2", None, ids[0], state, ME))
     assert "Your ranking of pair" in out["reveal"] and "best 2." in out["reveal"]
