@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from storage.common import (
     ids_json,
     loads,
-    now,
     version_number,
 )
 from storage.errors import BadChoice, BadInput
@@ -90,19 +89,8 @@ class RanksMixin:
                 tiers = tiers_of(best, worst, len(answers))
             elif best is not None or worst is not None:
                 raise BadInput(f"a {choice!r} vote ranks nothing: leave best and worst empty")
-            t = now()
-            db.execute(
-                "insert into votes (pair_id, annotator, choice, ranking, decide_ms, created, "
-                "updated) values (?,?,?,?,?,?,?) on conflict (pair_id, annotator) do update "
-                "set choice = excluded.choice, ranking = excluded.ranking, better_answer = "
-                "null, decide_ms = excluded.decide_ms, updated = excluded.updated",
-                [pair_id, annotator, choice, None if tiers is None else json.dumps(tiers),
-                 decide_ms, t, t])
-            db.execute("insert or ignore into pair_assignments (pair_id, annotator, "
-                       "assigned_at) values (?, ?, ?)", [pair_id, annotator, t])
-            db.execute("update pairs set status = 'voted' where id = ?", [pair_id])
-            return db.execute("select id from votes where pair_id = ? and annotator = ?",
-                              [pair_id, annotator]).fetchone()[0]
+            return self._store_vote(db, pair_id, annotator, choice, None,
+                                    None if tiers is None else json.dumps(tiers), decide_ms)
 
     @staticmethod
     def _rank_examples(pid: int, p: dict) -> list[dict]:

@@ -84,23 +84,31 @@ class VotesMixin:
         UnknownPair, BadChoice (names the value and the allowed ones) or BadInput."""
         better = check_vote(annotator, choice, better_answer, decide_ms)
         pair_id = parse_pair_id(pair_id)
-        t = now()
         with self.write() as db:
             answers = self.get_pair(pair_id).get("answers")  # UnknownPair if missing
             if answers is not None:
                 raise BadInput(f"pair {pair_id} is a rank set of {len(answers)} answers: "
                                "vote on it with vote_rank (best and worst)")
-            db.execute(
-                "insert into votes (pair_id, annotator, choice, better_answer, decide_ms, "
-                "created, updated) values (?,?,?,?,?,?,?) on conflict (pair_id, annotator) do "
-                "update set choice = excluded.choice, better_answer = excluded.better_answer, "
-                "decide_ms = excluded.decide_ms, updated = excluded.updated",
-                [pair_id, annotator, choice, better, decide_ms, t, t])
-            db.execute("insert or ignore into pair_assignments (pair_id, annotator, "
-                       "assigned_at) values (?, ?, ?)", [pair_id, annotator, t])
-            db.execute("update pairs set status = 'voted' where id = ?", [pair_id])
-            return db.execute("select id from votes where pair_id = ? and annotator = ?",
-                              [pair_id, annotator]).fetchone()[0]
+            return self._store_vote(db, pair_id, annotator, choice, better, None, decide_ms)
+
+    @staticmethod
+    def _store_vote(db, pair_id: int, annotator: str, choice: str, better: str | None,
+                    ranking: str | None, decide_ms: int | None) -> int:
+        """Insert or replace (same id) one checked vote inside the caller's transaction:
+        the annotator holds the pair and the pair becomes 'voted'. Returns the vote id."""
+        t = now()
+        db.execute(
+            "insert into votes (pair_id, annotator, choice, better_answer, ranking, decide_ms, "
+            "created, updated) values (?,?,?,?,?,?,?,?) on conflict (pair_id, annotator) do "
+            "update set choice = excluded.choice, better_answer = excluded.better_answer, "
+            "ranking = excluded.ranking, decide_ms = excluded.decide_ms, "
+            "updated = excluded.updated",
+            [pair_id, annotator, choice, better, ranking, decide_ms, t, t])
+        db.execute("insert or ignore into pair_assignments (pair_id, annotator, "
+                   "assigned_at) values (?, ?, ?)", [pair_id, annotator, t])
+        db.execute("update pairs set status = 'voted' where id = ?", [pair_id])
+        return db.execute("select id from votes where pair_id = ? and annotator = ?",
+                          [pair_id, annotator]).fetchone()[0]
 
     def recent_voted_prompts(self, limit: int, max_vote_id: int | None = None) -> list[str]:
         """The texts of the prompts voted on most recently (up to ``max_vote_id``), newest

@@ -121,9 +121,14 @@ class PairPool:
             plan = [PlannedPair(p["id"], p["text"], opp is not None
                                 and self.rng.random() < self.cfg.arena_fraction)
                     for p in prompts]
-            if self.cfg.vote_mode == "rank":
-                return self.produce_sets(plan, opp)
-            return self.produce(plan, opp)
+            return self.produce_items(plan, opp)
+
+    def produce_items(self, plan: list[PlannedPair], opponent: str | None,
+                      status: str = "queued") -> list[int]:
+        """A/B pairs or rank sets for ``plan``, as ``vote_mode`` says; returns the ids."""
+        if self.cfg.vote_mode == "rank":
+            return self.produce_sets(plan, opponent, status)
+        return self.produce(plan, opponent, status)
 
     def produce(self, plan: list[PlannedPair], opponent: str | None,
                 status: str = "queued") -> list[int]:
@@ -188,8 +193,9 @@ class PairPool:
         return ids
 
     def _set_rewards(self, prompt: str, answers: list, serving: str) -> list[float | None]:
-        """Implicit rewards of a set's answers under serving (None: arena, or serving is
-        its own reference)."""
+        """Implicit rewards of (sample, version) answers under serving, scored on the
+        tokens sampled when known (None: another version wrote one, or serving is its
+        own reference)."""
         ref = self.reference(serving)
         if serving == ref or any(v != serving for _, v in answers):
             return [None] * len(answers)
@@ -239,15 +245,7 @@ class PairPool:
 
     def _rewards(self, prompt: str, a: Sample, b: Sample, va: str, vb: str, serving: str):
         """Implicit rewards of both sides under the serving policy (None for arena/base)."""
-        ref = self.reference(serving)
-        if va != vb or serving == ref:
-            return None, None
-        fmt = self.sampler.format(prompt)
-        prompts = [s.prompt_ids or fmt for s in (a, b)]  # the tokens sampled, when known
-        answers = [s.token_ids or self.sampler.scored(s.text, s.scored_end) for s in (a, b)]
-        ra, rb = implicit_rewards(self.policy, prompts, answers, serving, ref, self.beta,
-                                  self.max_length)
-        return ra, rb
+        return tuple(self._set_rewards(prompt, [(a, va), (b, vb)], serving))
 
     def _gen_config(self, reward_a, reward_b) -> dict:
         c = self.sampler.cfg

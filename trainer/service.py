@@ -200,11 +200,7 @@ class Service:
         self.require_ready()
         prompt_id = self.store.add_prompt(prompt, source="user",
                                           max_chars=self.max_prompt_chars)
-        plan = [PlannedPair(prompt_id, prompt.strip(), False)]
-        if self.pool_cfg.vote_mode == "rank":
-            ids = self.pool.produce_sets(plan, None, status="queued")
-        else:
-            ids = self.pool.produce(plan, None, status="queued")
+        ids = self.pool.produce_items([PlannedPair(prompt_id, prompt.strip(), False)], None)
         if not ids:
             raise ValueError("The model gave the same (or empty) answers to that prompt "
                              "three times; try rephrasing it.")
