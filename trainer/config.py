@@ -152,6 +152,11 @@ class TrainConfig:
     length_alpha: float = setting(0.0, "R-DPO length term alpha (arXiv 2403.19159): a "
                                   "preference explained by answer length alone does not "
                                   "move the policy (0 = off; try 0.01).")
+    answer_span: str = setting("full", "full: score whole answers. common: score a sampled "
+                               "pair's two answers on their common length in tokens, never "
+                               "past the rejected answer's ending (LD-DPO with alpha = 0, "
+                               "arXiv 2409.06411), so votes for longer answers do not teach "
+                               "rambling (trainer/training/span.py).", ("full", "common"))
     lr: float = setting(5e-5, "AdamW learning rate of the LoRA weights.")
     epochs: int = setting(2, "Passes over the round's training votes.")
     min_steps: int = setting(0, "A round takes at least this many optimizer steps, with more "
@@ -292,7 +297,7 @@ def help_of(cls: type, name: str) -> str:
 
 # Settings an admin may change at run time, by area.
 EDITABLE = {"train": ("method", "loss", "beta", "lr", "epochs", "min_steps", "votes_per_round",
-                      "reference", "label_smoothing", "length_alpha", "window",
+                      "reference", "label_smoothing", "length_alpha", "answer_span", "window",
                       "micro_batch", "grad_accum"),
             "pool": ("vote_mode", "rank_size", "arena_fraction", "arena_opponent",
                      "ready_pairs", "overlap", "release_after_s"),

@@ -31,7 +31,7 @@ from trainer.model.logprobs import build_batch, sequence_logps
 from trainer.model.policy import BASE, TRAIN
 from trainer.model.scoring import score
 from trainer.progress import NullProgress, Progress
-from trainer.training import gate, health
+from trainer.training import gate, health, span
 from trainer.training.data import (
     Example,
     attach_reference,
@@ -221,7 +221,7 @@ def _mean_stats(stats: list[dict]) -> dict:
                 sum(s[k] for s in stats) / len(stats)) for k in keys}
 
 
-def load_examples(store, cfg: TrainConfig, fmt, frame
+def load_examples(store, cfg: TrainConfig, fmt, frame, decode: span.Decode | None = None
                   ) -> tuple[list[Example], list[Example], dict]:
     """(train, held-out, counts) from the votes stored so far (see ``paired_examples``).
 
@@ -230,9 +230,15 @@ def load_examples(store, cfg: TrainConfig, fmt, frame
     judges each draft on the held-out votes of many rounds, not on the few of the latest
     one. ``--window`` keeps the latest training pairs, counted in pairs that teach
     something (a tie teaches DPO nothing and takes no place), so a rare preference keeps
-    its decisive votes for many rounds. KTO trains on every vote."""
+    its decisive votes for many rounds. KTO trains on every vote. With ``--answer-span
+    common`` sampled pairs are cut to their common length (``span.common_rows``, which
+    needs ``decode``: the tokenizer's ids -> text)."""
     max_vote = store.last_vote_id()
     rows = method_rows(store.training_pairs(max_vote_id=max_vote), cfg.method)
+    if cfg.answer_span == "common":
+        if decode is None:
+            raise ValueError("--answer-span common needs the tokenizer's decode")
+        rows = span.common_rows(rows, decode)
     paired = paired_examples(rows, fmt, frame)
     train, held = split(paired, cfg.heldout_fraction)
     train = train[-cfg.window:] if cfg.window else train  # pair order: oldest first
@@ -262,7 +268,9 @@ def run_round(policy, store, cfg: TrainConfig, *, fmt, frame, adapters_dir: Path
     version: str | None = None
     try:
         progress.update(0, 1, f"Round {round_id}: preparing data")
-        train, held, counts = load_examples(store, cfg, fmt, frame)
+        tok = policy.tokenizer
+        train, held, counts = load_examples(
+            store, cfg, fmt, frame, lambda ids: tok.decode(ids, skip_special_tokens=True))
         if len(train) < MIN_TRAIN_EXAMPLES:
             raise RoundError(f"only {len(train)} usable training examples (need at least "
                              f"{MIN_TRAIN_EXAMPLES}); collect more A/B votes first.")

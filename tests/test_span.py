@@ -1,0 +1,47 @@
+"""--answer-span common: a sampled pair is scored on the length its answers share."""
+
+from trainer.training.span import common_rows, common_span, content_length
+
+# One character per token id; 0 is end-of-sequence (skipped when decoding).
+VOCAB = {0: "", **{i: chr(96 + i) for i in range(1, 27)}, 30: "\n", 31: "Q", 32: ":", 33: " "}
+
+
+def decode(ids):
+    return "".join(VOCAB[i] for i in ids)
+
+
+def ids(text: str, end: tuple[int, ...] = ()) -> list[int]:
+    inv = {v: k for k, v in VOCAB.items() if v}
+    return [inv[c] for c in text] + list(end)
+
+
+def test_content_length_stops_before_the_ending():
+    assert content_length(ids("abc", (0,)), "abc", decode) == 3  # EOS
+    assert content_length(ids("abc", (30, 31, 32)), "abc", decode) == 3  # stop string
+    assert content_length(ids("abc "), "abc", decode) == 3  # trailing space, stripped
+    assert content_length(ids("abcd"), "abcd", decode) == 4  # cut at the limit: all
+
+
+def test_longer_chosen_is_cut_and_the_rejected_ending_is_never_scored():
+    chosen = ids("abcdefgh")  # cut at the token limit
+    rejected = ids("xyz", (0,))  # ended after 3 tokens
+    c, r = common_span(chosen, "abcdefgh", rejected, "xyz", decode)
+    assert (decode(c), decode(r)) == ("abc", "xyz")
+    assert 0 not in r
+
+
+def test_shorter_chosen_keeps_its_ending():
+    chosen = ids("ab", (0,))
+    rejected = ids("wxyz", (0,))
+    c, r = common_span(chosen, "ab", rejected, "wxyz", decode)
+    assert list(c) == chosen and len(r) == 3 and decode(r) == "wxy"
+
+
+def test_rows_without_sampled_ids_stay_whole():
+    rows = [{"chosen": "abc", "rejected": "x", "chosen_ids": None, "rejected_ids": ids("x")},
+            {"chosen": "abcd", "rejected": "x", "chosen_ids": ids("abcd"),
+             "rejected_ids": ids("x", (0,))}]
+    out = common_rows(rows, decode)
+    assert out[0] is rows[0]
+    assert out[1]["chosen_ids"] == ids("a") and out[1]["rejected_ids"] == ids("x")
+    assert rows[1]["chosen_ids"] == ids("abcd")  # the stored rows are not changed

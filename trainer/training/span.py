@@ -1,0 +1,67 @@
+"""Score a sampled pair on the tokens both answers share in length (``--answer-span common``).
+
+DPO's implicit reward is a sum over an answer's tokens (paper Eq. 5), so when the chosen
+answers of a round are longer than the rejected ones, "be longer" explains the votes as
+well as what the annotator meant, and it is the easier thing to learn: the policy pushes
+up the chosen answers' extra tokens and pushes down the rejected answers' endings, and
+its answers stop ending. LD-DPO (Liu et al. 2024, arXiv 2409.06411, Eq. 9) splits each
+log-likelihood at the shorter answer's length and down-weights the excess by alpha; with
+alpha = 0 both answers are scored on their first ``m`` tokens only. Here ``m`` also stops
+before the rejected answer's ending (its stop string or end-of-sequence token), so an
+ending is never pushed down; a chosen answer that ends first keeps its ending, so a
+preference for shorter answers is still learnt.
+
+Only pairs whose answers kept their sampled token ids are cut (written and imported
+answers are texts and are scored whole). The reference log-probs and the held-out gate
+see the same cut sequences, so the reward a round optimises is the one it is judged on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+Decode = Callable[[Sequence[int]], str]  # token ids -> text, special tokens skipped
+
+
+def content_length(ids: Sequence[int], text: str, decode: Decode) -> int:
+    """Tokens before an answer's ending: the fewest leading ids whose text holds all of
+    ``text`` (the answer as stored, stop string and surrounding space removed).
+
+    Covering grows with the number of ids, so this is a binary search (about 7 decodes
+    for 96 tokens). An answer cut at the token limit has no ending: all its ids.
+    """
+    want = text.strip()
+    if not want or want not in decode(ids):
+        return len(ids)
+    lo, hi = 1, len(ids)  # decode(ids[:hi]) covers it; find the smallest such hi
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if want in decode(ids[:mid]):
+            hi = mid
+        else:
+            lo = mid + 1
+    return hi
+
+
+def common_span(chosen: Sequence[int], chosen_text: str, rejected: Sequence[int],
+                rejected_text: str, decode: Decode) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(chosen, rejected) ids cut to the length they share, never past the start of the
+    rejected answer's ending. A pair with nothing left to compare is returned whole."""
+    m = min(len(chosen), len(rejected))
+    m = min(m, content_length(rejected, rejected_text, decode))
+    if m < 1:
+        return tuple(chosen), tuple(rejected)
+    return tuple(chosen[:m]), tuple(rejected[:m])
+
+
+def common_rows(rows: list[dict], decode: Decode) -> list[dict]:
+    """Training rows (``Store.training_pairs``) with both answers' sampled ids cut by
+    ``common_span``; rows without ids on both sides are left as they are."""
+    out = []
+    for r in rows:
+        if r.get("chosen_ids") and r.get("rejected_ids"):
+            c, j = common_span(r["chosen_ids"], r["chosen"], r["rejected_ids"],
+                               r["rejected"], decode)
+            r = {**r, "chosen_ids": list(c), "rejected_ids": list(j)}
+        out.append(r)
+    return out
