@@ -66,6 +66,34 @@ def test_length_alpha_round_passes_each_answers_length_to_the_loss(tmp_path, tin
     assert alpha == 0.02 and chosen.shape == rejected.shape and (chosen >= 1).all()
 
 
+def test_common_answer_span_trains_each_pair_on_equal_lengths(tmp_path, tiny_model_dir,
+                                                              monkeypatch):
+    """--answer-span common: chosen and rejected are scored on the same number of tokens,
+    and the cut pairs are the ones the held-out gate and reference cache see."""
+    svc = _trained_svc(tmp_path, tiny_model_dir, "--answer-span", "common", "--window", "0")
+    seen = []
+    real = rounds.preference_loss
+
+    def spy(*a, **k):
+        seen.append(a[8:10])
+        return real(*a, **k)
+
+    monkeypatch.setattr(rounds, "preference_loss", spy)
+    out = svc.trainer.run_one("test")
+    assert out.status in ("accepted", "rejected"), out.error
+    for chosen, rejected in seen:  # token counts per pair (the first position is unscored)
+        assert torch.equal(chosen, rejected)
+    tok = svc.policy.tokenizer
+    train, held, _ = rounds.load_examples(
+        svc.store, svc.train_cfg, svc.sampler.format, svc.sampler.scored,
+        lambda ids: tok.decode(ids, skip_special_tokens=True))
+    whole, _, _ = rounds.load_examples(svc.store, TrainConfig(window=0), svc.sampler.format,
+                                       svc.sampler.scored)
+    sampled = [e for e in train + held if isinstance(e.chosen, tuple)]
+    assert sampled and all(len(e.chosen) == len(e.rejected) for e in sampled)
+    assert sum(len(e.chosen) for e in train) < sum(len(e.chosen) for e in whole)
+
+
 def test_nan_loss_keeps_serving_and_next_round_runs(tmp_path, tiny_model_dir, monkeypatch):
     svc = _trained_svc(tmp_path, tiny_model_dir)
     real = rounds.preference_loss
