@@ -355,6 +355,27 @@ class Handlers:
         out = Path(tempfile.mkdtemp(prefix="livedpo-")) / f"livedpo-adapter-{version}.zip"
         return str(zip_dir(Path(row["path"]), out))
 
+    def download_merged(self, request: gr.Request, progress=gr.Progress()) -> str:  # noqa: B008
+        """The serving version merged into the base weights (``export-model``), zipped."""
+        self.access.require_admin(request, "download the merged model")
+        from app.modelcard import card_facts, render_card
+        from storage.files import zip_dir
+        from trainer.model import adapters
+        from trainer.model.merge import merge_version
+
+        version = self.store.serving_adapter()
+        row = self.store.get_adapter(version) if version != "base" else None
+        if not row:
+            raise fail("The serving version is 'base': there is nothing to merge yet. Train "
+                       "(or import) a version first.")
+        path, cfg = Path(row["path"]), self.svc.model_cfg
+        card = render_card(card_facts(self.store, version, cfg.model,
+                                      adapters.read_metadata(path)))
+        tmp = Path(tempfile.mkdtemp(prefix="livedpo-"))
+        out = merge_version(cfg, path, tmp / f"livedpo-model-{version}", card,
+                            _GradioProgress(progress))
+        return str(zip_dir(out, tmp / f"livedpo-model-{version}.zip"))
+
     def import_prompts(self, path: str | None, request: gr.Request) -> str:
         self.access.require_admin(request, "import prompts")
         if not path:
@@ -368,3 +389,13 @@ class Handlers:
         except self._user_errors as e:
             raise fail(f"Nothing imported from {Path(path).name}: {e}") from e
         return f"Imported {n} new prompt(s) from {Path(path).name}."
+
+
+class _GradioProgress:
+    """``trainer.progress.Progress`` onto a Gradio progress bar."""
+
+    def __init__(self, progress: gr.Progress) -> None:
+        self._progress = progress
+
+    def update(self, done: float, total: float, desc: str) -> None:
+        self._progress((done, total), desc=desc)

@@ -37,7 +37,7 @@ COMMANDS = {"serve": commands.serve, "status": commands.status,
             "import-prompts": commands.import_prompts, "import-prefs": commands.import_prefs,
             "export": commands.export, "generate": commands.generate, "train": commands.train,
             "simulate": commands.simulate, "add-user": commands.add_user,
-            "import-adapter": commands.import_adapter}
+            "import-adapter": commands.import_adapter, "export-model": commands.export_model}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = cmd("export", "Write preferences or votes to a file.")
     s.add_argument("--format", required=True, choices=("dpo", "kto", "votes"))
     s.add_argument("--out", required=True)
+    s = cmd("export-model", "Write an adapter version merged into the base weights: a "
+            "standalone Hugging Face checkpoint with tokenizer and model card.", True)
+    s.add_argument("--version", required=True, help="The adapter version, e.g. v3.")
+    s.add_argument("--out", required=True, help="A new directory for the checkpoint.")
     s = cmd("generate", "Print pairs sampled from the serving adapter.", True)
     s.add_argument("--prompt", required=True)
     s.add_argument("--n", type=int, default=1)
@@ -138,6 +142,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfgs = resolve(args)
         return COMMANDS[args.command or "serve"](args, cfgs)
-    except (ValueError, StoreError, FileNotFoundError, PermissionError) as e:
+    except (ValueError, StoreError, FileNotFoundError, FileExistsError, PermissionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -112,6 +112,30 @@ def import_adapter(args, cfgs: dict) -> int:
     return 0
 
 
+def export_model(args, cfgs: dict) -> int:
+    """``export-model --version vN --out DIR``: a merged, standalone HF checkpoint."""
+    from app.modelcard import card_facts, render_card
+    from trainer.model import adapters
+    from trainer.model.merge import merge_version
+    from trainer.progress import TqdmProgress
+
+    store = open_store(cfgs["AppConfig"])
+    row = store.get_adapter(args.version)
+    if row is None or row["status"] not in ("ready", "saved"):
+        known = ", ".join(a["version"] for a in store.list_adapters()
+                          if a["status"] == "ready") or "none yet"
+        raise ValueError(f"--version {args.version!r}: no such trained version in this data "
+                         f"dir (ready versions: {known}); 'base' needs no export, it is "
+                         "--model itself")
+    path = Path(row["path"])
+    model = cfgs["ModelConfig"]
+    card = render_card(card_facts(store, args.version, model.model,
+                                  adapters.read_metadata(path)))
+    out = merge_version(model, path, Path(args.out), card, TqdmProgress())
+    print(f"wrote {args.version} merged into {model.model} to {out}")
+    return 0
+
+
 def generate(args, cfgs: dict) -> int:
     from trainer.pool import PlannedPair
 

@@ -213,6 +213,7 @@ def _data_tab() -> dict[str, Any]:
         for fmt, label in (("dpo", "DPO JSONL"), ("kto", "KTO JSONL"), ("votes", "Votes CSV")):
             c[f"export_{fmt}"] = gr.Button(f"Export {label}")
         c["export_adapter"] = gr.Button("Serving adapter (.zip)")
+        c["export_merged"] = gr.Button("Serving model, merged (.zip)")
     c["file"] = gr.File(label="Download", interactive=False)
     with gr.Row():
         c["upload"] = gr.File(label="Prompts file (.txt one per line, .jsonl, .csv)",
@@ -305,6 +306,7 @@ def _wire(demo: gr.Blocks, h: Handlers, specs: list[dict], a: dict, t: dict, d: 
     for fmt in ("dpo", "kto", "votes"):
         d[f"export_{fmt}"].click(_exporter(h, fmt), None, d["file"], **PRIVATE)
     d["export_adapter"].click(h.download_adapter, None, d["file"], **PRIVATE)
+    d["export_merged"].click(h.download_merged, None, d["file"], **PRIVATE)
     d["import_btn"].click(h.import_prompts, [d["upload"]], d["import_msg"], **PRIVATE).success(
         h.data_view, None, [d["counts"], d["votes"]], **PRIVATE)
 

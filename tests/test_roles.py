@@ -39,7 +39,7 @@ from tests.ui_fixtures import ADMIN, ANNOTATOR, PASSWORD, launch_app, write_user
 PUBLIC_ADMIN = {"/train_now": (), "/rollback": ("base",),
                 "/update_settings": ({"train": {"beta": 0.5}},)}
 PRIVATE_ADMIN = ("train_live", "forms", "save", "train_now", "data_view", "export",
-                 "download_adapter", "import_prompts", "rollback")  # rollback last: v1 -> base
+                 "download_adapter", "download_merged", "import_prompts", "rollback")  # rollback last: v1 -> base
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,7 @@ def test_annotator_is_refused_every_admin_endpoint_and_nothing_changes(served):
             assert msg.get("success"), (name, error_of(msg))
     after = state(svc, files)
     assert after["settings"]["train"]["beta"] == 0.5 and after["serving"] == ("base", "base")
-    assert after["asked"] and len(after["files"]) == 4  # 3 exports and the adapter zip
+    assert after["asked"] and len(after["files"]) == 5  # 3 exports, the adapter, the model
     assert svc.store.one("select count(*) as n from prompts where text = ?",
                          ["A prompt an annotator must not import"])["n"] == 1
 

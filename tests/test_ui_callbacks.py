@@ -226,7 +226,8 @@ def test_roles_checked_on_server(trained, users, tmp_path):
     values = [0.5 if s["name"] == "beta" else s["value"] for s in specs]
     admin_calls = [lambda r: h.train_now(r), lambda r: h.rollback("base", r),
                    lambda r: h.save_settings(specs, values, r), lambda r: h.export("dpo", r),
-                   lambda r: h.download_adapter(r), lambda r: h.import_prompts(str(prompts), r),
+                   lambda r: h.download_adapter(r), lambda r: h.download_merged(r),
+                   lambda r: h.import_prompts(str(prompts), r),
                    lambda r: h.train_live(r), lambda r: h.data_view(r),
                    lambda r: h.train_forms(specs, r)]
     counts, settings = trained.store.counts(), trained.settings()
@@ -329,6 +330,11 @@ def test_downloads_exports_and_imports(trained, tmp_path):
     h = Handlers(trained, LOCAL)
     with zipfile.ZipFile(h.download_adapter(ME)) as z:
         assert "metadata.json" in z.namelist() and "adapter_config.json" in z.namelist()
+    with zipfile.ZipFile(h.download_merged(ME, progress=lambda *a, **k: None)) as z:
+        names = z.namelist()
+        assert {"config.json", "model.safetensors", "README.md", "tokenizer.json"} <= set(names)
+        assert "adapter_config.json" not in names  # merged: no adapter left
+        assert "v1 <- base" in z.read("README.md").decode()
     dpo = h.export("dpo", ME)
     rows = read_jsonl(dpo)
     assert dpo.endswith(".jsonl") and len(rows) == len(trained.store.training_pairs()) > 0
