@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import os
 import sys
+from pathlib import Path
 
 from app import commands
 from app.auth import ROLES
@@ -111,6 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _read_system_prompt(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"--system-prompt @{path}: cannot read it ({e}); give a readable "
+                         "UTF-8 text file after @, or the text itself") from None
+
+
 def resolve(args: argparse.Namespace) -> dict:
     """Build every config area from defaults < env < flags; one error lists all problems."""
     flags = {k: v for k, v in vars(args).items() if v is not None}
@@ -118,6 +127,9 @@ def resolve(args: argparse.Namespace) -> dict:
     for name, value in fitting_settings(model).items():  # e.g. longer answers for chat
         if name not in flags and f"LIVEDPO_{name.upper()}" not in os.environ:
             flags[name] = value
+    system = flags.get("system_prompt") or os.environ.get("LIVEDPO_SYSTEM_PROMPT", "")
+    if system.startswith("@"):
+        flags["system_prompt"] = _read_system_prompt(system[1:])
     out, errors = {}, []
     for cls in AREAS.values():
         try:

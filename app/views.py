@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from storage import conversation
 from storage.common import version_number
 
 # Link schemes that run code or embed documents; a zero-width space breaks them.
@@ -84,15 +85,32 @@ def pair_markdown(pair: Mapping[str, Any] | None) -> tuple[str, str, str]:
     if not pair:
         return ("*Generating pairs… a new pair appears here as soon as the model has "
                 "written one.*", "", "")
-    prompt, a, b = (safe_markdown(pair.get(k), MAX_DISPLAY_CHARS)
-                    for k in ("prompt", "response_a", "response_b"))
-    return (f"**Prompt** (pair {int(pair['id'])})\n\n{prompt}", a or "*(empty)*",
-            b or "*(empty)*")
+    a, b = (safe_markdown(pair.get(k), MAX_DISPLAY_CHARS) for k in ("response_a", "response_b"))
+    return (f"**Prompt** (pair {int(pair['id'])})\n\n{prompt_markdown(pair)}",
+            a or "*(empty)*", b or "*(empty)*")
+
+
+def prompt_markdown(item: Mapping[str, Any]) -> str:
+    """The turn the answers reply to, as safe Markdown; above it, collapsed, what the
+    model saw before it: the system prompt it was sampled with and earlier turns."""
+    text = str(item.get("prompt") or "")
+    system = str((item.get("gen_config") or {}).get("system_prompt") or "")
+    last = safe_markdown(conversation.last_user(text), MAX_DISPLAY_CHARS) if text else ""
+    before = conversation.context(text, system) if text else []
+    if not before:
+        return last
+    turns = len([m for m in before if m["role"] != "system"])
+    what = [w for w, ok in (("system prompt", before[0]["role"] == "system"),
+                            (f"{turns} earlier turn{'s' * (turns != 1)}", turns)) if ok]
+    body = "\n\n".join(f"**{m['role'].capitalize()}:** "
+                        + safe_markdown(m["content"], MAX_DISPLAY_CHARS) for m in before)
+    return (f'<details class="ldpo-context"><summary>Conversation so far: '
+            f"{' and '.join(what)}</summary>\n\n{body}\n\n</details>\n\n{last}")
 
 
 def rank_markdown(item: Mapping[str, Any]) -> tuple[str, list[str]]:
     """(prompt, one block per answer headed "Answer k") of a rank set, as safe Markdown."""
-    prompt = safe_markdown(item.get("prompt"), MAX_DISPLAY_CHARS)
+    prompt = prompt_markdown(item)
     answers = item.get("answers") or []
     blocks = [f"#### Answer {k + 1}\n\n"
               + (safe_markdown(a.get("text"), MAX_DISPLAY_CHARS) or "*(empty)*")

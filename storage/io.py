@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from storage import conversation
 from storage.common import CHOICES, MAX_PROMPT_CHARS, now
 from storage.errors import BadInput, ImportFailed
 from storage.failpoints import failpoint
@@ -37,6 +38,14 @@ IMPORT_ANNOTATOR = "import"
 IMPORT_VERSION = "import"
 ARENA_VALUES = {"0": 0, "1": 1, "": 0, "false": 0, "true": 1}
 _MAX_ID_DIGITS = 18  # ids and times must fit SQLite's 64-bit integers
+
+
+def _conversation(name: str, n: int, messages: list) -> str:
+    """The stored text of a conversation row (storage/conversation.py), or ImportFailed."""
+    try:
+        return conversation.encode(messages)
+    except conversation.BadConversation as e:
+        raise ImportFailed(name, n, str(e)) from None
 
 
 def _prompt(name: str, n: int, value: Any, max_chars: int) -> str:
@@ -66,9 +75,12 @@ def read_prompts(path: str | Path, max_chars: int = MAX_PROMPT_CHARS) -> list[st
     elif ext == ".jsonl":
         rows = []
         for n, r in jsonl_rows(p.name, text):
-            if "prompt" not in r:
-                raise ImportFailed(p.name, n, f'missing key "prompt" (found {sorted(r)})')
-            rows.append((n, r["prompt"]))
+            value = r.get("messages", r.get("prompt"))
+            if value is None:
+                raise ImportFailed(p.name, n, f'missing key "prompt" or "messages" (found '
+                                              f"{sorted(r)})")
+            rows.append((n, _conversation(p.name, n, value) if isinstance(value, list)
+                         else value))
     else:
         rows = [(n, r["prompt"]) for n, r in csv_rows(p.name, text, ["prompt"])]
     if not rows:

@@ -74,6 +74,10 @@ class SamplingConfig:
     top_k: int = setting(64, "Sample only among the k most likely tokens (Gemma's recommended 64).")
     template: str = setting("auto", "Prompt template: auto = the tokenizer's chat template when it "
                        "has one, else plain 'Question: ...\\nAnswer:'.", ("auto", "chat", "plain"))
+    system_prompt: str = setting("", "System prompt for prompts without one of their own "
+                                 "(--system-prompt TEXT, or @FILE to read it from a file); "
+                                 "a model without a chat template gets it as a first "
+                                 "paragraph.")
     max_prompt_tokens: int = setting(512, "Prompts are cut (from the left) to this many tokens.")
     empty_retries: int = setting(2, "An empty answer is sampled again up to this many times: "
                             "annotators should not vote on nothing, and 'anything beats "
@@ -305,4 +309,4 @@ EDITABLE = {"train": ("method", "loss", "beta", "lr", "epochs", "min_steps", "vo
                       "micro_batch", "grad_accum"),
             "pool": ("vote_mode", "rank_size", "arena_fraction", "arena_opponent",
                      "ready_pairs", "overlap", "release_after_s"),
-            "sampling": ("temperature", "top_p", "top_k", "max_new_tokens")}
+            "sampling": ("temperature", "top_p", "top_k", "max_new_tokens", "system_prompt")}

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from storage import conversation
 from trainer.config import SamplingConfig
 from trainer.model.decode import sample_batch
 
@@ -50,13 +51,22 @@ def uses_chat_template(tokenizer, template: str) -> bool:
     return has and template != "plain"
 
 
-def format_prompt(tokenizer, prompt: str, template: str = "auto") -> str:
-    """The text the model is conditioned on for a user prompt."""
+def format_prompt(tokenizer, prompt: str, template: str = "auto",
+                  system_prompt: str = "") -> str:
+    """The text the model is conditioned on for a stored prompt: one user turn, or a
+    conversation (storage/conversation.py); ``system_prompt`` is put first when the
+    prompt has no system turn. A chat model gets its own chat template; a model without
+    one gets ``conversation.plain_text`` (``Question: ...\nAnswer:`` for one turn)."""
+    messages = conversation.messages_of(prompt, system_prompt)
     if uses_chat_template(tokenizer, template):
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt.strip()}], tokenize=False,
-            add_generation_prompt=True)
-    return PLAIN_TEMPLATE.format(prompt=prompt.strip())
+        try:
+            return tokenizer.apply_chat_template(messages, tokenize=False,
+                                                 add_generation_prompt=True)
+        except Exception as e:  # noqa: BLE001 - templates raise anything (jinja errors)
+            raise ValueError(f"the model's chat template refused this conversation "
+                             f"({type(e).__name__}: {e}); templates without a system role "
+                             "need prompts without one (and no --system-prompt)") from e
+    return conversation.plain_text(messages)
 
 
 def response_frame(tokenizer, template: str = "auto") -> tuple[str, str]:
@@ -201,7 +211,8 @@ class Sampler:
         return any(s in tail for s in self.stops)
 
     def format(self, prompt: str) -> str:
-        return format_prompt(self.policy.tokenizer, prompt, self.cfg.template)
+        return format_prompt(self.policy.tokenizer, prompt, self.cfg.template,
+                             self.cfg.system_prompt)
 
     def scored(self, answer: str, end: str | None = None) -> str:
         """A stored answer as training and scoring see it (``frame_response``)."""
