@@ -200,7 +200,8 @@ def _field(spec: dict) -> gr.components.Component:
     if spec["kind"] in ("int", "float"):
         return gr.Number(value=spec["value"], label=label, info=info,
                          precision=0 if spec["kind"] == "int" else None)
-    return gr.Textbox(value=str(spec["value"]), label=label, info=info)
+    return gr.Textbox(value=str(spec["value"]), label=label, info=info,
+                      lines=3 if spec["kind"] == "str" else 1)
 
 
 def _data_tab() -> dict[str, Any]:

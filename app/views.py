@@ -375,7 +375,9 @@ def settings_changes(specs: list[dict[str, Any]], values: list[Any],
     for spec, value in zip(specs, values):
         area, name, kind = spec["area"], spec["name"], spec["kind"]
         label = f"{area}.{name}"
-        if value is None or (isinstance(value, str) and not value.strip()):
+        if kind == "str":  # free text (the system prompt): empty is a value
+            value = (value or "").strip()
+        elif value is None or (isinstance(value, str) and not value.strip()):
             problems.append(f"{label} is empty: enter a value (it was {spec['value']!r})")
             continue
         if kind == "int":

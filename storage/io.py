@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from storage import conversation
+from storage import conversation, trl
 from storage.common import CHOICES, MAX_PROMPT_CHARS, now
 from storage.errors import BadInput, ImportFailed
 from storage.failpoints import failpoint
@@ -117,30 +117,54 @@ def _message_text(value: Any, role: str, where: tuple[str, int], key: str) -> st
                                '{"role", "content"} messages')
 
 
-def _implicit_prompt(r: dict, where: tuple[str, int]) -> Any:
-    """The prompt of a row; TRL's implicit-prompt rows keep it in chosen's user turns."""
+def _dpo_parts(r: dict, where: tuple[str, int]) -> tuple[Any, Any, Any]:
+    """(prompt, chosen, rejected) of a TRL row; an implicit-prompt row (no "prompt", the
+    conversation inside chosen and rejected) gives its shared turns as the prompt."""
     if "prompt" in r:
-        return r["prompt"]
-    if isinstance(r.get("chosen"), list):
-        return _message_text(r["chosen"], "user", where, "chosen")
+        return r["prompt"], r["chosen"], r["rejected"]
+    c, j = r["chosen"], r["rejected"]
+    if isinstance(c, list) and isinstance(j, list) and len(c) > 1 and c[:-1] == j[:-1]:
+        return c[:-1], c[-1:], j[-1:]
     raise ImportFailed(*where, 'missing key "prompt"')
 
 
+def _answer(value: Any, end: str | None, template: str | None, where: tuple[str, int],
+            key: str) -> str:
+    """The stored text of a chosen / rejected value (see storage/trl.py)."""
+    text = _message_text(value, "assistant", where, key)
+    if template == "plain" and isinstance(value, str):
+        try:
+            return trl.unframed(text, end)
+        except ValueError as e:
+            raise ImportFailed(*where, f'"{key}": {e}') from None
+    return text
+
+
 def _parse_dpo(name: str, rows: Rows, max_chars: int) -> list[dict]:
-    """Check TRL DPO rows (prompt/chosen/rejected, plain or conversational)."""
+    """Check TRL DPO rows (prompt/chosen/rejected, plain or conversational, with or
+    without LiveDPO's columns: storage/trl.py)."""
     out = []
     for n, r in rows:
         where = (name, n)
         for k in ("chosen", "rejected"):
             if k not in r:
                 raise ImportFailed(name, n, f'missing key "{k}"')
-        prompt = _prompt(name, n, _message_text(_implicit_prompt(r, where), "user", where,
-                                                "prompt"), max_chars)
-        chosen = _message_text(r["chosen"], "assistant", where, "chosen")
-        rejected = _message_text(r["rejected"], "assistant", where, "rejected")
+        try:
+            meta = trl.parse_meta(r)
+            prompt, chosen, rejected = _dpo_parts(r, where)
+            if isinstance(prompt, list):
+                prompt = conversation.encode(prompt)
+            elif meta["template"] == "plain" and isinstance(prompt, str):
+                prompt = conversation.encode(trl.plain_messages(prompt))
+        except (ValueError, conversation.BadConversation) as e:
+            raise ImportFailed(name, n, str(e)) from None
+        prompt = _prompt(name, n, prompt, max_chars)
+        chosen = _answer(chosen, meta["chosen_end"], meta["template"], where, "chosen")
+        rejected = _answer(rejected, meta["rejected_end"], meta["template"], where,
+                           "rejected")
         if not chosen.strip() or not rejected.strip():
             raise ImportFailed(name, n, "empty chosen or rejected response")
-        out.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+        out.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, **meta})
     return out
 
 
@@ -195,24 +219,33 @@ def _prompt_id(db, text: str) -> int:
 
 def _insert_pair(db, pair_id: int | None, prompt_id: int, a: str, b: str, va: str, vb: str,
                  arena: int, end_a: str | None = None, end_b: str | None = None,
-                 answers: str | None = None) -> int:
+                 answers: str | None = None, gen_config: str = "{}") -> int:
     """An imported, already voted pair or rank set (never handed to annotators)."""
     return db.execute(
         "insert into pairs (id, prompt_id, response_a, response_b, version_a, version_b, "
         "arena, gen_config, seed, created, status, origin, end_a, end_b, answers) values "
-        "(?,?,?,?,?,?,?,'{}',0,?,'voted','import',?,?,?)",
-        [pair_id, prompt_id, a, b, va, vb, arena, now(), end_a, end_b, answers]).lastrowid
+        "(?,?,?,?,?,?,?,?,0,?,'voted','import',?,?,?)",
+        [pair_id, prompt_id, a, b, va, vb, arena, gen_config, now(), end_a, end_b,
+         answers]).lastrowid
 
 
 def _import_dpo(store, rows: list[dict]) -> dict:
-    """Each row -> prompt + pair (A = chosen, B = rejected) + a vote 'a' by 'import'."""
+    """Each row -> prompt + pair (A = chosen, B = rejected) + each annotator's vote (one
+    'a' vote by 'import' for rows without annotators). Pair ids are kept when every row
+    has its own and none exists yet, as for the votes CSV."""
+    ids = [r["pair_id"] for r in rows]
     with store.write() as db:
+        keep = None not in ids and len(set(ids)) == len(ids) and not any(
+            db.execute("select 1 from pairs where id = ?", [i]).fetchone() for i in ids)
         for r in rows:
-            pair = _insert_pair(db, None, _prompt_id(db, r["prompt"]), r["chosen"],
-                                r["rejected"], IMPORT_VERSION, IMPORT_VERSION, 0)
+            pair = _insert_pair(db, r["pair_id"] if keep else None, _prompt_id(db, r["prompt"]),
+                                r["chosen"], r["rejected"], r["version_chosen"] or IMPORT_VERSION,
+                                r["version_rejected"] or IMPORT_VERSION, 0, r["chosen_end"],
+                                r["rejected_end"], gen_config=trl.gen_config_of(r["template"]))
             t = now()
-            db.execute("insert into votes (pair_id, annotator, choice, created, updated) "
-                       "values (?, ?, 'a', ?, ?)", [pair, IMPORT_ANNOTATOR, t, t])
+            for who, verdict in (r["annotators"] or {IMPORT_ANNOTATOR: "chosen"}).items():
+                db.execute("insert into votes (pair_id, annotator, choice, created, updated) "
+                           "values (?, ?, ?, ?, ?)", [pair, who, trl.CHOICE_OF[verdict], t, t])
         failpoint("import.before_commit")  # crash tests: rows in, not committed
     return {"format": "dpo", "pairs": len(rows)}
 
@@ -358,11 +391,6 @@ def _import_votes(store, rows: list[dict]) -> dict:
 
 
 # --- export ----------------------------------------------------------------------------------------
-def _dpo_rows(store) -> list[dict]:
-    return [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]}
-            for r in store.training_pairs()]
-
-
 def _kto_rows(store) -> list[dict]:
     return [{"prompt": r["prompt"], "completion": r["completion"], "label": r["label"]}
             for r in store.kto_rows()]
@@ -395,7 +423,7 @@ def _csv_text(rows: list[dict]) -> str:
 
 
 EXPORTS: dict[str, tuple[Callable, Callable[[list[dict]], str]]] = {
-    "dpo": (_dpo_rows, jsonl_text), "kto": (_kto_rows, jsonl_text),
+    "dpo": (trl.dpo_rows, jsonl_text), "kto": (_kto_rows, jsonl_text),
     "votes": (_vote_rows, _csv_text)}
 
 

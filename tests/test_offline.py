@@ -83,10 +83,11 @@ def test_the_apps_dpo_export_reads_back_with_separators_in_every_text(tmp_path):
     from trainer.training.offline import read_dpo_jsonl
 
     rows = read_dpo_jsonl(_export_with_separators(tmp_path))
-    texts = {t for r in rows for t in r.values()}
+    texts = {r[k] for r in rows for k in ("prompt", "chosen", "rejected")}
     assert {f"Why? {SEPARATORS}", f"A {SEPARATORS}", f"B {SEPARATORS}",
             f"Better {SEPARATORS}"} <= texts
-    assert all(set(r) == {"prompt", "chosen", "rejected"} for r in rows)
+    assert all(set(r) == {"prompt", "chosen", "rejected", "template", "chosen_end",
+                          "rejected_end"} for r in rows)
 
 
 @pytest.mark.slow

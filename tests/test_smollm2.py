@@ -55,7 +55,6 @@ def test_chat_model_answers_through_its_template(chat_policy):
 def test_chat_model_trains_a_round_on_its_sampled_tokens(tmp_path):
     from app.cli import build_parser, resolve
     from app.commands import make_service
-
     from storage import conversation
 
     args = build_parser().parse_args(

@@ -29,8 +29,66 @@ def test_export_import_export_is_identical(tmp_path, fmt, ext):
     fresh = Store(None)
     import_prefs(fresh, first)
     export(fresh, fmt, second)
-    assert first.read_bytes() == second.read_bytes()
+    if fmt == "dpo":  # a written answer's row shares its pair id: it comes back as its own
+        def rows(f):
+            return [{k: v for k, v in json.loads(x).items() if k != "pair_id"}
+                    for x in f.read_text().split("\n") if x]
+        assert rows(first) == rows(second)
+    else:
+        assert first.read_bytes() == second.read_bytes()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files
+
+
+TALK = [{"role": "system", "content": "You are a ship's cook."},
+        {"role": "user", "content": "What is for dinner?"},
+        {"role": "assistant", "content": "Fish stew."},
+        {"role": "user", "content": "And dessert?"}]
+
+
+def _templated() -> Store:
+    """A chat pair on a conversation, a chat pair under the project's system prompt, and a
+    plain-template pair whose rejected answer was cut, voted on by two annotators."""
+    from storage import conversation
+
+    s = Store(None)
+    talk = s.add_prompt(conversation.encode(TALK))
+    hi = s.add_prompt("Hi?")
+    chat = {"chat": True, "system_prompt": "Be brief."}
+    p1 = s.record_pair(talk, "Apple pie.", "Nothing.", "v1", "v1", chat, 1,
+                       end_a="<|im_end|>", end_b="<|im_end|>")
+    p2 = s.record_pair(hi, "Hello!", "Go away, I am busy", "v2", "base", chat, 2,
+                       end_a="<|im_end|>", end_b="")
+    p3 = s.record_pair(hi, "Hello there.", "Hi hi hi hi", "base", "base",
+                       {"chat": False, "system_prompt": "Be kind."}, 3, end_a="\nQuestion:",
+                       end_b="")
+    s.record_vote(p1, "ann", "a")
+    s.record_vote(p1, "bob", "tie")
+    s.record_vote(p1, "cyd", "a")
+    s.record_vote(p2, "ann", "b")
+    s.record_vote(p3, "bob", "a")
+    return s
+
+
+def test_dpo_export_is_trl_conversational_for_chat_pairs_and_framed_text_for_plain(tmp_path):
+    f = tmp_path / "dpo.jsonl"
+    assert export(_templated(), "dpo", f) == 3
+    talk, hi, plain = (json.loads(x) for x in f.read_text().split("\n") if x)
+    assert talk["prompt"] == TALK and talk["template"] == "chat"
+    assert talk["chosen"] == [{"role": "assistant", "content": "Apple pie."}]
+    assert (talk["votes"], talk["agreement"], talk["annotators"]) == (
+        3, 0.6667, {"ann": "chosen", "bob": "tie", "cyd": "chosen"})
+    assert hi["prompt"] == [{"role": "system", "content": "Be brief."},
+                            {"role": "user", "content": "Hi?"}]
+    assert hi["chosen"] == [{"role": "assistant", "content": "Go away, I am busy"}]
+    assert (hi["version_chosen"], hi["version_rejected"]) == ("base", "v2")
+    assert (hi["chosen_end"], hi["rejected_end"]) == ("", "<|im_end|>")
+    assert plain["template"] == "plain"
+    assert plain["prompt"] == "Be kind.\n\nQuestion: Hi?\nAnswer:"
+    assert (plain["chosen"], plain["rejected"]) == (" Hello there.\nQuestion:", " Hi hi hi hi")
+    fresh, again = Store(None), tmp_path / "again.jsonl"
+    assert import_prefs(fresh, f) == {"format": "dpo", "pairs": 3}
+    export(fresh, "dpo", again)
+    assert again.read_bytes() == f.read_bytes()  # conversations and system prompts too
 
 
 def test_votes_csv_keeps_how_each_answer_ended(tmp_path):

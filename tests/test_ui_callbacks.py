@@ -277,6 +277,12 @@ def test_settings_and_rollback_errors(svc):
     assert svc.settings() == before
     values[at["beta"]] = 0.3
     assert h.save_settings(specs, values, ME) == {"train": {"beta": 0.3}}
+    values[at["system_prompt"]] = "  Answer in one sentence.\n"  # free text: may be empty
+    assert h.save_settings(specs, values, ME) == {
+        "sampling": {"system_prompt": "Answer in one sentence."}}
+    assert svc.sampler.format("Hi").startswith("Answer in one sentence.\n\nQuestion: Hi")
+    values[at["system_prompt"]] = ""
+    assert h.save_settings(specs, values, ME) == {"sampling": {"system_prompt": ""}}
     assert svc.train_cfg.beta == 0.3 and svc.store.get_state("settings")["train"]["beta"] == 0.3
     with pytest.raises(gr.Error, match="Cannot roll back to 'v9'.*one of: none"):
         h.rollback("v9", ME)

@@ -251,7 +251,7 @@ class PairPool:
         c = self.sampler.cfg
         return {"max_new_tokens": c.max_new_tokens, "temperature": c.temperature,
                 "top_p": c.top_p, "top_k": c.top_k, "template": c.template,
-                "system_prompt": c.system_prompt,
+                "system_prompt": c.system_prompt, "chat": self.sampler.chat,
                 "reward_a": reward_a, "reward_b": reward_b, "beta": self.beta}
 
     # --- after a hot-swap --------------------------------------------------------------

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from storage import conversation
 from storage.errors import ImportFailed
 from storage.readers import jsonl_rows, read_text
 from trainer import config as C
@@ -51,7 +52,9 @@ def read_dpo_jsonl(path: Path) -> list[dict]:
     rows = []
     for n, r in parsed:
         try:
-            rows.append({k: _text(r[k], k) for k in ("prompt", "chosen", "rejected")})
+            row = {k: _text(r[k], k) for k in ("prompt", "chosen", "rejected")}
+            row.update({k: r.get(k) for k in ("template", "chosen_end", "rejected_end")})
+            rows.append(row)
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{path}:{n}: not a DPO row with prompt/chosen/rejected ({e})"
                              ) from e
@@ -62,11 +65,13 @@ def read_dpo_jsonl(path: Path) -> list[dict]:
 
 
 def _text(value, key: str) -> str:
+    """A prompt (a conversation's stored text: storage/conversation.py) or an answer."""
     if isinstance(value, str):
         return value
-    if isinstance(value, list):  # conversational: keep the user (prompt) / assistant text
-        role = "user" if key == "prompt" else "assistant"
-        return "\n".join(m["content"] for m in value if m.get("role") == role)
+    if isinstance(value, list) and key == "prompt":
+        return conversation.encode(value)
+    if isinstance(value, list):  # conversational answer: the assistant's text
+        return "\n".join(m["content"] for m in value if m.get("role") == "assistant")
     raise ValueError(f"{key} must be a string or a list of messages")
 
 
@@ -148,9 +153,11 @@ def main(argv=None) -> None:
     rows = read_dpo_jsonl(args.data)
     frame = response_frame(tok, args.template)
     for r in rows:
+        if r["template"] == "plain":  # exported already framed as the app scored them
+            continue
         r["prompt"] = format_prompt(tok, r["prompt"], args.template)
         for k in ("chosen", "rejected"):  # scored as the app scores them
-            r[k] = frame_response(r[k], frame)
+            r[k] = frame_response(r[k], frame, r[f"{k}_end"])
     loader = torch.utils.data.DataLoader(rows, batch_size=args.micro_batch, shuffle=True,
                                          collate_fn=lambda b: b)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)
