@@ -13,6 +13,7 @@ import gradio as gr
 
 from app.api import Handlers
 from app.inputs import fail
+from storage import conversation
 
 
 def _json_safe(value: Any) -> Any:
@@ -44,12 +45,16 @@ def register_api(h: Handlers) -> None:
                                         h.api_decide_ms(pair_id, user)))
 
     def next_rank(request: gr.Request) -> dict:
-        """The caller's next rank set: {pair_id, prompt, answers: [text, ...]}. pair_id is
-        None (answers empty) while none is ready, or when the app is in A/B mode."""
+        """The caller's next rank set: {pair_id, prompt, messages, answers: [text, ...]}
+        (messages: every turn the model was conditioned on, its system prompt included).
+        pair_id is None (answers empty) while none is ready, or when the app is in A/B
+        mode."""
         item = h.svc.next_rank(h.access.user(request))
         if not item:
-            return {"pair_id": None, "prompt": "", "answers": []}
+            return {"pair_id": None, "prompt": "", "messages": [], "answers": []}
+        system = (item.get("gen_config") or {}).get("system_prompt") or ""
         return {"pair_id": int(item["id"]), "prompt": item["prompt"],
+                "messages": conversation.messages_of(item["prompt"], system),
                 "answers": [a["text"] for a in item["answers"]]}
 
     def vote_rank(request: gr.Request, pair_id: int, best: int | None = None,

@@ -141,6 +141,7 @@ def test_rank_mode_next_rank_and_vote_rank(served):
         wait_for(lambda: svc.store.ready_pair_count(kind="rank") >= 2, timeout=120)
         item = c.predict(api_name="/next_rank")
         assert isinstance(item["pair_id"], int) and len(item["answers"]) == 3
+        assert item["messages"][-1] == {"role": "user", "content": item["prompt"]}
         before = vote_count(svc)
         with pytest.raises(Exception, match="best and worst are both answer 2"):
             c.predict(item["pair_id"], 1, 1, api_name="/vote_rank")
