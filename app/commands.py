@@ -115,7 +115,6 @@ def import_adapter(args, cfgs: dict) -> int:
 def export_model(args, cfgs: dict) -> int:
     """``export-model --version vN --out DIR``: a merged, standalone HF checkpoint."""
     from app.modelcard import card_facts, render_card
-    from trainer.model import adapters
     from trainer.model.merge import merge_version
     from trainer.progress import TqdmProgress
 
@@ -129,8 +128,7 @@ def export_model(args, cfgs: dict) -> int:
                          "--model itself")
     path = Path(row["path"])
     model = cfgs["ModelConfig"]
-    card = render_card(card_facts(store, args.version, model.model,
-                                  adapters.read_metadata(path)))
+    card = render_card(card_facts(store, args.version, model.model))
     out = merge_version(model, path, Path(args.out), card, TqdmProgress())
     print(f"wrote {args.version} merged into {model.model} to {out}")
     return 0

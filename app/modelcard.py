@@ -9,6 +9,7 @@ rate.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,11 @@ def lineage(store, version: str) -> list[str]:
     return chain
 
 
-def card_facts(store, version: str, model: str, meta: dict) -> dict[str, Any]:
-    """Everything the card states about ``version`` (``meta``: its metadata.json)."""
+def card_facts(store, version: str, model: str) -> dict[str, Any]:
+    """Everything the card states about ``version`` (its row, its metadata.json)."""
     row = store.get_adapter(version) or {}
+    meta_file = Path(row.get("path") or "") / "metadata.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     counts = meta.get("counts") or {}
     max_vote = counts.get("max_vote_id")
     votes = (store.query("select count(*) as n from votes where id <= ?", [max_vote])[0]["n"]

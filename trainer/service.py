@@ -142,6 +142,16 @@ class Service:
         unlock_data_dir(self._dir_lock)
         self._dir_lock = None
 
+    def export_merged(self, version: str, out_dir: Path, card: str, progress=None) -> Path:
+        """``version`` merged into the base weights at ``out_dir`` (trainer/model/merge.py):
+        a second copy of the base, loaded for the export only."""
+        from trainer.model.merge import merge_version
+
+        row = self.store.get_adapter(version)
+        if row is None:
+            raise ValueError(f"no adapter version {version!r}")
+        return merge_version(self.model_cfg, Path(row["path"]), out_dir, card, progress)
+
     # --- annotating ---------------------------------------------------------------------
     def next_pair(self, annotator: str) -> dict | None:
         """The next A/B pair for this annotator (None when none is ready right now)."""
