@@ -181,7 +181,10 @@ def test_exports_write_the_implied_pairs_and_votes_round_trip(tmp_path):
     s.record_rank_vote(sid, "w", "both_bad")
     assert export(s, "dpo", tmp_path / "d.jsonl") == len(s.training_pairs())
     rows = read_jsonl(tmp_path / "d.jsonl")
-    assert {"prompt": "Why is the sky blue?", "chosen": "y", "rejected": "w\u2028"} in rows
+    (row,) = [r for r in rows if (r["chosen"], r["rejected"]) == ("y", "w\u2028")]
+    assert row["prompt"] == "Why is the sky blue?" and row["pair_id"] == sid
+    assert row["annotators"] == {"u": "chosen", "v": "chosen", "w": "both_bad"}
+    assert (row["votes"], row["agreement"]) == (3, 0.6667)
     export(s, "votes", tmp_path / "v.csv")
     fresh = Store(None)
     assert import_prefs(fresh, tmp_path / "v.csv") == {"format": "votes", "pairs": 1,
