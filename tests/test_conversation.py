@@ -91,3 +91,18 @@ def test_annotators_see_the_context_collapsed_above_the_last_turn():
     head, _, _ = pair_markdown({"id": 3, "prompt": conv.encode(TALK), "response_a": "a",
                                 "response_b": "b"})
     assert head.startswith("**Prompt** (pair 3)") and "ldpo-context" in head
+
+
+def test_system_prompt_from_a_file_or_a_clear_error(tmp_path):
+    from app.cli import build_parser, resolve
+
+    def system(*argv):
+        return resolve(build_parser().parse_args(["serve", *argv]))["SamplingConfig"]
+
+    f = tmp_path / "system.txt"
+    f.write_text("You are terse.\n", encoding="utf-8")
+    assert system("--system-prompt", f"@{f}").system_prompt == "You are terse."
+    assert system("--system-prompt", "Be kind.").system_prompt == "Be kind."
+    assert system().system_prompt == ""
+    with pytest.raises(ValueError, match=r"--system-prompt @.*nope\.txt: cannot read it"):
+        system("--system-prompt", f"@{tmp_path / 'nope.txt'}")
