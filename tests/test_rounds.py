@@ -66,11 +66,12 @@ def test_length_alpha_round_passes_each_answers_length_to_the_loss(tmp_path, tin
     assert alpha == 0.02 and chosen.shape == rejected.shape and (chosen >= 1).all()
 
 
+@pytest.mark.parametrize("span", ["common", "content"])
 def test_common_answer_span_trains_each_pair_on_equal_lengths(tmp_path, tiny_model_dir,
-                                                              monkeypatch):
-    """--answer-span common: chosen and rejected are scored on the same number of tokens,
-    and the cut pairs are the ones the held-out gate and reference cache see."""
-    svc = _trained_svc(tmp_path, tiny_model_dir, "--answer-span", "common", "--window", "0")
+                                                              monkeypatch, span):
+    """--answer-span common / content: chosen and rejected are scored on the same number
+    of tokens, and the cut pairs are the ones the held-out gate and reference cache see."""
+    svc = _trained_svc(tmp_path, tiny_model_dir, "--answer-span", span, "--window", "0")
     seen = []
     real = rounds.preference_loss
 

@@ -37,6 +37,13 @@ def test_shorter_chosen_keeps_its_ending():
     assert list(c) == chosen and len(r) == 3 and decode(r) == "wxy"
 
 
+def test_content_span_scores_no_ending_at_all():
+    chosen = ids("ab", (0,))
+    rejected = ids("wxyz", (0,))
+    c, r = common_span(chosen, "ab", rejected, "wxyz", decode, endings=False)
+    assert (decode(c), decode(r)) == ("ab", "wx") and 0 not in c
+
+
 def test_rows_without_sampled_ids_stay_whole():
     rows = [{"chosen": "abc", "rejected": "x", "chosen_ids": None, "rejected_ids": ids("x")},
             {"chosen": "abcd", "rejected": "x", "chosen_ids": ids("abcd"),

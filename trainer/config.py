@@ -163,7 +163,9 @@ class TrainConfig:
                                "pair's two answers on their common length in tokens, never "
                                "past the rejected answer's ending (LD-DPO with alpha = 0, "
                                "arXiv 2409.06411), so votes for longer answers do not teach "
-                               "rambling (trainer/training/span.py).", ("full", "common"))
+                               "rambling. content: also never score the chosen answer's "
+                               "ending (trainer/training/span.py).",
+                               ("full", "common", "content"))
     lr: float = setting(5e-5, "AdamW learning rate of the LoRA weights.")
     epochs: int = setting(2, "Passes over the round's training votes.")
     min_steps: int = setting(0, "A round takes at least this many optimizer steps, with more "

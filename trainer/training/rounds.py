@@ -235,10 +235,10 @@ def load_examples(store, cfg: TrainConfig, fmt, frame, decode: span.Decode | Non
     needs ``decode``: the tokenizer's ids -> text)."""
     max_vote = store.last_vote_id()
     rows = method_rows(store.training_pairs(max_vote_id=max_vote), cfg.method)
-    if cfg.answer_span == "common":
+    if cfg.answer_span != "full":
         if decode is None:
-            raise ValueError("--answer-span common needs the tokenizer's decode")
-        rows = span.common_rows(rows, decode)
+            raise ValueError(f"--answer-span {cfg.answer_span} needs the tokenizer's decode")
+        rows = span.common_rows(rows, decode, endings=cfg.answer_span == "common")
     paired = paired_examples(rows, fmt, frame)
     train, held = split(paired, cfg.heldout_fraction)
     train = train[-cfg.window:] if cfg.window else train  # pair order: oldest first

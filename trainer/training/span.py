@@ -9,7 +9,8 @@ log-likelihood at the shorter answer's length and down-weights the excess by alp
 alpha = 0 both answers are scored on their first ``m`` tokens only. Here ``m`` also stops
 before the rejected answer's ending (its stop string or end-of-sequence token), so an
 ending is never pushed down; a chosen answer that ends first keeps its ending, so a
-preference for shorter answers is still learnt.
+preference for shorter answers is still learnt (``--answer-span content`` drops that
+ending too: no ending is scored, and length is left to the reference policy).
 
 Only pairs whose answers kept their sampled token ids are cut (written and imported
 answers are texts and are scored whole). The reference log-probs and the held-out gate
@@ -44,24 +45,28 @@ def content_length(ids: Sequence[int], text: str, decode: Decode) -> int:
 
 
 def common_span(chosen: Sequence[int], chosen_text: str, rejected: Sequence[int],
-                rejected_text: str, decode: Decode) -> tuple[tuple[int, ...], tuple[int, ...]]:
+                rejected_text: str, decode: Decode, endings: bool = True
+                ) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(chosen, rejected) ids cut to the length they share, never past the start of the
-    rejected answer's ending. A pair with nothing left to compare is returned whole."""
+    rejected answer's ending (``endings=False``: nor of the chosen answer's, so no ending
+    is scored at all). A pair with nothing left to compare is returned whole."""
     m = min(len(chosen), len(rejected))
     m = min(m, content_length(rejected, rejected_text, decode))
+    if not endings:
+        m = min(m, content_length(chosen, chosen_text, decode))
     if m < 1:
         return tuple(chosen), tuple(rejected)
     return tuple(chosen[:m]), tuple(rejected[:m])
 
 
-def common_rows(rows: list[dict], decode: Decode) -> list[dict]:
+def common_rows(rows: list[dict], decode: Decode, endings: bool = True) -> list[dict]:
     """Training rows (``Store.training_pairs``) with both answers' sampled ids cut by
     ``common_span``; rows without ids on both sides are left as they are."""
     out = []
     for r in rows:
         if r.get("chosen_ids") and r.get("rejected_ids"):
             c, j = common_span(r["chosen_ids"], r["chosen"], r["rejected_ids"],
-                               r["rejected"], decode)
+                               r["rejected"], decode, endings)
             r = {**r, "chosen_ids": list(c), "rejected_ids": list(j)}
         out.append(r)
     return out
