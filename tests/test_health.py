@@ -30,6 +30,14 @@ def test_health_prompts_put_held_out_first_and_cycle():
         "h1", "t1", "r1", "r2"]
 
 
+def test_each_batch_takes_new_prompts_while_there_are_some():
+    prompts = [f"p{i}" for i in range(7)]
+    assert health.batch_prompts(prompts, 1, 3) == ["p0", "p1", "p2"]
+    assert health.batch_prompts(prompts, 2, 3) == ["p3", "p4", "p5"]
+    assert health.batch_prompts(prompts, 3, 3) == ["p6", "p0", "p1"]  # then they repeat
+    assert health.batch_prompts([], 1, 3) == []
+
+
 @pytest.mark.parametrize(("worse_by", "batch", "tol", "verdict"), [
     (0.40, 1, 0.15, "reject"),  # clearly worse: one batch decides
     (-0.10, 1, 0.15, "pass"),   # clearly healthier
@@ -172,11 +180,13 @@ def test_real_round_records_both_versions_health(tmp_path, tiny_model_dir):
     rows = svc.store.training_pairs(max_vote_id=10**9)
     train, held = rounds.split(rounds.paired_examples(rows, svc.sampler.format,
                                                       svc.sampler.scored), 0.2)
+    n = 6 * health.MAX_BATCHES  # enough prompts for every batch to take new ones
     prompts = health.health_prompts([e.question for e in held],
-                                    [e.question for e in train], 6,
-                                    svc.store.recent_voted_prompts(6))
+                                    [e.question for e in train], n,
+                                    svc.store.recent_voted_prompts(n))
     again = health.measure([s for b in range(batches) for s in svc.sampler.sample(
-        prompts, BASE, out.round_id + 7919 * b, empty_retries=0)])
+        health.batch_prompts(prompts, b + 1, 6), BASE, out.round_id + 7919 * b,
+        empty_retries=0)])
     assert before == dataclasses.asdict(again)
 
 

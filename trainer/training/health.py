@@ -15,8 +15,8 @@ together, so the check sees the adapter's effect rather than sampling noise.
 A batch of 12 answers is a small sample: at a 61% healthy base, a draft whose answers
 end only 30% of the time shows a drop within 0.25 about half the time. So the check is
 sequential (``step``): a clear batch decides at once, a borderline one asks for another
-batch (new seed), up to ``MAX_BATCHES``; after the last, a drop above the tolerance
-rejects. Modelled as independent draws at that base with the default tolerance 0.15
+batch (new prompts where there are enough, new seed), up to ``MAX_BATCHES``; after the
+last, a drop above the tolerance rejects. Modelled as independent draws at that base with the default tolerance 0.15
 (``python bench/health_gate.py``), a healthy draft is rejected 11% of the time, and a
 draft at 30% (20%) passes 9% (1%) of the time, on about 22 answers per version.
 """
@@ -60,6 +60,15 @@ def health_prompts(held_prompts: list[str], train_prompts: list[str], n: int,
     if not distinct or n <= 0:
         return []
     return [distinct[i % len(distinct)] for i in range(n)]
+
+
+def batch_prompts(prompts: list[str], batch: int, n: int) -> list[str]:
+    """The ``n`` prompts of batch ``batch`` (1-based): each batch takes the next ``n`` of
+    ``prompts`` (``health_prompts`` for all batches), so a borderline draft is judged on
+    more prompts, not on the same few again: how long a prompt's answers run varies more
+    between prompts than between samples of one."""
+    start = (batch - 1) * n
+    return [prompts[(start + i) % len(prompts)] for i in range(n)] if prompts else []
 
 
 def answers(sampler, prompts: list[str], version: str, seed: int) -> list[Sample]:

@@ -296,7 +296,8 @@ def run_round(policy, store, cfg: TrainConfig, *, fmt, frame, adapters_dir: Path
         elif sampler is not None and cfg.health_samples:
             progress.update(0, 1, f"Round {round_id}: answer health ({cfg.health_samples} "
                             "answers each)")
-            recent = store.recent_voted_prompts(cfg.health_samples, counts["max_vote_id"])
+            recent = store.recent_voted_prompts(cfg.health_samples * health.MAX_BATCHES,
+                                                counts["max_vote_id"])
             reason = _health_problem(sampler, train, held, serving, cfg, round_id, metrics,
                                      recent)
         if reason:
@@ -351,7 +352,7 @@ def _health_problem(sampler, train: list[Example], held: list[Example], serving:
     until ``health.step`` decides. Records each version's answer health in ``metrics``.
     """
     prompts = health.health_prompts([e.question for e in held], [e.question for e in train],
-                                    cfg.health_samples, recent_prompts)
+                                    cfg.health_samples * health.MAX_BATCHES, recent_prompts)
     versions = [serving, TRAIN] + ([BASE] if serving != BASE else [])
     drawn: dict[str, list] = {v: [] for v in versions}
     t0 = time.perf_counter()
@@ -362,8 +363,9 @@ def _health_problem(sampler, train: list[Example], held: list[Example], serving:
                     "served; its votes stay in the next round's data.")
         for batch in range(1, health.MAX_BATCHES + 1):
             seed = cfg.seed + round_id + 7919 * (batch - 1)
+            these = health.batch_prompts(prompts, batch, cfg.health_samples)
             for v in versions:
-                drawn[v] += health.answers(sampler, prompts, v, seed)
+                drawn[v] += health.answers(sampler, these, v, seed)
             was, now = health.measure(drawn[serving]), health.measure(drawn[TRAIN])
             base = health.measure(drawn[BASE]) if serving != BASE else was
             verdicts = {name: health.step(health.drop(ref, now), batch, cfg.health_tolerance)
@@ -384,7 +386,7 @@ def _health_problem(sampler, train: list[Example], held: list[Example], serving:
                     f"{ref.healthy:.0%} for {name}{drift}; cut at max tokens "
                     f"{ref.unfinished:.0%} -> {now.unfinished:.0%}, mean length "
                     f"{ref.mean_chars:.0f} -> {now.mean_chars:.0f} chars (health tolerance "
-                    f"{cfg.health_tolerance}, {batch} batch(es) of {len(prompts)}); serving "
+                    f"{cfg.health_tolerance}, {batch} batch(es) of {cfg.health_samples}); serving "
                     f"stays {serving}")
     return None
 
