@@ -174,7 +174,8 @@ def run(svc, oracle, *, rounds: int, pairs_per_round: int, eval_prompts: list[st
                 "beta": svc.train_cfg.beta, "lr": svc.train_cfg.lr,
                 "epochs": svc.train_cfg.epochs, "reference": svc.train_cfg.reference,
                 "method": svc.train_cfg.method, "vote_mode": svc.pool_cfg.vote_mode,
-                "rank_size": svc.pool_cfg.rank_size,
+                "rank_size": svc.pool_cfg.rank_size, "answer_span": svc.train_cfg.answer_span,
+                "length_alpha": svc.train_cfg.length_alpha, "window": svc.train_cfg.window,
                 "model": svc.model_cfg.model, "seed": seed}
     base_answers = svc.sampler.sample([p for p in eval_prompts for _ in range(samples)],
                                       BASE, seed + 1)
