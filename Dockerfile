@@ -58,4 +58,7 @@ EXPOSE 7860
 HEALTHCHECK --interval=30s --timeout=5s --start-period=180s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:7860/', timeout=4)"]
 
-CMD ["python", "app.py", "serve", "--host", "0.0.0.0"]
+# Logins are required on 0.0.0.0: the first start says how to create the first admin in
+# /data/users.json (README, "GPU, QLoRA and Docker").
+ENV LIVEDPO_IN_DOCKER=1
+CMD ["python", "app.py", "serve", "--host", "0.0.0.0", "--auth-file", "/data/users.json"]

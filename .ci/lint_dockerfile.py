@@ -16,7 +16,8 @@ import shlex
 import sys
 from pathlib import Path
 
-EXPECTED_CMD = ["python", "app.py", "serve", "--host", "0.0.0.0"]
+EXPECTED_CMD = ["python", "app.py", "serve", "--host", "0.0.0.0", "--auth-file",
+                "/data/users.json"]
 EXPECTED_ENV = {"LIVEDPO_DATA_DIR": "/data", "LIVEDPO_CACHE_DIR": "/cache"}
 EXPECTED_VOLUMES = {"/data", "/cache"}
 

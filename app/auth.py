@@ -3,11 +3,14 @@
 The file (``--auth-file`` / ``LIVEDPO_AUTH_FILE``) looks like::
 
     {"users": {"alice": {"role": "admin", "salt": "<hex>", "hash": "<hex>",
-                         "algo": "scrypt", "n": 16384, "r": 8, "p": 1}}}
+                         "algo": "scrypt", "n": 131072, "r": 8, "p": 1}}}
 
 Passwords are never stored: only a random per-user salt and ``hashlib.scrypt`` of
-the password, compared with ``hmac.compare_digest``. Writes are atomic
-(storage/files.py) and the file is created with mode 0600.
+the password, compared with ``hmac.compare_digest``, at OWASP's scrypt parameters
+(N = 2^17, r = 8, p = 1: 128 MB and a few hundred milliseconds per hash). A record with
+older, cheaper parameters still verifies and is re-hashed at its next successful login
+(``verify_and_upgrade``). Writes are atomic (storage/files.py) and the file is created
+with mode 0600. Logins run off the event loop and are throttled: app/logins.py.
 
 Only the standard library is used here (no torch/peft/transformers in app/).
 """
@@ -20,6 +23,7 @@ import json
 import logging
 import os
 import secrets
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,7 +33,7 @@ from storage.files import atomic_write
 ROLES = ("annotator", "admin")
 MIN_PASSWORD_LEN = 8
 MAX_NAME_LEN = 64
-SCRYPT_N = 2**14
+SCRYPT_N = 2**17
 SCRYPT_R = 8
 SCRYPT_P = 1
 SALT_BYTES = 16
@@ -148,6 +152,15 @@ def _matches(record: Mapping[str, Any], password: str) -> bool:
 # --------------------------------------------------------------------------- the file
 
 
+def _first_admin(path: Path) -> str:
+    """The command that creates the first admin in ``path`` (in the Docker image: the
+    ``docker run`` that does it on the data volume)."""
+    command = f"python app.py add-user NAME --role admin --auth-file {path}"
+    if os.environ.get("LIVEDPO_IN_DOCKER"):
+        return f"docker run --rm -it -v livedpo-data:/data livedpo {command}"
+    return command
+
+
 def _corrupt(path: Path, detail: str) -> UsersFileError:
     return UsersFileError(
         f"users file {path} is unreadable: {detail}. Fix it, or move it aside and "
@@ -181,9 +194,8 @@ def load_users(path: str | os.PathLike[str]) -> Users:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
-        raise UsersFileError(
-            f"users file {path} does not exist: create it with `{_RECREATE_HINT}`"
-        ) from exc
+        raise UsersFileError(f"users file {path} does not exist: create the first admin with "
+                             f"`{_first_admin(path)}`") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise _corrupt(path, str(exc)) from exc
     return _parse(path, text)
@@ -231,6 +243,32 @@ def verify(
         _scrypt(password, b"\0" * SALT_BYTES, SCRYPT_N, SCRYPT_R, SCRYPT_P)  # equal timing
         return False
     return _matches(record, password)
+
+
+_UPGRADE_LOCK = threading.Lock()
+
+
+def needs_upgrade(record: Mapping[str, Any]) -> bool:
+    """True if a record was hashed with other parameters than today's."""
+    return (record.get("n"), record.get("r"), record.get("p")) != (SCRYPT_N, SCRYPT_R,
+                                                                   SCRYPT_P)
+
+
+def verify_and_upgrade(path: str | os.PathLike[str], name: str, password: str) -> bool:
+    """``verify`` against the users file; on success, a record hashed with older
+    parameters is re-hashed with today's (same salt length, new salt) and written back
+    atomically, unless it changed in the meantime (a new password set meanwhile wins)."""
+    users = load_users(path)
+    if not verify(users, name, password):
+        return False
+    if needs_upgrade(users[name]):
+        with _UPGRADE_LOCK:
+            fresh = load_users(path)
+            if fresh.get(name, {}).get("hash") == users[name]["hash"]:
+                fresh[name] = {**fresh[name], **hash_password(password)}
+                _write_users(Path(path), fresh)
+                log.info("user %r: password hash upgraded to scrypt n=%d", name, SCRYPT_N)
+    return True
 
 
 def role_of(users: Mapping[str, Any], name: str) -> str | None:

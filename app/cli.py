@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=C.help_of(AppConfig, "auth_file"))
     s.add_argument("--guidelines-file", dest="guidelines_file", default=None,
                    help=C.help_of(AppConfig, "guidelines_file"))
+    s.add_argument("--no-auth", dest="no_auth", action="store_true", default=None,
+                   help=C.help_of(AppConfig, "no_auth"))
     s = cmd("status", "Counts and adapter versions.")
     s.add_argument("--json", action="store_true", help="Print JSON.")
     s = cmd("import-prompts", "Add prompts from a .txt, .jsonl or .csv file.")

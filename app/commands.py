@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -171,9 +172,40 @@ def train(args, cfgs: dict) -> int:
     return worst
 
 
+def check_exposure(app: AppConfig) -> None:
+    """Refuse to serve other machines without logins, before the model loads: without an
+    auth file the one user is an admin. A missing or corrupt auth file fails here too."""
+    import ipaddress
+
+    from app.auth import load_users
+
+    if app.auth_file:
+        load_users(app.auth_file)
+        return
+    try:
+        loopback = app.host == "localhost" or ipaddress.ip_address(app.host).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback:
+        return
+    if app.no_auth:
+        print(f"WARNING: serving on {app.host} without an auth file (--no-auth): everyone "
+              "who can reach the port is an admin.", file=sys.stderr)
+        return
+    users = "/data/users.json" if os.environ.get("LIVEDPO_IN_DOCKER") else "users.json"
+    raise ValueError(
+        f"--host {app.host} serves the app to other machines, and without --auth-file "
+        "everyone who reaches it is an admin (rollback, settings, imports, downloads). "
+        "Create the first admin, then pass the file:\n"
+        f"  python app.py add-user NAME --role admin --auth-file {users}\n"
+        f"  python app.py serve --host {app.host} --auth-file {users}\n"
+        "or serve on 127.0.0.1, or add --no-auth to expose it anyway.")
+
+
 def serve(args, cfgs: dict) -> int:
     from app.ui import launch
 
+    check_exposure(cfgs["AppConfig"])
     svc = make_service(cfgs)
     svc.start(background=True)
     launch(svc, cfgs["AppConfig"])

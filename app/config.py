@@ -19,7 +19,12 @@ class AppConfig:
     data_dir: str = setting("./data", "Directory of the SQLite DB and adapter versions.")
     host: str = setting("127.0.0.1", "Address the web app listens on.")
     port: int = setting(7860, "Port the web app listens on.")
-    auth_file: str = setting("", "Users file (add-user writes it); empty = local single-user mode.")
+    auth_file: str = setting("", "Users file (add-user writes it); empty = local single-user mode, "
+                             "where the one user is an admin (refused on a non-loopback "
+                             "--host unless --no-auth).")
+    no_auth: bool = setting(False, "Serve on a non-loopback --host without an auth file: "
+                            "everyone who can reach the port is an admin (rollback, "
+                            "settings, imports, downloads).")
     guidelines_file: str = setting("", "Markdown file replacing the default annotation guidelines.")
     max_prompt_chars: int = setting(MAX_PROMPT_CHARS, "Longest prompt accepted, in characters.")
 

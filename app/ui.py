@@ -18,8 +18,9 @@ from typing import Any
 import gradio as gr
 
 from app.api import RANK_ANSWERS, Handlers, help_table
-from app.auth import gradio_auth
+from app.auth import load_users
 from app.config import AppConfig
+from app.logins import ClientAddress, login_checker
 from app.scripted import register_api
 
 DEFAULT_GUIDELINES = Path(__file__).with_name("guidelines.md")
@@ -342,8 +343,14 @@ def launch(service: Any, app_cfg: AppConfig, **kwargs: Any) -> gr.Blocks:
     keyword arguments go to ``gr.Blocks.launch``.
     """
     demo = build_ui(service, app_cfg)
-    auth = gradio_auth(app_cfg.auth_file) if app_cfg.auth_file else None
+    auth = None
+    if app_cfg.auth_file:
+        load_users(app_cfg.auth_file)  # a missing or corrupt file fails now, clearly
+        auth = login_checker(app_cfg.auth_file)
+    from starlette.middleware import Middleware
+
     options = {"server_name": app_cfg.host, "server_port": app_cfg.port, "auth": auth,
+               "app_kwargs": {"middleware": [Middleware(ClientAddress)]},
                "auth_message": "LiveDPO: log in with the account an admin created for you.",
                "css": CSS, "theme": THEME, "max_file_size": MAX_UPLOAD, **kwargs}
     demo.launch(**options)

@@ -28,7 +28,7 @@ def test_file_holds_salted_scrypt_records(users_file):
     doc = json.loads(users_file.read_text())
     rec = doc["users"]["alice"]
     assert rec["algo"] == "scrypt"
-    assert (rec["n"], rec["r"], rec["p"]) == (2**14, 8, 1)
+    assert (rec["n"], rec["r"], rec["p"]) == (2**17, 8, 1)  # OWASP scrypt parameters
     assert rec["role"] == "admin"
     assert len(bytes.fromhex(rec["salt"])) == auth.SALT_BYTES
     assert len(bytes.fromhex(rec["hash"])) == auth.HASH_BYTES
