@@ -9,7 +9,7 @@ and compares the votes the clients saw acknowledged with the votes table: 0 lost
 duplicated, no pair handed to two clients (overlap 1), every vote attributed to its user.
 
     python bench/load.py [--clients 20] [--seconds 60] [--model gemma-3-270m]
-                         [--votes-per-round 8] [--json OUT] [-- SERVER FLAGS...]
+                         [--votes-per-round 8] [--logins N] [--json OUT] [-- SERVER FLAGS...]
 
 Unknown flags go to ``app.py serve`` (e.g. ``--max-new-tokens 48``). Exits 1 if any
 acknowledged vote was lost, duplicated or misattributed, or a pair was handed out twice.
@@ -20,6 +20,8 @@ the 20 gradio_client clients use about as much CPU as the server.
 run. Vote -> next pair latency with a warm pool (one human-paced annotator, no rounds):
 ``python bench/load.py --clients 1 --seconds 40 --think-s 2 --votes-per-round 1000
 --ready-pairs 16`` (key ``vote_to_next_pair_ms``: p50/p95 in ms, as in serving.json).
+The same with ``--logins 20``: 20 more users log in again and again meanwhile (key
+``logins``: login p50/p95), to see whether password hashing slows the annotator.
 """
 
 from __future__ import annotations
@@ -154,9 +156,27 @@ def latency(xs: list[float]) -> dict:
             "mean": 1000 * sum(xs) / len(xs), "max": 1000 * max(xs)}
 
 
+def log_in_repeatedly(url: str, user: User, budget: Budget, out: list[float],
+                      failures: list[str]) -> None:
+    """Log in as ``user`` again and again (a fresh session each time) until the budget
+    runs out, recording each login's seconds: a crowd arriving while others annotate."""
+    import httpx
+
+    while budget.take():
+        t = time.perf_counter()
+        try:
+            r = httpx.post(f"{url}login", data={"username": user[0], "password": user[1]},
+                           timeout=REQUEST_TIMEOUT_S)
+            if r.status_code != 200:
+                failures.append(f"{r.status_code} {r.text[:80]}")
+        except httpx.HTTPError as e:
+            failures.append(repr(e)[:120])
+        out.append(time.perf_counter() - t)
+
+
 def run_load(url: str, users: list[User], seconds: float, *, monitor_user: User | None = None,
              max_requests: int = DEFAULT_MAX_REQUESTS, seed: int = 0,
-             think_s: float = 0.0) -> dict:
+             think_s: float = 0.0, loggers: list[User] = ()) -> dict:
     """Drive ``url`` with one annotator thread per user for ``seconds`` (or the bound).
 
     Returns the summary (votes/s, latencies in ms, no-pair answers, errors, status seen)
@@ -187,9 +207,14 @@ def run_load(url: str, users: list[User], seconds: float, *, monitor_user: User 
     workers = [threading.Thread(target=annotate, args=(
         c, lg, budget, random.Random(seed * 1000 + i), think_s))
         for i, (c, lg) in enumerate(zip(clients, logs))]
-    for t in [*workers, *([watcher] if watcher else [])]:
+    login_s: list[float] = []
+    login_failures: list[str] = []
+    login_budget = Budget(seconds, max_requests)
+    crowd = [threading.Thread(target=log_in_repeatedly, args=(
+        url, u, login_budget, login_s, login_failures)) for u in loggers]
+    for t in [*workers, *crowd, *([watcher] if watcher else [])]:
         t.start()
-    for t in workers:
+    for t in [*workers, *crowd]:
         t.join(seconds + 2 * REQUEST_TIMEOUT_S)
     elapsed, end_utc = time.perf_counter() - t0, datetime.now(timezone.utc)
     client_cpu = time.process_time() - cpu0  # every thread of this process
@@ -199,7 +224,10 @@ def run_load(url: str, users: list[User], seconds: float, *, monitor_user: User 
     for c in clients:
         c.close()
     hung = sum(t.is_alive() for t in workers)
-    return {**summarise(logs, elapsed, hung, think_s), "start_utc": start_utc.isoformat(),
+    return {**summarise(logs, elapsed, hung, think_s), "logins": {
+                "concurrent": len(loggers), "ms": latency(login_s),
+                "failures": len(login_failures), "failure_examples": login_failures[:3]},
+            "start_utc": start_utc.isoformat(),
             "end_utc": end_utc.isoformat(), "client_cpu_s": client_cpu, "status_seen": {
                 **seen, "trainer_states": dict(seen["trainer_states"]),
                 "serving": sorted(v for v in seen["serving"] if v)}, "logs": logs}
@@ -224,7 +252,8 @@ def summarise(logs: list[ClientLog], elapsed: float, hung: int, think_s: float) 
 def run_benchmark(model: str, clients: int, seconds: float, *, data_dir: str | None = None,
                   votes_per_round: int = 8, ready_pairs: int | None = None, overlap: int = 1,
                   max_requests: int = DEFAULT_MAX_REQUESTS, seed: int = 0, think_s: float = 0.0,
-                  server_args: tuple[str, ...] = (), ready_timeout: float = 900.0) -> dict:
+                  server_args: tuple[str, ...] = (), ready_timeout: float = 900.0,
+                  logins: int = 0) -> dict:
     """Start the server, wait for a warm pool, run the load, stop it, check the DB.
 
     ``ok`` is False when any acknowledged vote was lost, duplicated, misattributed or
@@ -236,7 +265,8 @@ def run_benchmark(model: str, clients: int, seconds: float, *, data_dir: str | N
     work = Path(tempfile.mkdtemp(prefix="livedpo-load-"))
     data = Path(data_dir) if data_dir else work / "data"
     log_path, auth_file = work / "server.log", work / "users.json"
-    users, mon = make_users(auth_file, clients)
+    users, mon = make_users(auth_file, clients + logins)
+    users, loggers = users[:clients], users[clients:]
     ready_pairs = ready_pairs or max(clients, 4)
     flags = ["--votes-per-round", str(votes_per_round), "--ready-pairs", str(ready_pairs),
              "--overlap", str(overlap), *server_args]
@@ -245,7 +275,7 @@ def run_benchmark(model: str, clients: int, seconds: float, *, data_dir: str | N
     try:
         cpu0 = cpu_seconds(proc.pid)
         load = run_load(url, users, seconds, monitor_user=mon, max_requests=max_requests,
-                        seed=seed, think_s=think_s)
+                        seed=seed, think_s=think_s, loggers=loggers)
         cpu1 = cpu_seconds(proc.pid)
     finally:
         stop_server(proc)
@@ -257,7 +287,8 @@ def run_benchmark(model: str, clients: int, seconds: float, *, data_dir: str | N
     result = {"ok": ok, "settings": {
         "model": model, "clients": clients, "seconds": seconds, "votes_per_round":
         votes_per_round, "ready_pairs": ready_pairs, "overlap": overlap, "max_requests":
-        max_requests, "seed": seed, "server_flags": flags}, "ready_s": ready_s, **load,
+        max_requests, "seed": seed, "logins": logins, "server_flags": flags},
+        "ready_s": ready_s, **load,
         "checks": checks, "rounds": rounds_during(data / DB_NAME, load["start_utc"],
                                                   load["end_utc"]),
         "server_log_errors": log_errors(log_path),
@@ -278,6 +309,9 @@ def report(r: dict) -> str:
             ("vote p50 / p95 ms", ms(r["vote_ms"])),
             ("next_pair p50 / p95 ms", ms(r["next_pair_ms"])),
             ("vote -> next pair p50 / p95 ms", ms(r["vote_to_next_pair_ms"])),
+            ("logins p50 / p95 ms (concurrent)", (ms(r["logins"]["ms"]) + f" ("
+                                                 f"{r['logins']['concurrent']}), "
+                                                 f"{r['logins']['failures']} failed")),
             ("'no pair ready' answers", f"{r['no_pair_answers']} of {r['requests']} requests"),
             ("rounds started / finished", f"{rounds['started']} / {rounds['finished']} "
                                           f"{rounds['finished_by_status']}"),
@@ -311,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ready-timeout", type=float, default=900.0,
                     help="Seconds to wait for the server's warm pool.")
+    ap.add_argument("--logins", type=int, default=0, help="Extra users who log in again and "
+                    "again, concurrently, while the clients annotate (login latency, and "
+                    "whether hashing slows the annotators).")
     ap.add_argument("--json", default=None, help="Default: bench/results/load.json.")
     args, server_args = ap.parse_known_args(argv)
     server_args = [a for a in server_args if a != "--"]
@@ -318,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
                         votes_per_round=args.votes_per_round, ready_pairs=args.ready_pairs,
                         overlap=args.overlap,
                         max_requests=args.max_requests, seed=args.seed, think_s=args.think_s,
-                        server_args=tuple(server_args), ready_timeout=args.ready_timeout)
+                        server_args=tuple(server_args), ready_timeout=args.ready_timeout,
+                        logins=args.logins)
     res["machine"] = machine()
     print(report(res))
     if args.json:

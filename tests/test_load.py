@@ -27,7 +27,8 @@ def result(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("load") / "load.json"
     cmd = [sys.executable, "bench/load.py", "--model", str(tiny_model_dir), "--clients",
            str(CLIENTS), "--seconds", str(SECONDS), "--votes-per-round", str(VOTES_PER_ROUND),
-           "--ready-timeout", "300", "--json", str(out), "--", "--max-new-tokens", "8",
+           "--ready-timeout", "300", "--logins", "3", "--json", str(out), "--",
+           "--max-new-tokens", "8",
            "--batch-prompts", "4"]
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.is_file(), f"bench/load.py wrote no result (exit {run.returncode}):\n" \
@@ -53,6 +54,13 @@ def test_no_acknowledged_vote_lost_duplicated_or_misattributed(result):
     assert (c["lost"], c["duplicated"], c["misattributed"], c["changed"]) == (0, 0, 0, 0), c
     assert c["stored"] == c["acknowledged"] + c["unacknowledged_stored"]
     assert result["ok"], result.get("work_dir")
+
+
+@pytest.mark.slow
+def test_logins_meanwhile_all_succeed(result):
+    logins = result["logins"]
+    assert logins["concurrent"] == 3 and logins["ms"]["n"] > 0
+    assert logins["failures"] == 0, logins["failure_examples"]
 
 
 @pytest.mark.slow
