@@ -228,6 +228,17 @@ class Handlers(DataHandlers):
         note = "*Skipped.*" if state else gr.skip()
         return self._annotate(user, pair, note, clear_better=False)
 
+    def undo(self, state: dict | None, request: gr.Request) -> tuple:
+        """Take back the caller's last vote (until a round reads it) and show its pair."""
+        user = self.access.user(request)
+        try:
+            pair = self.svc.undo(user, int(state["id"]) if state else None)
+        except self._user_errors as e:
+            raise fail(str(e)) from e
+        note = (f"*Undone: your vote on pair {int(pair['id'])} is removed from training and "
+                "exports. Judge it again.*")
+        return self._annotate(user, pair, note, clear_better=True)
+
     def poll(self, state: dict | None, request: gr.Request) -> tuple:
         """Timer tick while waiting for a pair or for the model: fetch one if ready."""
         user = self.access.user(request)

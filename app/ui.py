@@ -55,17 +55,18 @@ CSS = """
 .ldpo-bar-label { font-size: 0.9em; margin-top: 4px; }
 """
 # Shortcuts. A/B mode: 1/2/3/4/S click the vote buttons. Rank mode (its box is shown):
-# 1-8 mark the best answer, Shift+1-8 the worst, Enter/T/X/S click its buttons. Ignored
+# 1-8 mark the best answer, Shift+1-8 the worst, Enter/T/X/S click its buttons. U undoes
+# the last vote in both. Ignored
 # while typing, with Ctrl/Alt/Meta, on key repeat, and when the Annotate tab is hidden.
 SHORTCUTS_JS = """
 () => {
   if (window.__livedpoKeys) return;
   window.__livedpoKeys = true;
   const pairKeys = {"1": "vote-a", "2": "vote-b", "3": "vote-tie", "4": "vote-both-bad",
-                    "s": "vote-skip", "S": "vote-skip"};
+                    "s": "vote-skip", "S": "vote-skip", "u": "vote-undo", "U": "vote-undo"};
   const rankKeys = {"Enter": "rank-submit", "t": "rank-tie", "T": "rank-tie",
                     "x": "rank-both-bad", "X": "rank-both-bad", "s": "rank-skip",
-                    "S": "rank-skip"};
+                    "S": "rank-skip", "u": "vote-undo", "U": "vote-undo"};
   const shown = (el) => el && el.offsetParent !== null;
   const press = (id, e) => {
     const el = document.getElementById(id);
@@ -132,6 +133,8 @@ def _annotate_tab(h: Handlers, guidelines: str) -> dict[str, Any]:
     with gr.Column(elem_id="ldpo-rank", visible=False) as c["rank_box"]:
         _rank_box(c)
     c["reveal"] = gr.Markdown(elem_id="ldpo-reveal")
+    c["undo"] = gr.Button("Undo my last vote  [U]", elem_id="vote-undo", variant="secondary",
+                          size="sm")
     c["progress"] = gr.Markdown(elem_id="ldpo-progress")
     with gr.Row():
         c["ask_box"] = gr.Textbox(label="Ask your own prompt (the model answers it at once "
@@ -269,6 +272,7 @@ def _wire(demo: gr.Blocks, h: Handlers, specs: list[dict], a: dict, t: dict, d: 
                                  show_progress="minimal", **PRIVATE)
     for btn in (a["btn_skip"], a["rank_skip"]):
         btn.click(h.skip, [state], outs, show_progress="minimal", **PRIVATE)
+    a["undo"].click(h.undo, [state], outs, show_progress="minimal", **PRIVATE)
     for _, choice, _, _ in RANK_BUTTONS:
         a[f"rank_{choice}"].click(_ranker(h, choice), [a["rank_best"], a["rank_worst"],
                                                        ns["shown_id"], state], outs,

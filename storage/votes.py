@@ -110,6 +110,38 @@ class VotesMixin:
         return db.execute("select id from votes where pair_id = ? and annotator = ?",
                           [pair_id, annotator]).fetchone()[0]
 
+    def undo_last_vote(self, annotator: str, trained_through: int,
+                       showing: int | None = None) -> int:
+        """Delete ``annotator``'s most recent vote, unless a round has read it (its id is
+        at most ``trained_through``); it leaves training and exports with it. The pair
+        stays assigned to them, to be shown again; the pair they were shown instead
+        (``showing``, not voted on) goes back to the queue. Returns the undone pair's id;
+        BadInput when there is nothing to undo or it is too late."""
+        if not isinstance(annotator, str) or not annotator.strip():
+            raise BadInput("annotator name is empty: log in, or pass a name")
+        with self.write() as db:
+            row = db.execute("select id, pair_id from votes where annotator = ? order by "
+                             "updated desc, id desc limit 1", [annotator]).fetchone()
+            if row is None:
+                raise BadInput("There is no vote of yours to undo.")
+            vote_id, pair_id = row
+            if vote_id <= trained_through:
+                raise BadInput(f"Your last vote (pair {pair_id}) was already used by a "
+                               "training round, so it stays: a vote can be undone until "
+                               "the next round trains on it.")
+            db.execute("delete from votes where id = ?", [vote_id])
+            if not db.execute("select 1 from votes where pair_id = ?", [pair_id]).fetchone():
+                db.execute("update pairs set status = 'served' where id = ? and status = "
+                           "'voted'", [pair_id])
+            if showing is not None and showing != pair_id:
+                db.execute("delete from pair_assignments where pair_id = ? and annotator = ? "
+                           "and not exists (select 1 from votes v where v.pair_id = ? and "
+                           "v.annotator = ?)", [showing, annotator, showing, annotator])
+                db.execute("update pairs set status = 'queued', served_at = null where id = ? "
+                           "and status = 'served' and not exists (select 1 from "
+                           "pair_assignments a where a.pair_id = ?)", [showing, showing])
+        return pair_id
+
     def recent_voted_prompts(self, limit: int, max_vote_id: int | None = None) -> list[str]:
         """The texts of the prompts voted on most recently (up to ``max_vote_id``), newest
         first, each once: every vote counts here, ties and both-bad included."""

@@ -25,3 +25,31 @@ def test_recent_voted_prompts_are_newest_first_once_each(store):
     assert store.recent_voted_prompts(10) == ["Q1", "Q3", "Q2"]
     assert store.recent_voted_prompts(2) == ["Q1", "Q3"]
     assert store.recent_voted_prompts(10, max_vote_id=2) == ["Q2", "Q1"]
+
+
+def test_undo_takes_back_the_last_vote_until_a_round_read_it(store):
+    from storage.errors import BadInput
+
+    first, second, shown = (_pair(store, prompt=q) for q in ("Q1", "Q2", "Q3"))
+    for p in (first, second, shown):
+        assert store.take_pair("ann")["id"] == p
+    store.record_vote(first, "ann", "a")
+    store.record_vote(second, "bob", "b")
+    store.record_vote(second, "ann", "b")
+    assert len(store.training_pairs()) == 2
+    assert store.undo_last_vote("ann", trained_through=0, showing=shown) == second
+    assert [r["choice"] for r in store.query("select choice from votes where annotator = "
+                                             "'ann'")] == ["a"]  # only the last one went
+    assert store.get_pair(second)["status"] == "voted"  # bob's vote is still on it
+    held = {r["pair_id"] for r in store.query("select pair_id from pair_assignments where "
+                                              "annotator = 'ann'")}
+    assert held == {first, second}  # the shown pair went back to the queue
+    assert store.get_pair(shown)["status"] == "queued"
+    store.record_vote(second, "ann", "a")  # judged again
+    with pytest.raises(BadInput, match=r"pair 2\) was already used by a training round"):
+        store.undo_last_vote("ann", trained_through=10**6)
+    assert store.undo_last_vote("ann", trained_through=0) == second
+    assert store.undo_last_vote("ann", trained_through=0) == first
+    assert store.get_pair(first)["status"] == "served"  # no vote left: held, unvoted
+    with pytest.raises(BadInput, match="no vote of yours to undo"):
+        store.undo_last_vote("ann", trained_through=0)

@@ -88,3 +88,24 @@ def test_typing_does_not_vote_and_html_is_inert(app_url, page):
     assert page.evaluate("window.__xss") is None
     assert page.locator("#ldpo-prompt img").count() == 0
     page.screenshot(path=str(ARTIFACTS / "annotate-own-prompt.png"), full_page=True)
+
+
+def test_undo_by_key_shows_the_pair_again(app_url, page):
+    svc, url = app_url
+    page.goto(url)
+    page.wait_for_selector("#ldpo-prompt >> text=(pair", timeout=60_000)
+    first = shown_pair(page)
+    page.keyboard.press("1")
+    page.locator("#ldpo-reveal").get_by_text(f"Your vote on pair {first}").wait_for(
+        timeout=60_000)
+    assert (int(first), "local", "a") in db_votes(svc)
+    assert page.get_by_text("Undo my last vote").is_visible()
+    page.keyboard.press("u")
+    page.locator("#ldpo-reveal").get_by_text(f"your vote on pair {first} is removed").wait_for(
+        timeout=60_000)
+    assert shown_pair(page) == first
+    assert not [v for v in db_votes(svc) if v[0] == int(first)]
+    page.keyboard.press("2")  # judged again
+    page.locator("#ldpo-reveal").get_by_text(f"Your vote on pair {first}").wait_for(
+        timeout=60_000)
+    assert (int(first), "local", "b") in db_votes(svc)

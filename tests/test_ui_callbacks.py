@@ -112,6 +112,27 @@ def test_vote_commits_reveals_prediction_then_moves_on(trained):
     assert out["state"] is None and out["timer"].active is True  # waits for the next pair
 
 
+def test_undo_shows_the_pair_again_until_a_round_reads_the_vote(svc):
+    ids = svc.pool.fill_once(8)
+    h = Handlers(svc, LOCAL)
+    with pytest.raises(gr.Error, match="no vote of yours to undo"):
+        h.undo(None, ME)
+    shown = _out(h.on_load(ME))["state"]
+    after = _out(h.vote("a", "", ids[0], shown, ME))
+    assert after["state"]["id"] == ids[1] and _votes(svc) == 1
+    back = _out(h.undo(after["state"], ME))
+    assert back["state"]["id"] == ids[0] and _votes(svc) == 0
+    assert f"your vote on pair {ids[0]} is removed" in back["reveal"]
+    assert svc.store.take_pair("local")["id"] == ids[1]  # the pair it replaced is free again
+    svc.store.skip_pair(ids[1], "local")
+    state = back["state"]
+    for _ in range(7):  # vote on all eight, then a round reads them
+        state = _out(h.vote("b", "", state["id"], state, ME))["state"] or state
+    assert svc.trainer.run_one("test").status in ("accepted", "rejected")
+    with pytest.raises(gr.Error, match="already used by a training round"):
+        h.undo(state, ME)
+
+
 def test_vote_errors_store_nothing(svc):
     ids = svc.pool.fill_once(2)
     h = Handlers(svc, LOCAL)

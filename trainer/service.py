@@ -21,8 +21,8 @@ from trainer.model.generate import Sampler
 from trainer.model.policy import BASE, Policy
 from trainer.pool import PairPool, PlannedPair
 from trainer.progress import Progress, ProgressState, Tee, TqdmProgress
-from trainer.training.rounds import RoundOutcome, reference_version, run_round
-from trainer.training.trainloop import TrainerThread
+from trainer.training.rounds import READING_THROUGH, RoundOutcome, reference_version, run_round
+from trainer.training.trainloop import TRAINED_THROUGH, TrainerThread
 
 log = logging.getLogger(__name__)
 SETTINGS_KEY = "settings"
@@ -170,6 +170,16 @@ class Service:
         if self.pool:
             self.pool.wake()
         return item
+
+    def undo(self, annotator: str, showing: int | None = None) -> dict:
+        """Undo ``annotator``'s last vote while no round has read it; returns the pair (or
+        rank set) to show again (``Store.undo_last_vote``)."""
+        read = max(int(self.store.get_state(TRAINED_THROUGH, 0) or 0),
+                   int(self.store.get_state(READING_THROUGH, 0) or 0))
+        pair_id = self.store.undo_last_vote(annotator, read, showing)
+        if self.pool:
+            self.pool.wake()
+        return self.store.get_pair(pair_id)
 
     def vote(self, annotator: str, pair_id: int, choice: str, better_answer: str | None = None,
              decide_ms: int | None = None) -> dict:

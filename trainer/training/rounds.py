@@ -48,6 +48,7 @@ from trainer.training.losses import (
 
 log = logging.getLogger(__name__)
 MIN_TRAIN_EXAMPLES = 2
+READING_THROUGH = "round_reads_through_vote"  # the newest vote the running round has read
 HELDOUT_MAX = 128  # the most recent held-out pairs: scored twice a round, so round time stays flat
 
 
@@ -271,6 +272,7 @@ def run_round(policy, store, cfg: TrainConfig, *, fmt, frame, adapters_dir: Path
         tok = policy.tokenizer
         train, held, counts = load_examples(
             store, cfg, fmt, frame, lambda ids: tok.decode(ids, skip_special_tokens=True))
+        store.set_state(READING_THROUGH, counts["max_vote_id"])  # from now on: no undo
         if len(train) < MIN_TRAIN_EXAMPLES:
             raise RoundError(f"only {len(train)} usable training examples (need at least "
                              f"{MIN_TRAIN_EXAMPLES}); collect more A/B votes first.")
