@@ -177,7 +177,7 @@ class Handlers(DataHandlers):
         admin = self.access.role(user) == "admin"
         who = f"Logged in as **{html.escape(user)}** ({'admin' if admin else 'annotator'})."
         return (*self._annotate(user, self.svc.next_item(user)), who,
-                gr.Tab(visible=admin), gr.Tab(visible=admin))
+                gr.Tab(visible=admin), gr.Tab(visible=admin), gr.Tab(visible=admin))
 
     def vote(self, choice: str, better: str, shown_id: float | None, state: dict | None,
              request: gr.Request) -> tuple:

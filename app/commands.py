@@ -38,7 +38,8 @@ def status(args, cfgs: dict) -> int:
            "adapters": [{k: a[k] for k in ("version", "parent_version", "status", "created")}
                         for a in store.list_adapters()],
            "rounds": counts.get("rounds", 0),
-           "data_dir": str(Path(cfgs["AppConfig"].data_dir).resolve())}
+           "data_dir": str(Path(cfgs["AppConfig"].data_dir).resolve()),
+           "agreement": store.agreement()}
     if args.json:
         print(json.dumps(out, indent=2, default=str))
     else:
@@ -48,6 +49,11 @@ def status(args, cfgs: dict) -> int:
         print(f"serving adapter {out['serving_adapter']}")
         print("adapters        " + (", ".join(f"{a['version']} ({a['status']})"
                                              for a in out["adapters"]) or "none"))
+        alpha = out["agreement"]["krippendorff_alpha"]
+        print("agreement       " + (f"Krippendorff's alpha {alpha['value']:.2f} on "
+                                    f"{alpha['n']} pairs judged twice or more"
+                                    if alpha["value"] is not None else
+                                    "no pair judged by two annotators yet"))
     return 0
 
 

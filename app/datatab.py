@@ -1,5 +1,5 @@
-"""The Data tab's handlers (admins only): counts and recent votes, exports, the serving
-adapter and the merged model as downloads, prompt imports. Mixed into ``Handlers``
+"""The Data and Team tabs' handlers (admins only): counts and recent votes, exports, the
+serving adapter and the merged model as downloads, prompt imports; agreement. Mixed into ``Handlers``
 (app/api.py), whose ``access``, ``store``, ``svc`` and ``cfg`` they use."""
 
 from __future__ import annotations
@@ -16,6 +16,12 @@ EXPORTS = {"dpo": "livedpo-dpo.jsonl", "kto": "livedpo-kto.jsonl", "votes": "liv
 
 
 class DataHandlers:
+    def team_view(self, request: gr.Request) -> tuple:
+        """The Team tab: agreement for the team, per annotator and per pair of them."""
+        self.access.require_admin(request, "see the team tab")
+        summary = self.store.agreement()
+        return (views.team_markdown(summary), *views.team_frames(summary))
+
     def data_view(self, request: gr.Request) -> tuple:
         self.access.require_admin(request, "see the data tab")
         return (views.counts_markdown(self.store.counts()),

@@ -251,6 +251,11 @@ def build_ui(service: Any, app_cfg: AppConfig) -> gr.Blocks:
             top["board_btn"] = gr.Button("Refresh")
         with gr.Tab("Data", id="data", visible=False) as top["data_tab"]:
             d = _data_tab()
+        with gr.Tab("Team", id="team", visible=False) as top["team_tab"]:
+            top["team_md"] = gr.Markdown(elem_id="ldpo-team")
+            top["team_people"] = gr.Dataframe(label="Annotators", interactive=False)
+            top["team_pairs"] = gr.Dataframe(label="Pairs of annotators", interactive=False)
+            top["team_btn"] = gr.Button("Refresh")
         register_api(h)
         _wire(demo, h, specs, a, t, d, top)
     demo.queue(default_concurrency_limit=8)
@@ -264,7 +269,8 @@ def _wire(demo: gr.Blocks, h: Handlers, specs: list[dict], a: dict, t: dict, d: 
     outs = [state, a["prompt"], a["response_a"], a["response_b"], a["reveal"], a["progress"],
             a["better"], a["pair_box"], a["rank_box"], *(a[n] for n in RANK_ANSWERS),
             a["rank_best"], a["rank_worst"], banner, timer, ns["shown_id"]]
-    demo.load(h.on_load, None, [*outs, who, ns["train_tab"], ns["data_tab"]], **PRIVATE)
+    demo.load(h.on_load, None, [*outs, who, ns["train_tab"], ns["data_tab"], ns["team_tab"]],
+              **PRIVATE)
     demo.load(None, js=SHORTCUTS_JS)
     timer.tick(h.poll, [state], outs, **QUIET)
     for _, choice, _, _ in VOTE_BUTTONS:
@@ -296,7 +302,7 @@ def _wire(demo: gr.Blocks, h: Handlers, specs: list[dict], a: dict, t: dict, d: 
     ns["train_tab"].select(lambda: gr.Timer(active=True), None, train_timer, **PRIVATE).then(
         h.train_live, None, live, **PRIVATE).then(forms, None, [t["rollback_dd"], *t["fields"]],
                                                   **PRIVATE)
-    for tab in (ns["ann_tab"], ns["board_tab"], ns["data_tab"]):
+    for tab in (ns["ann_tab"], ns["board_tab"], ns["data_tab"], ns["team_tab"]):
         tab.select(lambda: gr.Timer(active=False), None, train_timer, **PRIVATE)
     train_timer.tick(h.train_live, None, live, **QUIET)
     t["train_btn"].click(h.train_now, None, t["msg"], **PRIVATE)
@@ -307,6 +313,9 @@ def _wire(demo: gr.Blocks, h: Handlers, specs: list[dict], a: dict, t: dict, d: 
     # Leaderboard and data.
     for trigger in (ns["board_tab"].select, ns["board_btn"].click):
         trigger(h.leaderboard, None, ns["board"], **PRIVATE)
+    for trigger in (ns["team_tab"].select, ns["team_btn"].click):
+        trigger(h.team_view, None, [ns["team_md"], ns["team_people"], ns["team_pairs"]],
+                **PRIVATE)
     for trigger in (ns["data_tab"].select, d["refresh"].click):
         trigger(h.data_view, None, [d["counts"], d["votes"]], **PRIVATE)
     for fmt in ("dpo", "kto", "votes"):

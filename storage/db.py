@@ -49,6 +49,17 @@ DB_NAME = "livedpo.db"
 DEFAULT_PATH = Path("data") / DB_NAME
 
 
+# Which pairs go to two annotators (``take_pair``'s overlap_fraction): a fixed hash of the
+# pair id in 0..OVERLAP_BUCKETS-1, below fraction * OVERLAP_BUCKETS. ``is_overlap_pair`` is
+# the same rule in Python.
+OVERLAP_BUCKETS = 10007
+OVERLAP_PICK_SQL = f"((pairs.id * 2654435761) % {OVERLAP_BUCKETS})"
+
+
+def is_overlap_pair(pair_id: int, fraction: float) -> bool:
+    return (pair_id * 2654435761) % OVERLAP_BUCKETS < fraction * OVERLAP_BUCKETS
+
+
 class Store(VotesMixin, RanksMixin, RunsMixin):
     """All LiveDPO data in one SQLite DB. ``Store(None)`` is an in-memory DB (tests)."""
 
@@ -266,28 +277,40 @@ class Store(VotesMixin, RanksMixin, RunsMixin):
 
     def take_pair(self, annotator: str, overlap: int = 1,
                   versions: Collection[str] | None = None,
-                  kind: str | None = None) -> dict | None:
+                  kind: str | None = None, overlap_fraction: float = 0.0) -> dict | None:
         """Atomically give ``annotator`` the oldest pair they were never assigned that has
-        fewer than ``overlap`` annotators (both sides in ``versions`` if given; A/B pairs
+        fewer annotators than it needs (both sides in ``versions`` if given; A/B pairs
         or rank sets only with ``kind`` 'pair' / 'rank'); records the assignment. None
-        when there is none."""
+        when there is none. A pair needs ``overlap`` annotators, or at least 2 when it is
+        one of the ``overlap_fraction`` share chosen by its id (``is_overlap_pair``), so
+        agreement can be measured."""
         if not isinstance(annotator, str) or not annotator.strip():
             raise BadInput("annotator name is empty: log in, or pass a name")
         if overlap < 1:
             raise BadInput(f"overlap={overlap}: must be >= 1")
+        if not 0.0 <= overlap_fraction <= 1.0:
+            raise BadInput(f"overlap_fraction={overlap_fraction}: must be in [0, 1]")
         where, params = self._available_sql(versions, kind)
+        wide = max(overlap, 2)
+        needs = (f"(case when {OVERLAP_PICK_SQL} < ? then {wide} else {int(overlap)} end)")
         with self.write() as db:
             row = db.execute(
-                f"select pairs.id from pairs where {where} and not exists (select 1 from "
-                "pair_assignments m where m.pair_id = pairs.id and m.annotator = ?) and "
+                f"select pairs.id, {needs} from pairs where {where} and not exists (select 1 "
+                "from pair_assignments m where m.pair_id = pairs.id and m.annotator = ?) and "
                 "not exists (select 1 from skips s where s.pair_id = pairs.id and "
                 "s.annotator = ?) and (select count(*) from pair_assignments a where "
-                "a.pair_id = pairs.id) < ? order by pairs.id limit 1",
-                [*params, annotator, annotator, overlap]).fetchone()
+                f"a.pair_id = pairs.id) < {needs} order by pairs.id limit 1",
+                [overlap_fraction * OVERLAP_BUCKETS, *params, annotator, annotator,
+                 overlap_fraction * OVERLAP_BUCKETS]).fetchone()
             if row is None:
                 return None
-            self._assign(db, row[0], annotator, overlap)
+            self._assign(db, row[0], annotator, row[1])
             return self.get_pair(row[0])
+
+    def active_annotators(self, within_s: float) -> int:
+        """How many annotators were handed a pair in the last ``within_s`` seconds."""
+        return self.one("select count(distinct annotator) as n from pair_assignments where "
+                        "assigned_at >= ?", [now(-within_s)])["n"]
 
     @staticmethod
     def _assign(db: sqlite_utils.Database, pair_id: int, annotator: str,

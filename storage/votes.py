@@ -142,6 +142,17 @@ class VotesMixin:
                            "pair_assignments a where a.pair_id = ?)", [showing, showing])
         return pair_id
 
+    def agreement(self) -> dict:
+        """Agreement between annotators on A/B pairs judged more than once, per annotator,
+        per pair of annotators and for the team (storage/agreement.py)."""
+        from storage.agreement import summary
+
+        votes = self.query("select v.pair_id, v.annotator, v.choice, v.decide_ms from votes v "
+                           "join pairs p on p.id = v.pair_id where p.answers is null")
+        skips = {r["annotator"]: r["n"] for r in self.query(
+            "select annotator, count(*) as n from skips group by annotator")}
+        return summary(votes, skips)
+
     def recent_voted_prompts(self, limit: int, max_vote_id: int | None = None) -> list[str]:
         """The texts of the prompts voted on most recently (up to ``max_vote_id``), newest
         first, each once: every vote counts here, ties and both-bad included."""

@@ -24,6 +24,8 @@ def test_status_json_on_an_empty_data_dir_shows_default_prompts(tmp_path):
     out = json.loads(r.stdout)
     assert {"prompts", "pairs", "votes", "serving_adapter", "adapters", "rounds"} <= set(out)
     assert out["prompts"] >= 90 and out["serving_adapter"] == "base" and out["votes"] == 0
+    assert out["agreement"]["overlapped_pairs"] == 0
+    assert out["agreement"]["krippendorff_alpha"] == {"value": None, "n": 0, "ci95": None}
 
 
 def test_env_sets_the_data_dir_and_flags_win(tmp_path):

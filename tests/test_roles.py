@@ -38,7 +38,7 @@ from tests.ui_fixtures import ADMIN, ANNOTATOR, PASSWORD, launch_app, write_user
 
 PUBLIC_ADMIN = {"/train_now": (), "/rollback": ("base",),
                 "/update_settings": ({"train": {"beta": 0.5}},)}
-PRIVATE_ADMIN = ("train_live", "forms", "save", "train_now", "data_view", "export",
+PRIVATE_ADMIN = ("train_live", "forms", "save", "train_now", "data_view", "team_view", "export",
                  "download_adapter", "download_merged", "import_prompts", "rollback")  # rollback last: v1 -> base
 
 

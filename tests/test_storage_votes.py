@@ -53,3 +53,23 @@ def test_undo_takes_back_the_last_vote_until_a_round_read_it(store):
     assert store.get_pair(first)["status"] == "served"  # no vote left: held, unvoted
     with pytest.raises(BadInput, match="no vote of yours to undo"):
         store.undo_last_vote("ann", trained_through=0)
+
+
+def test_a_share_of_pairs_goes_to_two_annotators(store):
+    from storage.db import is_overlap_pair
+
+    ids = [_pair(store, prompt=f"Q{i}") for i in range(200)]
+    picked = {p for p in ids if is_overlap_pair(p, 0.15)}
+    assert 15 <= len(picked) <= 50  # about 15% of 200
+    got = {name: [] for name in ("ann", "bob")}
+    for _ in range(200):
+        for name in got:
+            pair = store.take_pair(name, overlap_fraction=0.15)
+            if pair:
+                got[name].append(pair["id"])
+    shared = set(got["ann"]) & set(got["bob"])
+    assert shared == picked  # exactly the picked pairs were judged twice
+    assert set(got["ann"]) | set(got["bob"]) == set(ids)  # the rest once, by either
+    assert store.active_annotators(60) == 2
+    with pytest.raises(Exception, match=r"overlap_fraction=2: must be in \[0, 1\]"):
+        store.take_pair("ann", overlap_fraction=2)

@@ -250,6 +250,7 @@ def test_roles_checked_on_server(trained, users, tmp_path):
                    lambda r: h.download_adapter(r), lambda r: h.download_merged(r),
                    lambda r: h.import_prompts(str(prompts), r),
                    lambda r: h.train_live(r), lambda r: h.data_view(r),
+                   lambda r: h.team_view(r),
                    lambda r: h.train_forms(specs, r)]
     counts, settings = trained.store.counts(), trained.settings()
     for call in admin_calls:
@@ -266,8 +267,8 @@ def test_roles_checked_on_server(trained, users, tmp_path):
     with pytest.raises(gr.Error, match="not logged in"):
         h.vote("a", "", 1, {"id": 1, "shown": 0}, request(None))
     on_load = h.on_load(bob)
-    assert "bob** (annotator)" in on_load[-3] and on_load[-1].visible is False
-    assert h.on_load(alice)[-1].visible is True
+    assert "bob** (annotator)" in on_load[-4] and on_load[-1].visible is False
+    assert all(tab.visible for tab in h.on_load(alice)[-3:])  # Train, Data and Team
 
 
 def test_local_mode_is_admin(svc):

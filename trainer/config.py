@@ -113,7 +113,10 @@ class PoolConfig:
     arena_opponent: str = setting("base", "Opponent of arena pairs.", ("base", "previous"))
     staleness: int = setting(0, "Queued pairs from more than this many versions back are retired "
                         "after a hot-swap (0 = only the serving version is shown).")
-    overlap: int = setting(1, "How many different annotators see each pair (agreement needs >= 2).")
+    overlap: int = setting(1, "How many different annotators see each pair.")
+    overlap_fraction: float = setting(0.15, "While two or more annotators are active, this "
+                                      "share of pairs goes to two of them, so agreement "
+                                      "can be measured (Team tab).")
     vote_mode: str = setting("pair", "What annotators judge: pair = two answers, pick A/B/tie/"
                              "both bad; rank = --rank-size answers to one prompt, mark the "
                              "best and the worst (one vote implies several ordered pairs).",
@@ -135,6 +138,9 @@ class PoolConfig:
             out.append(f"staleness={self.staleness}: must be >= 0")
         if self.overlap < 1:
             out.append(f"overlap={self.overlap}: must be >= 1")
+        if not 0.0 <= self.overlap_fraction <= 1.0:
+            out.append(f"overlap_fraction={self.overlap_fraction}: must be in [0, 1] (try "
+                       "0.15)")
         if not 3 <= self.rank_size <= 8:
             out.append(f"rank_size={self.rank_size}: must be in 3..8 (try 4; 2 answers is "
                        "--vote-mode pair)")
@@ -310,5 +316,5 @@ EDITABLE = {"train": ("method", "loss", "beta", "lr", "epochs", "min_steps", "vo
                       "reference", "label_smoothing", "length_alpha", "answer_span", "window",
                       "micro_batch", "grad_accum"),
             "pool": ("vote_mode", "rank_size", "arena_fraction", "arena_opponent",
-                     "ready_pairs", "overlap", "release_after_s"),
+                     "ready_pairs", "overlap", "overlap_fraction", "release_after_s"),
             "sampling": ("temperature", "top_p", "top_k", "max_new_tokens", "system_prompt")}

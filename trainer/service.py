@@ -166,7 +166,10 @@ class Service:
         return self._take(annotator, self.pool_cfg.vote_mode)
 
     def _take(self, annotator: str, kind: str) -> dict | None:
-        item = self.store.take_pair(annotator, overlap=self.pool_cfg.overlap, kind=kind)
+        cfg = self.pool_cfg
+        team = self.store.active_annotators(cfg.release_after_s) >= 2
+        item = self.store.take_pair(annotator, overlap=cfg.overlap, kind=kind,
+                                    overlap_fraction=cfg.overlap_fraction if team else 0.0)
         if self.pool:
             self.pool.wake()
         return item
