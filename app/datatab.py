@@ -17,10 +17,26 @@ EXPORTS = {"dpo": "livedpo-dpo.jsonl", "kto": "livedpo-kto.jsonl", "votes": "liv
 
 class DataHandlers:
     def team_view(self, request: gr.Request) -> tuple:
-        """The Team tab: agreement for the team, per annotator and per pair of them."""
+        """The Team tab: agreement for the team, per annotator and per pair of them, and
+        the disputed pairs waiting for a decision."""
         self.access.require_admin(request, "see the team tab")
         summary = self.store.agreement()
-        return (views.team_markdown(summary), *views.team_frames(summary))
+        return (views.team_markdown(summary), *views.team_frames(summary),
+                views.disputes_frame(self.store.disagreements()))
+
+    def adjudicate(self, pair_id: float | None, label: str | None,
+                   request: gr.Request) -> str:
+        """An admin's decision on a disputed pair: its label for training and export."""
+        admin = self.access.require_admin(request, "decide disputed pairs")
+        if pair_id is None or not label:
+            raise fail("Enter the pair id from the table and choose the label, then decide.")
+        choice = views.ADJUDICATION_CHOICES.get(label, label)
+        try:
+            self.store.adjudicate(int(pair_id), choice, admin)
+        except self._user_errors as e:
+            raise fail(f"Not decided: {e}") from e
+        return (f"Pair {int(pair_id)} decided by **{admin}**: "
+                f"{views.CHOICE_LABELS[choice]}. Training and exports use it from now on.")
 
     def data_view(self, request: gr.Request) -> tuple:
         self.access.require_admin(request, "see the data tab")

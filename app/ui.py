@@ -22,6 +22,7 @@ from app.auth import load_users
 from app.config import AppConfig
 from app.logins import ClientAddress, login_checker
 from app.scripted import register_api
+from app.views import ADJUDICATION_CHOICES
 
 DEFAULT_GUIDELINES = Path(__file__).with_name("guidelines.md")
 POLL_S = 2.0
@@ -256,6 +257,17 @@ def build_ui(service: Any, app_cfg: AppConfig) -> gr.Blocks:
             top["team_people"] = gr.Dataframe(label="Annotators", interactive=False)
             top["team_pairs"] = gr.Dataframe(label="Pairs of annotators", interactive=False)
             top["team_btn"] = gr.Button("Refresh")
+            gr.Markdown("#### Disputed pairs\nPairs whose annotators disagree. Until you "
+                        "decide one, training follows `--disagreement` (drop: not "
+                        "trained on); your decision is its label for training and export.")
+            top["disputes"] = gr.Dataframe(label="Waiting for a decision", interactive=False,
+                                           wrap=True)
+            with gr.Row():
+                top["dispute_id"] = gr.Number(label="Pair", precision=0, elem_id="team-pair")
+                top["dispute_label"] = gr.Radio(list(ADJUDICATION_CHOICES), label="Label",
+                                                elem_id="team-label")
+                top["dispute_btn"] = gr.Button("Decide", elem_id="team-decide")
+            top["dispute_msg"] = gr.Markdown(elem_id="team-msg")
         register_api(h)
         _wire(demo, h, specs, a, t, d, top)
     demo.queue(default_concurrency_limit=8)
@@ -313,9 +325,12 @@ def _wire(demo: gr.Blocks, h: Handlers, specs: list[dict], a: dict, t: dict, d: 
     # Leaderboard and data.
     for trigger in (ns["board_tab"].select, ns["board_btn"].click):
         trigger(h.leaderboard, None, ns["board"], **PRIVATE)
+    team = [ns["team_md"], ns["team_people"], ns["team_pairs"], ns["disputes"]]
     for trigger in (ns["team_tab"].select, ns["team_btn"].click):
-        trigger(h.team_view, None, [ns["team_md"], ns["team_people"], ns["team_pairs"]],
-                **PRIVATE)
+        trigger(h.team_view, None, team, **PRIVATE)
+    ns["dispute_btn"].click(h.adjudicate, [ns["dispute_id"], ns["dispute_label"]],
+                            ns["dispute_msg"], **PRIVATE).success(h.team_view, None, team,
+                                                                   **PRIVATE)
     for trigger in (ns["data_tab"].select, d["refresh"].click):
         trigger(h.data_view, None, [d["counts"], d["votes"]], **PRIVATE)
     for fmt in ("dpo", "kto", "votes"):

@@ -430,3 +430,18 @@ def team_frames(summary: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]
         "95% CI": _ci(k["ci95"]), "pairs": k["n"]} for k in summary["pairwise_kappa"]],
         columns=["annotators", "Cohen's kappa", "95% CI", "pairs"])
     return people, pairs
+
+
+ADJUDICATION_CHOICES = {"A is better": "a", "B is better": "b", "Tie": "tie",
+                        "Both bad": "both_bad"}
+
+
+def disputes_frame(items: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Disputed pairs (``Store.disagreements``): what each annotator chose."""
+    cut = lambda t: (t[:120] + "…") if len(t) > 120 else t  # noqa: E731
+    return pd.DataFrame([{
+        "pair": i["pair_id"], "prompt": cut(conversation.last_user(i["prompt"])),
+        "A": cut(i["response_a"]), "B": cut(i["response_b"]),
+        "votes": ", ".join(f"{v['annotator']}: {CHOICE_LABELS.get(v['choice'], v['choice'])}"
+                           for v in i["votes"])} for i in items],
+        columns=["pair", "prompt", "A", "B", "votes"])

@@ -246,6 +246,9 @@ def _import_dpo(store, rows: list[dict]) -> dict:
             for who, verdict in (r["annotators"] or {IMPORT_ANNOTATOR: "chosen"}).items():
                 db.execute("insert into votes (pair_id, annotator, choice, created, updated) "
                            "values (?, ?, ?, ?, ?)", [pair, who, trl.CHOICE_OF[verdict], t, t])
+            if r["adjudicated_by"]:  # the admin decided this order (A = chosen)
+                db.execute("insert into adjudications (pair_id, choice, admin, created) "
+                           "values (?, 'a', ?, ?)", [pair, r["adjudicated_by"], t])
         failpoint("import.before_commit")  # crash tests: rows in, not committed
     return {"format": "dpo", "pairs": len(rows)}
 

@@ -111,6 +111,14 @@ def _v7_rank_sets(db: sqlite_utils.Database) -> None:
     db["votes"].add_column("ranking", str)
 
 
+def _v8_adjudications(db: sqlite_utils.Database) -> None:
+    """adjudications: an admin's decision on an A/B pair whose annotators disagreed (its
+    label for training and export from then on), with who decided and when."""
+    db["adjudications"].create({"pair_id": int, "choice": str, "admin": str, "created": str},
+                               pk="pair_id", foreign_keys=[("pair_id", "pairs", "id")],
+                               not_null={"choice", "admin", "created"})
+
+
 Migration = tuple[int, str, Callable[[sqlite_utils.Database], None]]
 MIGRATIONS: list[Migration] = [
     (1, "initial schema", _v1_initial),
@@ -120,6 +128,7 @@ MIGRATIONS: list[Migration] = [
     (5, "drop the unused annotators table", _v5_drop_annotators),
     (6, "sampled token ids of each pair", _v6_sampled_tokens),
     (7, "rank-of-N sets and their rankings", _v7_rank_sets),
+    (8, "adjudications of disagreements", _v8_adjudications),
 ]
 LATEST = MIGRATIONS[-1][0]
 

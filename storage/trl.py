@@ -15,8 +15,9 @@
 Columns TRL ignores describe each row: ``template`` (chat, plain or null), ``pair_id``,
 ``votes`` and ``agreement`` (share of votes for the row's order), ``annotators`` (each
 annotator's verdict on this order: chosen, rejected, tie or both_bad),
-``version_chosen`` / ``version_rejected`` and ``chosen_end`` / ``rejected_end`` (how each
-answer ended: the stop string or token, "" if cut, null if unknown).
+``version_chosen`` / ``version_rejected``, ``chosen_end`` / ``rejected_end`` (how each
+answer ended: the stop string or token, "" if cut, null if unknown) and
+``adjudicated_by`` (the admin who decided a disputed pair's order, or null).
 
 ``parse_rows`` reads such rows back (and plain TRL rows without the extra columns):
 export -> import into a fresh data dir -> export gives the same file when each pair id
@@ -45,19 +46,24 @@ def _pairs_meta(store, ids: set[int]) -> dict[int, dict]:
     """{pair_id: {gen_config, version_a, version_b, answers, votes}} of the given pairs."""
     out: dict[int, dict] = {}
     for r in store.query("select p.id, p.gen_config, p.version_a, p.version_b, p.answers, "
-                         "v.annotator, v.choice, v.better_answer, v.ranking from pairs p "
-                         "join votes v on v.pair_id = p.id order by p.id, v.id"):
+                         "v.annotator, v.choice, v.better_answer, v.ranking, aj.choice as "
+                         "adjudicated, aj.admin from pairs p join votes v on v.pair_id = p.id "
+                         "left join adjudications aj on aj.pair_id = p.id order by p.id, v.id"):
         if r["id"] not in ids:
             continue
         m = out.setdefault(r["id"], {"gen_config": loads(r["gen_config"]) or {},
                                      "versions": {"a": r["version_a"], "b": r["version_b"]},
-                                     "answers": loads(r["answers"]), "votes": []})
+                                     "answers": loads(r["answers"]), "votes": [],
+                                     "adjudicated": r["adjudicated"], "admin": r["admin"]})
         m["votes"].append(r)
     return out
 
 
 def _ab_winner(meta: dict) -> str:
-    """The side ('a' or 'b') an A/B row's votes chose (rows exist only for a majority)."""
+    """The side ('a' or 'b') an A/B row has chosen: an admin's decision, else the votes'
+    majority (rows exist only for one of the two)."""
+    if meta.get("adjudicated") in ("a", "b"):
+        return meta["adjudicated"]
     return majority([v["choice"] for v in meta["votes"]])[0] or "a"
 
 
@@ -124,7 +130,8 @@ def dpo_rows(store) -> list[dict[str, Any]]:
                     "pair_id": r["pair_id"], "votes": len(verdicts),
                     "agreement": round(agree, 4), "annotators": verdicts,
                     "version_chosen": vc, "version_rejected": vr,
-                    "chosen_end": r["chosen_end"], "rejected_end": r["rejected_end"]})
+                    "chosen_end": r["chosen_end"], "rejected_end": r["rejected_end"],
+                    "adjudicated_by": m["admin"] if r["kind"] == "ab" else None})
     return out
 
 
@@ -177,7 +184,11 @@ def parse_meta(r: dict) -> dict[str, Any]:
     versions = [r.get(k) for k in ("version_chosen", "version_rejected")]
     if any(v is not None and not isinstance(v, str) for v in versions):
         raise ValueError('"version_chosen" / "version_rejected" must be strings or null')
+    admin = r.get("adjudicated_by")
+    if admin is not None and (not isinstance(admin, str) or not admin.strip()):
+        raise ValueError('"adjudicated_by" must be an admin\'s name or null')
     return {"template": template, "annotators": verdicts, "chosen_end": ends[0],
+            "adjudicated_by": admin,
             "rejected_end": ends[1], "pair_id": pid, "version_chosen": versions[0],
             "version_rejected": versions[1]}
 

@@ -15,7 +15,17 @@ Imported KTO labels (the ``labels`` table) are appended to ``kto_rows``.
 
 from __future__ import annotations
 
-from storage.common import CHOICES, ids_of, majority, now, today, version_number
+from typing import Any
+
+from storage.common import (
+    CHOICES,
+    ids_of,
+    majority,
+    now,
+    require_one_of,
+    today,
+    version_number,
+)
 from storage.errors import BadChoice, BadInput, UnknownPair
 from storage.ranking import parse_answers
 
@@ -142,6 +152,41 @@ class VotesMixin:
                            "pair_assignments a where a.pair_id = ?)", [showing, showing])
         return pair_id
 
+    def disagreements(self) -> list[dict]:
+        """A/B pairs whose annotators disagree and that no admin has decided yet, oldest
+        first: {pair_id, prompt, response_a, response_b, votes: [{annotator, choice}]}."""
+        rows = self.query(
+            "select p.id, pr.text as prompt, p.response_a, p.response_b, v.annotator, "
+            "v.choice from pairs p join prompts pr on pr.id = p.prompt_id join votes v on "
+            "v.pair_id = p.id where p.answers is null and not exists (select 1 from "
+            "adjudications aj where aj.pair_id = p.id) order by p.id, v.id")
+        out: dict[int, dict] = {}
+        for r in rows:
+            item = out.setdefault(r["id"], {"pair_id": r["id"], "prompt": r["prompt"],
+                                            "response_a": r["response_a"],
+                                            "response_b": r["response_b"], "votes": []})
+            item["votes"].append({"annotator": r["annotator"], "choice": r["choice"]})
+        return [i for i in out.values()
+                if len(i["votes"]) > 1 and len({v["choice"] for v in i["votes"]}) > 1]
+
+    def adjudicate(self, pair_id: Any, choice: str, admin: str) -> None:
+        """An admin decides a pair's label (a, b, tie or both_bad): from now on it is the
+        pair's label for training and export, whatever its votes say. Deciding again
+        replaces the decision. BadInput / BadChoice / UnknownPair name the problem."""
+        pair_id = parse_pair_id(pair_id)
+        require_one_of(choice, CHOICES, "choice")
+        if not isinstance(admin, str) or not admin.strip():
+            raise BadInput("admin name is empty: log in as an admin")
+        with self.write() as db:
+            if self.get_pair(pair_id).get("answers") is not None:
+                raise BadInput(f"pair {pair_id} is a rank set: only A/B pairs are adjudicated")
+            if not db.execute("select 1 from votes where pair_id = ?", [pair_id]).fetchone():
+                raise BadInput(f"pair {pair_id} has no votes: there is nothing to decide")
+            db.execute("insert into adjudications (pair_id, choice, admin, created) values "
+                       "(?, ?, ?, ?) on conflict (pair_id) do update set choice = "
+                       "excluded.choice, admin = excluded.admin, created = excluded.created",
+                       [pair_id, choice, admin, now()])
+
     def agreement(self) -> dict:
         """Agreement between annotators on A/B pairs judged more than once, per annotator,
         per pair of annotators and for the team (storage/agreement.py)."""
@@ -183,9 +228,9 @@ class VotesMixin:
         rows = self.query(
             "select v.pair_id, v.annotator, v.choice, v.better_answer, v.ranking, "
             "v.id as vote_id, p.response_a, p.response_b, p.end_a, p.end_b, p.prompt_ids, "
-            "p.ids_a, p.ids_b, p.answers, pr.text as prompt "
-            "from votes v join pairs p on "
-            f"p.id = v.pair_id join prompts pr on pr.id = p.prompt_id where 1 {cap} "
+            "p.ids_a, p.ids_b, p.answers, pr.text as prompt, aj.choice as adjudicated "
+            "from votes v join pairs p on p.id = v.pair_id join prompts pr on "
+            f"pr.id = p.prompt_id left join adjudications aj on aj.pair_id = p.id where 1 {cap} "
             "order by v.pair_id, v.id", [] if max_vote_id is None else [max_vote_id])
         pairs: dict[int, dict] = {}
         for r in rows:
@@ -194,16 +239,29 @@ class VotesMixin:
                 "end": {"a": r["end_a"], "b": r["end_b"]},
                 "ids": {"a": ids_of(r["ids_a"]), "b": ids_of(r["ids_b"])},
                 "prompt_ids": ids_of(r["prompt_ids"]), "answers": parse_answers(r["answers"]),
-                "votes": []})
+                "adjudicated": r["adjudicated"], "votes": []})
             p["votes"].append(r)
             p["last"] = r["vote_id"]
         return pairs
 
-    def _pair_examples(self, pid: int, p: dict) -> list[dict]:
+    @staticmethod
+    def pair_label(p: dict, disagreement: str = "majority") -> tuple[str | None, float]:
+        """(the label an A/B pair's votes give it, the share of votes for it): an admin's
+        adjudication when there is one, else the majority; with ``disagreement='drop'``
+        an undecided pair whose annotators disagree has none."""
+        choices = [v["choice"] for v in p["votes"]]
+        if p.get("adjudicated"):
+            return p["adjudicated"], sum(c == p["adjudicated"] for c in choices) / len(choices)
+        choice, agreement = majority(choices)
+        if disagreement == "drop" and len(set(choices)) > 1:
+            return None, agreement
+        return choice, agreement
+
+    def _pair_examples(self, pid: int, p: dict, disagreement: str = "majority") -> list[dict]:
         """The DPO rows of one voted pair (see the module docstring) or rank set."""
         if p["answers"] is not None:
             return self._rank_examples(pid, p)
-        choice, agreement = majority([v["choice"] for v in p["votes"]])
+        choice, agreement = self.pair_label(p, disagreement)
         base = {"pair_id": pid, "prompt": p["prompt"], "prompt_ids": p["prompt_ids"],
                 "agreement": agreement, "n_votes": len(p["votes"])}
         out = []
@@ -223,13 +281,18 @@ class VotesMixin:
                                 "rejected_ids": p["ids"][side]})
         return out
 
-    def training_pairs(self, max_vote_id: int | None = None) -> list[dict]:
+    def training_pairs(self, max_vote_id: int | None = None,
+                       disagreement: str = "majority") -> list[dict]:
         """DPO rows {key, kind, pair_id, prompt, chosen, rejected, chosen_end, rejected_end,
         prompt_ids, chosen_ids, rejected_ids (sampled token ids or None), agreement,
         n_votes} from votes with id <= ``max_vote_id``, in pair order (rounds keep the
-        latest ``--window`` of them). ``key`` is stable per row (held-out splits)."""
+        latest ``--window`` of them). ``key`` is stable per row (held-out splits). An A/B
+        pair's label is an admin's adjudication if any, else its majority; with
+        ``disagreement='drop'`` (rounds, by default) an undecided pair whose annotators
+        disagree gives no row (``pair_label``)."""
         pairs = self._voted_pairs(max_vote_id)
-        return [row for pid in sorted(pairs) for row in self._pair_examples(pid, pairs[pid])]
+        return [row for pid in sorted(pairs)
+                for row in self._pair_examples(pid, pairs[pid], disagreement)]
 
     def kto_rows(self, max_vote_id: int | None = None) -> list[dict]:
         """Unpaired rows {pair_id, prompt, completion, label} for KTO: the voted pairs
@@ -239,7 +302,7 @@ class VotesMixin:
             if p["answers"] is not None:
                 out += self._rank_kto_rows(pid, p)
                 continue
-            choice, _ = majority([v["choice"] for v in p["votes"]])
+            choice, _ = self.pair_label(p)
             for side, good in KTO_LABELS.get(choice, {}).items():
                 out.append({"pair_id": pid, "prompt": p["prompt"], "completion": p[side],
                             "label": good, "end": p["end"][side],

@@ -59,7 +59,7 @@ def test_import_and_export_round_trip(tmp_path):
         "prompt": "Hi?", "chosen": "Hello!", "rejected": "No.", "template": None,
         "pair_id": 1, "votes": 1, "agreement": 1.0, "annotators": {"import": "chosen"},
         "version_chosen": "import", "version_rejected": "import", "chosen_end": None,
-        "rejected_end": None}
+        "rejected_end": None, "adjudicated_by": None}
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"ok\n\xff\n")
     r = app("import-prompts", str(bad), "--data-dir", d)

@@ -38,7 +38,8 @@ from tests.ui_fixtures import ADMIN, ANNOTATOR, PASSWORD, launch_app, write_user
 
 PUBLIC_ADMIN = {"/train_now": (), "/rollback": ("base",),
                 "/update_settings": ({"train": {"beta": 0.5}},)}
-PRIVATE_ADMIN = ("train_live", "forms", "save", "train_now", "data_view", "team_view", "export",
+PRIVATE_ADMIN = ("train_live", "forms", "save", "train_now", "data_view", "team_view",
+                 "adjudicate", "export",
                  "download_adapter", "download_merged", "import_prompts", "rollback")  # rollback last: v1 -> base
 
 
@@ -75,7 +76,8 @@ def private_calls(svc, demo, h) -> list[tuple[str, int, list]]:
     specs = views.settings_specs(svc.settings(), help_table())
     values = [0.5 if s["name"] == "beta" else s["value"] for s in specs]
     prompts = upload(h, "new-prompts.txt", b"A prompt an annotator must not import\n")
-    inputs = {"save": values, "rollback": ["base"], "import_prompts": [file_data(prompts)]}
+    inputs = {"save": values, "rollback": ["base"], "import_prompts": [file_data(prompts)],
+              "adjudicate": [1, "B is better"]}
     return [(name, i, inputs.get(name, [])) for name in PRIVATE_ADMIN
             for i in fn_indices(demo, name, "private")]
 

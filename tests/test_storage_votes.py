@@ -73,3 +73,43 @@ def test_a_share_of_pairs_goes_to_two_annotators(store):
     assert store.active_annotators(60) == 2
     with pytest.raises(Exception, match=r"overlap_fraction=2: must be in \[0, 1\]"):
         store.take_pair("ann", overlap_fraction=2)
+
+
+def test_disagreements_wait_for_an_admin_whose_decision_is_the_label(store, tmp_path):
+    import json
+
+    from storage.errors import BadInput
+    from storage.io import export, import_prefs
+
+    split, clear, lone = (_pair(store, prompt=q) for q in ("Q1", "Q2", "Q3"))
+    store.record_vote(split, "ann", "a")
+    store.record_vote(split, "bob", "b")
+    store.record_vote(split, "cyd", "a")  # a 2-1 majority for A
+    store.record_vote(clear, "ann", "b")
+    store.record_vote(clear, "bob", "b")
+    store.record_vote(lone, "ann", "a")
+    assert [d["pair_id"] for d in store.disagreements()] == [split]
+    assert {v["annotator"]: v["choice"] for v in store.disagreements()[0]["votes"]} == {
+        "ann": "a", "bob": "b", "cyd": "a"}
+    by_pair = lambda rows: {r["pair_id"]: r["chosen"] for r in rows}  # noqa: E731
+    assert by_pair(store.training_pairs(disagreement="drop")) == {clear: "B.", lone: "A."}
+    assert by_pair(store.training_pairs(disagreement="majority"))[split] == "A."
+    store.adjudicate(split, "b", "alice")
+    assert store.disagreements() == []
+    assert by_pair(store.training_pairs(disagreement="drop"))[split] == "B."  # the admin's
+    row = next(r for r in store.training_pairs() if r["pair_id"] == split)
+    assert row["agreement"] == pytest.approx(1 / 3)  # one vote of three agreed with it
+    first, second = tmp_path / "1.jsonl", tmp_path / "2.jsonl"
+    export(store, "dpo", first)
+    rows = [json.loads(x) for x in first.read_text().split("\n") if x]
+    decided = next(r for r in rows if r["pair_id"] == split)
+    assert decided["adjudicated_by"] == "alice" and decided["chosen"] == "B."
+    assert decided["annotators"] == {"ann": "rejected", "bob": "chosen", "cyd": "rejected"}
+    fresh = Store(None)
+    import_prefs(fresh, first)
+    export(fresh, "dpo", second)
+    assert second.read_bytes() == first.read_bytes()
+    with pytest.raises(BadInput, match="choice 'maybe' is not valid"):
+        store.adjudicate(split, "maybe", "alice")
+    with pytest.raises(BadInput, match="has no votes"):
+        store.adjudicate(_pair(store, prompt="Q4"), "a", "alice")

@@ -172,6 +172,10 @@ class TrainConfig:
                                "rambling. content: also never score the chosen answer's "
                                "ending (trainer/training/span.py).",
                                ("full", "common", "content"))
+    disagreement: str = setting("drop", "An A/B pair whose annotators disagree, until an "
+                                "admin decides it (Team tab): drop = not trained on; "
+                                "majority = trained on the majority's choice.",
+                                ("drop", "majority"))
     lr: float = setting(5e-5, "AdamW learning rate of the LoRA weights.")
     epochs: int = setting(2, "Passes over the round's training votes.")
     min_steps: int = setting(0, "A round takes at least this many optimizer steps, with more "
@@ -313,7 +317,8 @@ def help_of(cls: type, name: str) -> str:
 
 # Settings an admin may change at run time, by area.
 EDITABLE = {"train": ("method", "loss", "beta", "lr", "epochs", "min_steps", "votes_per_round",
-                      "reference", "label_smoothing", "length_alpha", "answer_span", "window",
+                      "reference", "label_smoothing", "length_alpha", "answer_span", "disagreement",
+                      "window",
                       "micro_batch", "grad_accum"),
             "pool": ("vote_mode", "rank_size", "arena_fraction", "arena_opponent",
                      "ready_pairs", "overlap", "overlap_fraction", "release_after_s"),

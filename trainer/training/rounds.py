@@ -235,7 +235,8 @@ def load_examples(store, cfg: TrainConfig, fmt, frame, decode: span.Decode | Non
     common`` sampled pairs are cut to their common length (``span.common_rows``, which
     needs ``decode``: the tokenizer's ids -> text)."""
     max_vote = store.last_vote_id()
-    rows = method_rows(store.training_pairs(max_vote_id=max_vote), cfg.method)
+    rows = method_rows(store.training_pairs(max_vote_id=max_vote,
+                                            disagreement=cfg.disagreement), cfg.method)
     if cfg.answer_span != "full":
         if decode is None:
             raise ValueError(f"--answer-span {cfg.answer_span} needs the tokenizer's decode")
