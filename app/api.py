@@ -303,10 +303,11 @@ class Handlers(DataHandlers):
             if is_not_ready(e):
                 raise fail(f"{e}. Press Train now again once it is ready.") from e
             raise
+        self.store.audit(user, "train_now")
         return f"Training round requested by {user}; follow it on the Train tab (or in status)."
 
     def rollback(self, version: str, request: gr.Request) -> str:
-        self.access.require_admin(request, "change the serving version")
+        admin = self.access.require_admin(request, "change the serving version")
         if not version:
             raise fail("Choose a version to serve first ('base' or vN).")
         try:
@@ -315,22 +316,29 @@ class Handlers(DataHandlers):
             if is_not_ready(e) or isinstance(e, ValueError):
                 raise fail(str(e)) from e
             raise
+        self.store.audit(admin, "rollback", version=version)
         return f"Now serving `{version}`; new pairs come from it."
 
     def save_settings(self, specs: list[dict], values: list[Any],
                       request: gr.Request) -> dict:
         """Validate the form and apply it; raises one error listing every bad value."""
-        self.access.require_admin(request, "change settings")
+        admin = self.access.require_admin(request, "change settings")
         changes, problems = views.settings_changes(specs, values, self.svc.settings())
         if problems:
             raise fail("Settings not saved:\n  - " + "\n  - ".join(problems))
         if not changes:
             return {}
+        self.apply_settings(admin, changes)
+        return changes
+
+    def apply_settings(self, admin: str, changes: dict) -> dict:
+        """Apply runtime settings (one error lists every bad value) and log who did it."""
         try:
-            self.svc.update_settings(changes)
+            out = self.svc.update_settings(changes)
         except ValueError as e:
             raise fail(f"Settings not saved. {e}") from e
-        return changes
+        self.store.audit(admin, "settings", changes=changes)
+        return out
 
     # --- leaderboard and data ------------------------------------------------------------
     def leaderboard(self) -> Any:

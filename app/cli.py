@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = cmd("import-prefs", "Add preferences (TRL DPO/KTO JSONL or a votes CSV).")
     s.add_argument("file")
     s = cmd("export", "Write preferences or votes to a file.")
-    s.add_argument("--format", required=True, choices=("dpo", "kto", "votes"))
+    s.add_argument("--format", required=True, choices=("dpo", "kto", "votes", "audit"))
     s.add_argument("--out", required=True)
     s = cmd("export-model", "Write an adapter version merged into the base weights: a "
             "standalone Hugging Face checkpoint with tokenizer and model card.", True)

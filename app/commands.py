@@ -11,6 +11,14 @@ from pathlib import Path
 from app.config import AppConfig
 
 
+def _cli_user() -> str:
+    """Who ran a command line action, for the audit log."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no name for this uid (some containers)
+        return "cli"
+
+
 def open_store(app_cfg: AppConfig):
     """The data dir's store, seeded with the default prompts on first use."""
     from storage.db import Store
@@ -62,6 +70,7 @@ def import_prompts(args, cfgs: dict) -> int:
 
     store = open_store(cfgs["AppConfig"])
     n = do_import(store, args.file, max_chars=cfgs["AppConfig"].max_prompt_chars)
+    store.audit(_cli_user(), "import_prompts", file=str(args.file), new_prompts=n)
     print(f"imported {n} new prompt(s) from {args.file}")
     return 0
 
@@ -71,6 +80,7 @@ def import_prefs(args, cfgs: dict) -> int:
 
     store = open_store(cfgs["AppConfig"])
     counts = do_import(store, args.file)
+    store.audit(_cli_user(), "import_prefs", file=str(args.file), **counts)
     print(f"imported from {args.file}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
     return 0
 
@@ -115,6 +125,8 @@ def import_adapter(args, cfgs: dict) -> int:
                       metrics=adapters.read_metadata(path).get("metrics"))
     if args.serve:
         store.set_serving_adapter(version)
+    store.audit(_cli_user(), "import_adapter", dir=str(args.dir), version=version,
+                serve=bool(args.serve))
     print(f"imported {args.dir} as {version}" + (" (now serving)" if args.serve else ""))
     return 0
 

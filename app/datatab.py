@@ -12,7 +12,8 @@ import gradio as gr
 from app import views
 from app.inputs import fail, upload_path
 
-EXPORTS = {"dpo": "livedpo-dpo.jsonl", "kto": "livedpo-kto.jsonl", "votes": "livedpo-votes.csv"}
+EXPORTS = {"dpo": "livedpo-dpo.jsonl", "kto": "livedpo-kto.jsonl", "votes": "livedpo-votes.csv",
+           "audit": "livedpo-audit.jsonl"}
 
 
 class DataHandlers:
@@ -35,6 +36,7 @@ class DataHandlers:
             self.store.adjudicate(int(pair_id), choice, admin)
         except self._user_errors as e:
             raise fail(f"Not decided: {e}") from e
+        self.store.audit(admin, "adjudicate", pair_id=int(pair_id), choice=choice)
         return (f"Pair {int(pair_id)} decided by **{admin}**: "
                 f"{views.CHOICE_LABELS[choice]}. Training and exports use it from now on.")
 
@@ -84,7 +86,7 @@ class DataHandlers:
         return str(zip_dir(out, tmp / f"livedpo-model-{version}.zip"))
 
     def import_prompts(self, path: str | None, request: gr.Request) -> str:
-        self.access.require_admin(request, "import prompts")
+        admin = self.access.require_admin(request, "import prompts")
         if not path:
             raise fail("Choose a prompts file first (.txt: one per line, .jsonl with a "
                         "'prompt' field, or .csv with a 'prompt' column).")
@@ -95,6 +97,7 @@ class DataHandlers:
             n = import_prompts(self.store, real, max_chars=self.cfg.max_prompt_chars)
         except self._user_errors as e:
             raise fail(f"Nothing imported from {Path(path).name}: {e}") from e
+        self.store.audit(admin, "import_prompts", file=Path(path).name, new_prompts=n)
         return f"Imported {n} new prompt(s) from {Path(path).name}."
 
 

@@ -12,7 +12,6 @@ from typing import Any
 import gradio as gr
 
 from app.api import Handlers
-from app.inputs import fail
 from storage import conversation
 
 
@@ -80,11 +79,8 @@ def register_api(h: Handlers) -> None:
 
     def update_settings(request: gr.Request, changes: dict) -> dict:
         """Admins: change runtime settings, {area: {field: value}}; returns all settings."""
-        h.access.require_admin(request, "change settings")
-        try:
-            return _json_safe(h.svc.update_settings(changes))
-        except ValueError as e:
-            raise fail(f"Settings not saved. {e}") from e
+        admin = h.access.require_admin(request, "change settings")
+        return _json_safe(h.apply_settings(admin, changes))
 
     for fn in (next_pair, vote, next_rank, vote_rank, status, train_now, rollback,
                update_settings):

@@ -216,7 +216,8 @@ def _data_tab() -> dict[str, Any]:
         c["refresh"] = gr.Button("Refresh", scale=0)
     c["votes"] = gr.Dataframe(label="Recent votes", interactive=False, wrap=True)
     with gr.Row():
-        for fmt, label in (("dpo", "DPO JSONL"), ("kto", "KTO JSONL"), ("votes", "Votes CSV")):
+        for fmt, label in (("dpo", "DPO JSONL"), ("kto", "KTO JSONL"), ("votes", "Votes CSV"),
+                           ("audit", "Audit log JSONL")):
             c[f"export_{fmt}"] = gr.Button(f"Export {label}")
         c["export_adapter"] = gr.Button("Serving adapter (.zip)")
         c["export_merged"] = gr.Button("Serving model, merged (.zip)")
@@ -333,7 +334,7 @@ def _wire(demo: gr.Blocks, h: Handlers, specs: list[dict], a: dict, t: dict, d: 
                                                                    **PRIVATE)
     for trigger in (ns["data_tab"].select, d["refresh"].click):
         trigger(h.data_view, None, [d["counts"], d["votes"]], **PRIVATE)
-    for fmt in ("dpo", "kto", "votes"):
+    for fmt in ("dpo", "kto", "votes", "audit"):
         d[f"export_{fmt}"].click(_exporter(h, fmt), None, d["file"], **PRIVATE)
     d["export_adapter"].click(h.download_adapter, None, d["file"], **PRIVATE)
     d["export_merged"].click(h.download_merged, None, d["file"], **PRIVATE)

@@ -399,6 +399,11 @@ def _kto_rows(store) -> list[dict]:
             for r in store.kto_rows()]
 
 
+def _audit_rows(store) -> list[dict]:
+    """The audit log, oldest first: {id, at, admin, action, detail}."""
+    return list(reversed(store.audit_log()))
+
+
 def _vote_rows(store) -> list[dict]:
     rows = store.query(
         "select v.pair_id, pr.text as prompt, p.response_a, p.response_b, p.version_a, "
@@ -427,12 +432,12 @@ def _csv_text(rows: list[dict]) -> str:
 
 EXPORTS: dict[str, tuple[Callable, Callable[[list[dict]], str]]] = {
     "dpo": (trl.dpo_rows, jsonl_text), "kto": (_kto_rows, jsonl_text),
-    "votes": (_vote_rows, _csv_text)}
+    "votes": (_vote_rows, _csv_text), "audit": (_audit_rows, jsonl_text)}
 
 
 def export(store, fmt: str, out_path: str | Path) -> int:
-    """Write dpo (TRL DPO JSONL), kto (TRL KTO JSONL) or votes (CSV) atomically; returns
-    the number of rows."""
+    """Write dpo (TRL DPO JSONL), kto (TRL KTO JSONL), votes (CSV) or audit (the admin
+    actions, JSONL) atomically; returns the number of rows."""
     if fmt not in EXPORTS:
         raise BadInput(f"export format {fmt!r}: use one of {', '.join(EXPORTS)}")
     rows_of, text_of = EXPORTS[fmt]

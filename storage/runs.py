@@ -1,5 +1,5 @@
 """Rounds, per-step metrics, adapter versions, the serving pointer, cached reference
-log-probs and small JSON state."""
+log-probs, small JSON state and the audit log of admin actions."""
 
 from __future__ import annotations
 
@@ -26,6 +26,18 @@ class RunsMixin:
     """State, adapter, round, step and reference-cache methods of ``storage.db.Store``."""
 
     # --- state -----------------------------------------------------------------------------
+    def audit(self, admin: str, action: str, **detail: Any) -> None:
+        """Record an admin action (who, when, what) in the audit log."""
+        with self.write() as db:
+            db.execute("insert into audit_log (at, admin, action, detail) values (?,?,?,?)",
+                       [now(), admin, action, dumps(detail)])
+
+    def audit_log(self, limit: int | None = None) -> list[dict]:
+        """The audit log, newest first ({id, at, admin, action, detail})."""
+        rows = self.query("select * from audit_log order by id desc"
+                          + (" limit ?" if limit else ""), [limit] if limit else [])
+        return [{**r, "detail": loads(r["detail"]) or {}} for r in rows]
+
     def get_state(self, key: str, default: Any = None) -> Any:
         """The JSON value stored under ``key`` (``default`` if unset)."""
         row = self.one("select value from state where key = ?", [key])

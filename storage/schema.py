@@ -119,6 +119,13 @@ def _v8_adjudications(db: sqlite_utils.Database) -> None:
                                not_null={"choice", "admin", "created"})
 
 
+def _v9_audit_log(db: sqlite_utils.Database) -> None:
+    """audit_log: every admin action (users, settings, train now, rollback, imports,
+    adjudication) with who, when, what and its details (JSON)."""
+    db["audit_log"].create({"id": int, "at": str, "admin": str, "action": str,
+                            "detail": str}, pk="id", not_null={"at", "admin", "action"})
+
+
 Migration = tuple[int, str, Callable[[sqlite_utils.Database], None]]
 MIGRATIONS: list[Migration] = [
     (1, "initial schema", _v1_initial),
@@ -129,6 +136,7 @@ MIGRATIONS: list[Migration] = [
     (6, "sampled token ids of each pair", _v6_sampled_tokens),
     (7, "rank-of-N sets and their rankings", _v7_rank_sets),
     (8, "adjudications of disagreements", _v8_adjudications),
+    (9, "audit log of admin actions", _v9_audit_log),
 ]
 LATEST = MIGRATIONS[-1][0]
 

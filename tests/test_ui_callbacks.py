@@ -432,3 +432,21 @@ def test_rank_mode_shows_sets_and_votes_with_marks(svc):
     out = _out(h.vote_rank("both_bad", "1", None, ids[1], out["state"], ME))  # marks ignored
     assert svc.store.recent_votes(1)[0]["choice"] == "both_bad"
     assert "Both bad" in out["reveal"]
+
+
+def test_admin_actions_are_audited_and_exported(svc, tmp_path):
+    h = Handlers(svc, LOCAL)
+    specs = views.settings_specs(svc.settings(), help_table())
+    values = [0.3 if s["name"] == "beta" else s["value"] for s in specs]
+    h.save_settings(specs, values, ME)
+    h.rollback("base", ME)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("One more prompt\n", encoding="utf-8")
+    h.import_prompts(str(prompts), ME)
+    log = svc.store.audit_log()
+    assert [e["action"] for e in log] == ["import_prompts", "rollback", "settings"]
+    assert all(e["admin"] == "local" and e["at"] for e in log)
+    assert log[2]["detail"] == {"changes": {"train": {"beta": 0.3}}}
+    assert log[0]["detail"] == {"file": "p.txt", "new_prompts": 1}
+    rows = read_jsonl(h.export("audit", ME))
+    assert [r["action"] for r in rows] == ["settings", "rollback", "import_prompts"]
