@@ -1,6 +1,7 @@
 """Who is calling and what they may do: the login's name and its role in the users file.
 
-Read on the server for every call (a removed or demoted user loses rights at once).
+Read on the server for every call (a removed, disabled or demoted user loses rights at
+once, even on a session that is already open).
 Without an auth file the app runs in local single-user mode: the caller is ``local``,
 an admin.
 """
@@ -31,6 +32,11 @@ class Access:
         name = getattr(request, "username", None)
         if not name:
             raise fail("You are not logged in: reload the page and log in again.")
+        record = auth.load_users(self.auth_file).get(name)
+        if record is None or record.get("disabled"):
+            state = "disabled" if record else "no longer in the users file"
+            raise fail(f"The account {name!r} is {state}: nothing was done. Ask an admin to "
+                       "enable it.")
         return name
 
     def role(self, name: str) -> str | None:

@@ -23,6 +23,7 @@ from app.access import Access
 from app.config import AppConfig
 from app.datatab import DataHandlers
 from app.inputs import check_text, fail, parse_pair_id
+from app.teamtab import TeamHandlers
 from storage.common import CHOICES
 from storage.ranking import MAX_RANK, RANK_CHOICES
 from storage.votes import MAX_BETTER_ANSWER
@@ -73,7 +74,7 @@ def _mark(label: Any) -> int | None:
     return int(label) - 1
 
 
-class Handlers(DataHandlers):
+class Handlers(DataHandlers, TeamHandlers):
     """Every callback of the UI and the API, as plain methods (tested without a browser)."""
 
     def __init__(self, service: Any, app_cfg: AppConfig) -> None:

@@ -46,6 +46,7 @@ _MAX_RP = 64
 _RECREATE_HINT = "python app.py add-user NAME --role admin"
 
 log = logging.getLogger(__name__)
+_FILE_LOCK = threading.Lock()  # read-modify-write of the users file within this process
 
 Users = dict[str, dict[str, Any]]
 
@@ -125,6 +126,8 @@ def _record_problem(record: Any) -> str | None:
         return "is not an object"
     if record.get("role") not in ROLES:
         return f"has role {record.get('role')!r} (expected one of {', '.join(ROLES)})"
+    if not isinstance(record.get("disabled", False), bool):
+        return "has a 'disabled' flag that is not true or false"
     if record.get("algo") != "scrypt":
         return f"has algo {record.get('algo')!r} (expected 'scrypt')"
     n, r, p = record.get("n"), record.get("r"), record.get("p")
@@ -223,6 +226,44 @@ def add_user(path: str | os.PathLike[str], name: str, password: str, role: str) 
     _write_users(path, users)
 
 
+def _change(path: str | os.PathLike[str], name: str, change: Callable[[dict], None]) -> None:
+    """Apply ``change`` to one existing user's record and write the file atomically."""
+    path = Path(path)
+    with _FILE_LOCK:
+        users = load_users(path)
+        if name not in users:
+            known = ", ".join(sorted(users)) or "none"
+            raise AuthError(f"user {name!r} is not in {path} (users: {known}); add them first")
+        record = dict(users[name])
+        change(record)
+        users[name] = record
+        _write_users(path, users)
+
+
+def set_role(path: str | os.PathLike[str], name: str, role: str) -> None:
+    """Make an existing user an annotator or an admin."""
+    validate_role(role)
+    _change(path, name, lambda r: r.update(role=role))
+
+
+def set_disabled(path: str | os.PathLike[str], name: str, disabled: bool) -> None:
+    """Disable (or enable again) an existing user: a disabled user cannot log in, and
+    their next request on an open session is refused (app/access.py)."""
+    _change(path, name, lambda r: r.update(disabled=bool(disabled)))
+
+
+def reset_password(path: str | os.PathLike[str], name: str, password: str) -> None:
+    """Give an existing user a new password (role and disabled flag kept)."""
+    validate_password(password)
+    _change(path, name, lambda r: r.update(hash_password(password)))
+
+
+def list_users(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """[{name, role, disabled}] of the users file, by name (no hashes)."""
+    return [{"name": n, "role": r["role"], "disabled": bool(r.get("disabled"))}
+            for n, r in sorted(load_users(path).items())]
+
+
 # --------------------------------------------------------------------------- checking
 
 
@@ -239,13 +280,10 @@ def verify(
     if not isinstance(name, str) or not isinstance(password, str):
         return False
     record = users.get(name)
-    if record is None or _record_problem(record) is not None:
+    if record is None or _record_problem(record) is not None or record.get("disabled"):
         _scrypt(password, b"\0" * SALT_BYTES, SCRYPT_N, SCRYPT_R, SCRYPT_P)  # equal timing
         return False
     return _matches(record, password)
-
-
-_UPGRADE_LOCK = threading.Lock()
 
 
 def needs_upgrade(record: Mapping[str, Any]) -> bool:
@@ -262,7 +300,7 @@ def verify_and_upgrade(path: str | os.PathLike[str], name: str, password: str) -
     if not verify(users, name, password):
         return False
     if needs_upgrade(users[name]):
-        with _UPGRADE_LOCK:
+        with _FILE_LOCK:
             fresh = load_users(path)
             if fresh.get(name, {}).get("hash") == users[name]["hash"]:
                 fresh[name] = {**fresh[name], **hash_password(password)}
@@ -272,9 +310,10 @@ def verify_and_upgrade(path: str | os.PathLike[str], name: str, password: str) -
 
 
 def role_of(users: Mapping[str, Any], name: str) -> str | None:
-    """The role of ``name`` in ``users`` ("annotator" or "admin"), or None if unknown."""
+    """The role of ``name`` in ``users`` ("annotator" or "admin"), or None if unknown or
+    disabled."""
     record = users.get(name) if isinstance(name, str) else None
-    if not isinstance(record, Mapping):
+    if not isinstance(record, Mapping) or record.get("disabled"):
         return None
     role = record.get("role")
     return role if role in ROLES else None

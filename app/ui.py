@@ -22,6 +22,7 @@ from app.auth import load_users
 from app.config import AppConfig
 from app.logins import ClientAddress, login_checker
 from app.scripted import register_api
+from app.teamtab import USER_ACTIONS
 from app.views import ADJUDICATION_CHOICES
 
 DEFAULT_GUIDELINES = Path(__file__).with_name("guidelines.md")
@@ -269,6 +270,21 @@ def build_ui(service: Any, app_cfg: AppConfig) -> gr.Blocks:
                                                 elem_id="team-label")
                 top["dispute_btn"] = gr.Button("Decide", elem_id="team-decide")
             top["dispute_msg"] = gr.Markdown(elem_id="team-msg")
+            gr.Markdown("#### Users\nChanges apply at once: a disabled user's next request "
+                        "is refused.")
+            top["users"] = gr.Dataframe(interactive=False, elem_id="team-users")
+            with gr.Row():
+                top["user_name"] = gr.Textbox(label="User name", elem_id="user-name")
+                top["user_password"] = gr.Textbox(label="Password (add, reset)",
+                                                  type="password", elem_id="user-password")
+                top["user_role"] = gr.Radio(["annotator", "admin"], value="annotator",
+                                            label="Role", elem_id="user-role")
+            with gr.Row():
+                for action, label in (("add", "Add user"), ("role", "Set role"),
+                                      ("disable", "Disable"), ("enable", "Enable"),
+                                      ("reset", "Reset password")):
+                    top[f"user_{action}"] = gr.Button(label, elem_id=f"user-{action}")
+            top["user_msg"] = gr.Markdown(elem_id="user-msg")
         register_api(h)
         _wire(demo, h, specs, a, t, d, top)
     demo.queue(default_concurrency_limit=8)
@@ -328,7 +344,12 @@ def _wire(demo: gr.Blocks, h: Handlers, specs: list[dict], a: dict, t: dict, d: 
         trigger(h.leaderboard, None, ns["board"], **PRIVATE)
     team = [ns["team_md"], ns["team_people"], ns["team_pairs"], ns["disputes"]]
     for trigger in (ns["team_tab"].select, ns["team_btn"].click):
-        trigger(h.team_view, None, team, **PRIVATE)
+        trigger(h.team_view, None, team, **PRIVATE).then(h.users_view, None, ns["users"],
+                                                          **PRIVATE)
+    for action in USER_ACTIONS:
+        ns[f"user_{action}"].click(
+            _user_action(h, action), [ns["user_name"], ns["user_password"], ns["user_role"]],
+            ns["user_msg"], **PRIVATE).success(h.users_view, None, ns["users"], **PRIVATE)
     ns["dispute_btn"].click(h.adjudicate, [ns["dispute_id"], ns["dispute_label"]],
                             ns["dispute_msg"], **PRIVATE).success(h.team_view, None, team,
                                                                    **PRIVATE)
@@ -340,6 +361,13 @@ def _wire(demo: gr.Blocks, h: Handlers, specs: list[dict], a: dict, t: dict, d: 
     d["export_merged"].click(h.download_merged, None, d["file"], **PRIVATE)
     d["import_btn"].click(h.import_prompts, [d["upload"]], d["import_msg"], **PRIVATE).success(
         h.data_view, None, [d["counts"], d["votes"]], **PRIVATE)
+
+
+def _user_action(h: Handlers, action: str):
+    def user_action(name: str, password: str, role: str, request: gr.Request) -> str:
+        return h.user_action(action, name, password, role, request)
+
+    return user_action
 
 
 def _voter(h: Handlers, choice: str):

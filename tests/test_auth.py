@@ -221,3 +221,26 @@ def test_auth_module_imports_no_ml_libraries():
     source = Path(auth.__file__).read_text(encoding="utf-8")
     for lib in ("torch", "peft", "transformers", "gradio"):
         assert f"import {lib}" not in source and f"from {lib}" not in source
+
+
+def test_roles_disable_and_reset_change_one_record(tmp_path):
+    path = tmp_path / "users.json"
+    auth.add_user(path, "ann", "first-password", "annotator")
+    auth.add_user(path, "bob", "other-password", "admin")
+    auth.set_role(path, "ann", "admin")
+    auth.set_disabled(path, "bob", True)
+    assert auth.list_users(path) == [{"name": "ann", "role": "admin", "disabled": False},
+                                     {"name": "bob", "role": "admin", "disabled": True}]
+    users = auth.load_users(path)
+    assert auth.role_of(users, "bob") is None  # disabled: no rights at all
+    assert not auth.verify(path, "bob", "other-password")  # and no login
+    auth.set_disabled(path, "bob", False)
+    assert auth.verify(path, "bob", "other-password")
+    auth.reset_password(path, "ann", "second-password")
+    assert auth.verify(path, "ann", "second-password")
+    assert not auth.verify(path, "ann", "first-password")
+    assert auth.role_of(auth.load_users(path), "ann") == "admin"  # kept
+    with pytest.raises(auth.AuthError, match="user 'cyd' is not in .*users: ann, bob"):
+        auth.set_role(path, "cyd", "admin")
+    with pytest.raises(auth.AuthError, match="role 'boss' is not valid"):
+        auth.set_role(path, "ann", "boss")
