@@ -55,3 +55,37 @@ def test_admin_decides_a_disputed_pair(team_app):
     (label,) = [r for r in svc.store.training_pairs(disagreement="drop")
                 if r["pair_id"] == disputed]
     assert label["chosen"] == svc.store.get_pair(disputed)["response_b"]
+
+
+def test_admin_disables_a_user_who_is_refused_at_once(tmp_path, tiny_model_dir):
+    from app import auth
+    from tests.ui_fixtures import ADMIN, ANNOTATOR, PASSWORD, write_users
+
+    skip_without_chromium()
+    users = write_users(tmp_path / "users.json")
+    svc = real_service(tmp_path / "data", tiny_model_dir)
+    demo, url = launch_app(svc, tmp_path, str(users))
+    try:
+        with chromium_page() as bob:
+            alice = bob.context.browser.new_context().new_page()  # a second session
+            for page, name in ((bob, ANNOTATOR), (alice, ADMIN)):
+                page.goto(url)
+                page.locator("input[type='text']").first.fill(name)
+                page.locator("input[type='password']").first.fill(PASSWORD)
+                page.keyboard.press("Enter")
+                page.locator("#ldpo-who").get_by_text(f"Logged in as {name}").wait_for(
+                    timeout=60_000)
+            alice.get_by_role("tab", name="Team").click()
+            alice.locator("#user-name input, #user-name textarea").first.fill(ANNOTATOR)
+            alice.locator("#user-disable").click()
+            alice.locator("#user-msg").get_by_text(f"{ANNOTATOR} is disabled").wait_for(
+                timeout=30_000)
+            assert auth.list_users(users)[1] == {"name": ANNOTATOR, "role": "annotator",
+                                                 "disabled": True}
+            bob.keyboard.press("1")  # bob's page is still open: his vote is refused
+            bob.get_by_text("is disabled: nothing was done").first.wait_for(timeout=30_000)
+        assert not svc.store.query("select 1 from votes where annotator = ?", [ANNOTATOR])
+        assert [e["action"] for e in svc.store.audit_log()] == ["user_disable"]
+    finally:
+        demo.close()
+        svc.stop()
