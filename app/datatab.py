@@ -56,15 +56,20 @@ class DataHandlers:
         export(self.store, fmt, out)
         return str(out)
 
+    def _serving(self, missing: str) -> tuple[str, dict]:
+        """(serving version, its adapter row); a clear refusal while base serves."""
+        version = self.store.serving_adapter()
+        row = self.store.get_adapter(version) if version != "base" else None
+        if not row:
+            raise fail(f"The serving version is 'base': there is {missing} yet. Train (or "
+                       "import) a version first.")
+        return version, row
+
     def download_adapter(self, request: gr.Request) -> str:
         self.access.require_admin(request, "download the adapter")
         from storage.files import zip_dir
 
-        version = self.store.serving_adapter()
-        row = self.store.get_adapter(version) if version != "base" else None
-        if not row:
-            raise fail("The serving version is 'base': there is no adapter to download yet. "
-                       "Train (or import) a version first.")
+        version, row = self._serving("no adapter to download")
         out = Path(tempfile.mkdtemp(prefix="livedpo-")) / f"livedpo-adapter-{version}.zip"
         return str(zip_dir(Path(row["path"]), out))
 
@@ -74,11 +79,7 @@ class DataHandlers:
         from app.modelcard import card_facts, render_card
         from storage.files import zip_dir
 
-        version = self.store.serving_adapter()
-        row = self.store.get_adapter(version) if version != "base" else None
-        if not row:
-            raise fail("The serving version is 'base': there is nothing to merge yet. Train "
-                       "(or import) a version first.")
+        version, _ = self._serving("nothing to merge")
         card = render_card(card_facts(self.store, version, self.svc.model_cfg.model))
         tmp = Path(tempfile.mkdtemp(prefix="livedpo-"))
         out = self.svc.export_merged(version, tmp / f"livedpo-model-{version}", card,
