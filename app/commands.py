@@ -96,6 +96,7 @@ def export(args, cfgs: dict) -> int:
 
 def add_user(args, cfgs: dict) -> int:
     from app.auth import add_user as do_add
+    from storage.db import DB_NAME
 
     path = args.auth_file or cfgs["AppConfig"].auth_file
     if not path:
@@ -110,6 +111,10 @@ def add_user(args, cfgs: dict) -> int:
                 raise ValueError("the two passwords differ; nothing was written")
     do_add(path, args.name, password, args.role)
     print(f"user {args.name!r} ({args.role}) written to {path}")
+    data = Path(cfgs["AppConfig"].data_dir)
+    if (data / DB_NAME).is_file():  # the data dir this app serves: log it there
+        open_store(cfgs["AppConfig"]).audit(_cli_user(), "user_add", user=args.name,
+                                            role=args.role)
     return 0
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import gradio as gr
 
 from app.api import Handlers
+from app.inputs import fail
 from storage import conversation
 
 
@@ -69,6 +70,20 @@ def register_api(h: Handlers) -> None:
         """Counts, serving version, trainer and model-loading state."""
         return _json_safe(h.svc.status())
 
+    def undo(request: gr.Request) -> dict:
+        """Take back the caller's last vote while no round has read it: {pair_id, prompt,
+        response_a, response_b} (or {pair_id, prompt, answers} for a rank set), the item
+        to judge again. An error says when there is nothing to undo or it is too late."""
+        user = h.access.user(request)
+        try:
+            item = h.svc.undo(user)
+        except h._user_errors as e:
+            raise fail(str(e)) from e
+        out = {"pair_id": int(item["id"]), "prompt": item["prompt"]}
+        if item.get("answers") is not None:
+            return {**out, "answers": [a["text"] for a in item["answers"]]}
+        return {**out, "response_a": item["response_a"], "response_b": item["response_b"]}
+
     def train_now(request: gr.Request) -> str:
         """Admins: start a training round as soon as possible."""
         return h.train_now(request)
@@ -82,6 +97,6 @@ def register_api(h: Handlers) -> None:
         admin = h.access.require_admin(request, "change settings")
         return _json_safe(h.apply_settings(admin, changes))
 
-    for fn in (next_pair, vote, next_rank, vote_rank, status, train_now, rollback,
+    for fn in (next_pair, vote, next_rank, vote_rank, undo, status, train_now, rollback,
                update_settings):
         gr.api(fn, api_name=fn.__name__, concurrency_limit=None)

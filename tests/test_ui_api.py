@@ -49,7 +49,7 @@ def test_api_surface(served):
     _, _, url = served
     names = set(client(url, ANNOTATOR).view_api(print_info=False,
                                                 return_format="dict")["named_endpoints"])
-    assert names == {"/next_pair", "/vote", "/next_rank", "/vote_rank", "/status",
+    assert names == {"/next_pair", "/vote", "/next_rank", "/vote_rank", "/undo", "/status",
                      "/train_now", "/rollback", "/update_settings"}
 
 
@@ -160,3 +160,37 @@ def test_rank_mode_next_rank_and_vote_rank(served):
     finally:
         admin.predict({"pool": {"vote_mode": "pair", "rank_size": 4}},
                       api_name="/update_settings")
+
+
+def test_two_annotators_overlap_undo_and_kappa_through_the_real_server(served):
+    """Two annotators through gradio_client: the picked pairs are judged by both, an undo
+    takes a vote out of the next round's data, and the agreement figures appear."""
+    from storage.db import is_overlap_pair
+
+    svc, _, url = served
+    svc.update_settings({"pool": {"ready_pairs": 30}})
+    svc.pool.fill_once(30)
+    ann, bob = client(url, ANNOTATOR), client(url, CAROL)
+    for _ in range(40):
+        for c in (ann, bob):
+            pair_id, *_ = c.predict(api_name="/next_pair")
+            if pair_id is not None:
+                c.predict(pair_id, "a" if pair_id % 3 else "b", api_name="/vote")
+    judged: dict[int, set] = {}
+    for r in svc.store.query("select pair_id, annotator from votes"):
+        judged.setdefault(r["pair_id"], set()).add(r["annotator"])
+    twice = {p for p, who in judged.items() if {ANNOTATOR, CAROL} <= who}
+    assert twice and all(is_overlap_pair(p, 0.15) for p in twice)
+    kappas = svc.store.agreement()["pairwise_kappa"]
+    assert any(k["annotators"] == [ANNOTATOR, CAROL] and k["n"] == len(twice) for k in kappas)
+    last = svc.store.query("select pair_id from votes where annotator = ? order by updated "
+                           "desc, id desc limit 1", [CAROL])[0]["pair_id"]
+    item = bob.predict(api_name="/undo")
+    assert item["pair_id"] == last and item["response_a"] is not None
+    assert not svc.store.query("select 1 from votes where pair_id = ? and annotator = ?",
+                               [last, CAROL])
+    left = len(svc.store.query("select 1 from votes where pair_id = ?", [last]))
+    rows = [r for r in svc.store.training_pairs(disagreement="majority")
+            if r["pair_id"] == last]
+    assert all(r["n_votes"] == left for r in rows)  # the next round no longer sees it
+    assert (not rows) == (left == 0)
