@@ -33,10 +33,13 @@ class Access:
         if not name:
             raise fail("You are not logged in: reload the page and log in again.")
         record = auth.load_users(self.auth_file).get(name)
-        if record is None or record.get("disabled"):
-            state = "disabled" if record else "no longer in the users file"
-            raise fail(f"The account {name!r} is {state}: nothing was done. Ask an admin to "
-                       "enable it.")
+        if record is None:
+            raise fail(f"The account {name!r} is not in the users file: nothing was done. "
+                       f"An admin can add it (python app.py add-user {name} --role "
+                       "annotator).")
+        if record.get("disabled"):
+            raise fail(f"The account {name!r} is disabled: nothing was done. Ask an admin "
+                       "to enable it.")
         return name
 
     def role(self, name: str) -> str | None:

@@ -253,7 +253,7 @@ def run_benchmark(model: str, clients: int, seconds: float, *, data_dir: str | N
                   votes_per_round: int = 8, ready_pairs: int | None = None, overlap: int = 1,
                   max_requests: int = DEFAULT_MAX_REQUESTS, seed: int = 0, think_s: float = 0.0,
                   server_args: tuple[str, ...] = (), ready_timeout: float = 900.0,
-                  logins: int = 0) -> dict:
+                  logins: int = 0, overlap_fraction: float | None = None) -> dict:
     """Start the server, wait for a warm pool, run the load, stop it, check the DB.
 
     ``ok`` is False when any acknowledged vote was lost, duplicated, misattributed or
@@ -268,8 +268,13 @@ def run_benchmark(model: str, clients: int, seconds: float, *, data_dir: str | N
     users, mon = make_users(auth_file, clients + logins)
     users, loggers = users[:clients], users[clients:]
     ready_pairs = ready_pairs or max(clients, 4)
+    if overlap_fraction is None:
+        from trainer.config import PoolConfig
+
+        overlap_fraction = PoolConfig().overlap_fraction
     flags = ["--votes-per-round", str(votes_per_round), "--ready-pairs", str(ready_pairs),
-             "--overlap", str(overlap), *server_args]
+             "--overlap", str(overlap), "--overlap-fraction", str(overlap_fraction),
+             *server_args]
     proc, url, ready_s = serve(model, data, auth_file, flags, log_path, mon, ready_pairs,
                                ready_timeout)
     try:
@@ -281,7 +286,7 @@ def run_benchmark(model: str, clients: int, seconds: float, *, data_dir: str | N
         stop_server(proc)
     load["server_cpu_s"] = None if cpu0 is None or cpu1 is None else cpu1 - cpu0
     logs = load.pop("logs")
-    checks = check_votes(data / DB_NAME, logs, overlap)
+    checks = check_votes(data / DB_NAME, logs, overlap, overlap_fraction)
     bad = ("lost", "duplicated", "misattributed", "changed", "handed_twice", "assigned_twice")
     ok = not any(checks[k] for k in bad) and not load["hung_clients"]
     result = {"ok": ok, "settings": {
@@ -341,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--votes-per-round", type=int, default=8)
     ap.add_argument("--ready-pairs", type=int, default=None, help="Default: --clients.")
     ap.add_argument("--overlap", type=int, default=1, help="Annotators per pair.")
+    ap.add_argument("--overlap-fraction", type=float, default=None, help="Share of pairs "
+                    "for two annotators (default: the app's, 0.15).")
     ap.add_argument("--think-s", type=float, default=0.0, help="Pause before each vote.")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ready-timeout", type=float, default=900.0,
@@ -356,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
                         overlap=args.overlap,
                         max_requests=args.max_requests, seed=args.seed, think_s=args.think_s,
                         server_args=tuple(server_args), ready_timeout=args.ready_timeout,
-                        logins=args.logins)
+                        logins=args.logins, overlap_fraction=args.overlap_fraction)
     res["machine"] = machine()
     print(report(res))
     if args.json:

@@ -21,25 +21,32 @@ class Seen:
     acked: list[tuple[int, str, str]] = field(default_factory=list)  # (pair, choice, better)
 
 
-def check_votes(db_path: Path, logs: list[Seen], overlap: int = 1) -> dict:
+def check_votes(db_path: Path, logs: list[Seen], overlap: int = 1,
+                overlap_fraction: float = 0.0) -> dict:
     """Compare what the clients saw acknowledged with the votes table.
 
     lost: acknowledged but absent for that user; duplicated: a (pair, user) acknowledged
     twice or stored twice; misattributed: lost for its user but stored for another of
     them; changed: stored with another choice or better answer; handed_twice / assigned_twice:
-    pairs given (client view / pair_assignments) to more than ``overlap`` of them, or twice
-    to one; unacknowledged_stored: stored although no client saw it acknowledged (e.g. a
-    reply that timed out).
+    pairs given (client view / pair_assignments) to more annotators than they may have
+    (``overlap``, or 2 for the ``overlap_fraction`` share the store picks: ``is_overlap_pair``),
+    or twice to one; unacknowledged_stored: stored although no client saw it acknowledged
+    (e.g. a reply that timed out).
     """
+    from storage.db import is_overlap_pair
+
+    def allowed(pair_id: int) -> int:
+        return max(overlap, 2) if is_overlap_pair(pair_id, overlap_fraction) else overlap
+
     names = [lg.user for lg in logs]
     marks = ",".join("?" * len(names))
     con = sqlite3.connect(db_path)
     try:
         rows = con.execute("select pair_id, annotator, choice, coalesce(better_answer, '') "
                            f"from votes where annotator in ({marks})", names).fetchall()
-        assigned = con.execute(f"select pair_id from pair_assignments where annotator in "
-                               f"({marks}) group by pair_id having count(*) > ?",
-                               [*names, overlap]).fetchall()
+        assigned = [p for p, n in con.execute(
+            f"select pair_id, count(*) from pair_assignments where annotator in ({marks}) "
+            "group by pair_id", names).fetchall() if n > allowed(p)]
     finally:
         con.close()
     stored: dict[tuple[int, str], list[tuple[str, str]]] = {}
@@ -56,7 +63,7 @@ def check_votes(db_path: Path, logs: list[Seen], overlap: int = 1) -> dict:
             len(v) - 1 for v in stored.values()),
         "misattributed": sum(any((p, o) in stored for o in names if o != u) for p, u in lost),
         "changed": sum(k in stored and sent[k] not in stored[k] for k in acked),
-        "handed_twice": len({p for p, n in handed.items() if n > overlap} | set(per_client)),
+        "handed_twice": len({p for p, n in handed.items() if n > allowed(p)} | set(per_client)),
         "assigned_twice": len(assigned),
         "unacknowledged_stored": sum(k not in acked for k in stored),
         "lost_examples": lost[:5]}
