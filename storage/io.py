@@ -210,6 +210,14 @@ def import_prefs(store, path: str | Path, max_chars: int = MAX_PROMPT_CHARS) -> 
                        "prompt/chosen/rejected (TRL DPO) or prompt/completion/label (TRL KTO)")
 
 
+def _ids_free(db, ids: list) -> bool:
+    """True when every imported pair has its own integer id and none exists yet: then the
+    ids are kept (a fresh DB round-trips exactly); otherwise every pair gets a new one."""
+    return (all(isinstance(i, int) for i in ids) and len(set(ids)) == len(ids)
+            and not any(db.execute("select 1 from pairs where id = ?", [i]).fetchone()
+                        for i in ids))
+
+
 def _prompt_id(db, text: str) -> int:
     """The id of an (already checked) prompt, adding it as source 'import' if new."""
     db.execute("insert or ignore into prompts (text, source, created, served_count) values "
@@ -235,8 +243,7 @@ def _import_dpo(store, rows: list[dict]) -> dict:
     has its own and none exists yet, as for the votes CSV."""
     ids = [r["pair_id"] for r in rows]
     with store.write() as db:
-        keep = None not in ids and len(set(ids)) == len(ids) and not any(
-            db.execute("select 1 from pairs where id = ?", [i]).fetchone() for i in ids)
+        keep = _ids_free(db, ids)
         for r in rows:
             pair = _insert_pair(db, r["pair_id"] if keep else None, _prompt_id(db, r["prompt"]),
                                 r["chosen"], r["rejected"], r["version_chosen"] or IMPORT_VERSION,
@@ -369,14 +376,13 @@ def _parse_votes(name: str, rows: Rows, max_chars: int) -> list[dict]:
 def _import_votes(store, rows: list[dict]) -> dict:
     """Votes CSV -> pairs + votes. Pair ids are kept when every row has one and none of
     them exists yet (a fresh DB round-trips exactly); otherwise every pair gets a new id."""
-    ids = sorted({r["key"] for r in rows if isinstance(r["key"], int)})
+    keys = list(dict.fromkeys(r["key"] for r in rows))  # a pair id, or its line if none
     pairs: dict = {}
     with store.write() as db:
-        taken = len(ids) < len({r["key"] for r in rows}) or any(
-            db.execute("select 1 from pairs where id = ?", [i]).fetchone() for i in ids)
+        taken = not _ids_free(db, keys)
         for r in rows:
             if r["key"] not in pairs:
-                keep = r["key"] if isinstance(r["key"], int) and not taken else None
+                keep = r["key"] if not taken else None
                 pairs[r["key"]] = _insert_pair(
                     db, keep, _prompt_id(db, r["prompt"]), r["response_a"], r["response_b"],
                     r["version_a"], r["version_b"], r["arena"], r["end_a"], r["end_b"],

@@ -17,7 +17,6 @@ is never modified): about 1.1 GB for the default Gemma 3 270M in fp32.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -122,8 +121,3 @@ def merge_version(cfg: ModelConfig, adapter_dir: Path, out_dir: Path, card: str,
         publish_dir(tmp, out_dir)
     progress.update(4, steps, f"Export: written to {out_dir}")
     return out_dir
-
-
-def remove_export(path: Path) -> None:
-    """Delete an export directory (the UI's temporary ones)."""
-    shutil.rmtree(path, ignore_errors=True)

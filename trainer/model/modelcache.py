@@ -136,11 +136,6 @@ def resolve_model(model: str, cache_dir: str | Path, progress: Progress | None =
     return model  # a hub id: transformers raises (and we re-word) if it cannot be fetched
 
 
-def ensure_default_checkpoint(cache_dir: Path, progress: Progress) -> Path:
-    """The converted default model directory, converting it on first use."""
-    return ensure_checkpoint(EMBEDDED[DEFAULT_MODEL], cache_dir, progress)
-
-
 def ensure_checkpoint(m: Embedded, cache_dir: Path, progress: Progress) -> Path:
     """The converted directory of embedded model ``m``, converting it on first use."""
     target = cache_dir / m.converted
