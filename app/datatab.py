@@ -9,7 +9,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from app import views
+from app import teamviews, views
 from app.inputs import fail, upload_path
 
 EXPORTS = {"dpo": "livedpo-dpo.jsonl", "kto": "livedpo-kto.jsonl", "votes": "livedpo-votes.csv",
@@ -22,8 +22,8 @@ class DataHandlers:
         the disputed pairs waiting for a decision."""
         self.access.require_admin(request, "see the team tab")
         summary = self.store.agreement()
-        return (views.team_markdown(summary), *views.team_frames(summary),
-                views.disputes_frame(self.store.disagreements()))
+        return (teamviews.team_markdown(summary), *teamviews.team_frames(summary),
+                teamviews.disputes_frame(self.store.disagreements()))
 
     def adjudicate(self, pair_id: float | None, label: str | None,
                    request: gr.Request) -> str:
@@ -31,7 +31,7 @@ class DataHandlers:
         admin = self.access.require_admin(request, "decide disputed pairs")
         if pair_id is None or not label:
             raise fail("Enter the pair id from the table and choose the label, then decide.")
-        choice = views.ADJUDICATION_CHOICES.get(label, label)
+        choice = teamviews.ADJUDICATION_CHOICES.get(label, label)
         try:
             self.store.adjudicate(int(pair_id), choice, admin)
         except self._user_errors as e:

@@ -93,3 +93,14 @@ def majority(choices: list[str]) -> tuple[str | None, float]:
     if len(counts) > 1 and counts[0][1] == counts[1][1]:
         return None, share
     return counts[0][0], share
+
+
+# Which pairs go to two annotators (``take_pair``'s overlap_fraction): a fixed hash of the
+# pair id in 0..OVERLAP_BUCKETS-1, below fraction * OVERLAP_BUCKETS. ``is_overlap_pair`` is
+# the same rule in Python.
+OVERLAP_BUCKETS = 10007
+OVERLAP_PICK_SQL = f"((pairs.id * 2654435761) % {OVERLAP_BUCKETS})"
+
+
+def is_overlap_pair(pair_id: int, fraction: float) -> bool:
+    return (pair_id * 2654435761) % OVERLAP_BUCKETS < fraction * OVERLAP_BUCKETS

@@ -27,6 +27,8 @@ import sqlite_utils
 
 from storage.common import (
     MAX_PROMPT_CHARS,
+    OVERLAP_BUCKETS,
+    OVERLAP_PICK_SQL,
     PAIR_STATUSES,
     dumps,
     ids_json,
@@ -47,17 +49,6 @@ BUSY_TIMEOUT_S = 30.0
 KINDS = ("pair", "rank")  # what take_pair hands out: A/B pairs or rank-of-N sets
 DB_NAME = "livedpo.db"
 DEFAULT_PATH = Path("data") / DB_NAME
-
-
-# Which pairs go to two annotators (``take_pair``'s overlap_fraction): a fixed hash of the
-# pair id in 0..OVERLAP_BUCKETS-1, below fraction * OVERLAP_BUCKETS. ``is_overlap_pair`` is
-# the same rule in Python.
-OVERLAP_BUCKETS = 10007
-OVERLAP_PICK_SQL = f"((pairs.id * 2654435761) % {OVERLAP_BUCKETS})"
-
-
-def is_overlap_pair(pair_id: int, fraction: float) -> bool:
-    return (pair_id * 2654435761) % OVERLAP_BUCKETS < fraction * OVERLAP_BUCKETS
 
 
 class Store(VotesMixin, RanksMixin, RunsMixin):

@@ -33,7 +33,7 @@ def check_votes(db_path: Path, logs: list[Seen], overlap: int = 1,
     or twice to one; unacknowledged_stored: stored although no client saw it acknowledged
     (e.g. a reply that timed out).
     """
-    from storage.db import is_overlap_pair
+    from storage.common import is_overlap_pair
 
     def allowed(pair_id: int) -> int:
         return max(overlap, 2) if is_overlap_pair(pair_id, overlap_fraction) else overlap

@@ -58,7 +58,7 @@ def test_summary_per_annotator_pairs_and_team():
 
 
 def test_team_tab_tables():
-    from app.views import team_frames, team_markdown
+    from app.teamviews import team_frames, team_markdown
 
     s = ag.summary(_votes(), {"bob": 2})
     text = team_markdown(s)
@@ -72,7 +72,7 @@ def test_team_tab_tables():
 
 
 def test_two_active_annotators_share_the_picked_pairs(tmp_path, tiny_model_dir):
-    from storage.db import is_overlap_pair
+    from storage.common import is_overlap_pair
     from tests.svc_fixtures import tiny_service
 
     svc = tiny_service(tmp_path / "data", tiny_model_dir, "--ready-pairs", "40")

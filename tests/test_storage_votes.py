@@ -56,7 +56,7 @@ def test_undo_takes_back_the_last_vote_until_a_round_read_it(store):
 
 
 def test_a_share_of_pairs_goes_to_two_annotators(store):
-    from storage.db import is_overlap_pair
+    from storage.common import is_overlap_pair
 
     ids = [_pair(store, prompt=f"Q{i}") for i in range(200)]
     picked = {p for p in ids if is_overlap_pair(p, 0.15)}

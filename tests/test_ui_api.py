@@ -165,7 +165,7 @@ def test_rank_mode_next_rank_and_vote_rank(served):
 def test_two_annotators_overlap_undo_and_kappa_through_the_real_server(served):
     """Two annotators through gradio_client: the picked pairs are judged by both, an undo
     takes a vote out of the next round's data, and the agreement figures appear."""
-    from storage.db import is_overlap_pair
+    from storage.common import is_overlap_pair
 
     svc, _, url = served
     svc.update_settings({"pool": {"ready_pairs": 30}})

@@ -23,9 +23,13 @@ draft at 30% (20%) passes 9% (1%) of the time, on about 22 answers per version.
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from dataclasses import dataclass
 
+from trainer.config import TrainConfig
 from trainer.model.generate import Sample
+from trainer.model.policy import BASE, TRAIN
 
 
 @dataclass(frozen=True)
@@ -111,3 +115,54 @@ def step(worse_by: float, batch: int, tolerance: float) -> str:
     if worse_by > tolerance + reject_above + 1e-9:
         return "reject"
     return "pass" if worse_by <= tolerance + pass_at + 1e-9 else "more"
+
+
+def draft_problem(sampler, train: list, held: list, serving: str, cfg: TrainConfig,
+                  round_id: int, metrics: dict, recent_prompts: list[str] = ()) -> str | None:
+    """Why the draft must not serve after sampling it against serving and base (its
+    answers stopped ending, or serving changed under the round), or None. ``train`` and
+    ``held`` are the round's examples: their ``question`` texts are asked first.
+
+    Against base too, because each round may lose up to the tolerance against the one
+    before: a slow drift (each step within the tolerance) would otherwise add up to
+    answers that never end. Batches of ``health_samples`` answers per version are drawn
+    until ``step`` decides. Records each version's answer health in ``metrics``.
+    """
+    prompts = health_prompts([e.question for e in held], [e.question for e in train],
+                                    cfg.health_samples * MAX_BATCHES, recent_prompts)
+    versions = [serving, TRAIN] + ([BASE] if serving != BASE else [])
+    drawn: dict[str, list] = {v: [] for v in versions}
+    t0 = time.perf_counter()
+    with sampler.policy.lock.hold(priority=True):  # no swap or rollback between batches
+        if sampler.policy.serving != serving:
+            return (f"serving changed from {serving} to {sampler.policy.serving} during the "
+                    f"round (a rollback?); this draft started from {serving}, so it is not "
+                    "served; its votes stay in the next round's data.")
+        for batch in range(1, MAX_BATCHES + 1):
+            seed = cfg.seed + round_id + 7919 * (batch - 1)
+            these = batch_prompts(prompts, batch, cfg.health_samples)
+            for v in versions:
+                drawn[v] += answers(sampler, these, v, seed)
+            was, now = measure(drawn[serving]), measure(drawn[TRAIN])
+            base = measure(drawn[BASE]) if serving != BASE else was
+            verdicts = {name: step(drop(ref, now), batch, cfg.health_tolerance)
+                        for ref, name in ((was, serving), (base, BASE))}
+            if "reject" in verdicts.values() or set(verdicts.values()) == {"pass"}:
+                break
+    metrics["health_seconds"] = round(time.perf_counter() - t0, 2)
+    metrics["health_batches"] = batch
+    metrics["health_before"] = dataclasses.asdict(was)
+    metrics["health_after"] = dataclasses.asdict(now)
+    metrics["health_base"] = dataclasses.asdict(base)
+    for ref, name in ((was, serving), (base, BASE)):
+        if verdicts[name] == "reject":
+            drift = (f" ({was.healthy:.0%} for {serving}: each round may lose up to the "
+                     "tolerance against the last, not against base)" if ref is not was else "")
+            return (f"answers stopped ending by themselves: {now.healthy:.0%} of {now.n} "
+                    f"draft answers ended (not empty, not cut at max tokens) vs "
+                    f"{ref.healthy:.0%} for {name}{drift}; cut at max tokens "
+                    f"{ref.unfinished:.0%} -> {now.unfinished:.0%}, mean length "
+                    f"{ref.mean_chars:.0f} -> {now.mean_chars:.0f} chars (health tolerance "
+                    f"{cfg.health_tolerance}, {batch} batch(es) of {cfg.health_samples}); serving "
+                    f"stays {serving}")
+    return None

@@ -301,7 +301,7 @@ def run_round(policy, store, cfg: TrainConfig, *, fmt, frame, adapters_dir: Path
                             "answers each)")
             recent = store.recent_voted_prompts(cfg.health_samples * health.MAX_BATCHES,
                                                 counts["max_vote_id"])
-            reason = _health_problem(sampler, train, held, serving, cfg, round_id, metrics,
+            reason = health.draft_problem(sampler, train, held, serving, cfg, round_id, metrics,
                                      recent)
         if reason:
             store.finish_round(round_id, "rejected", counts=counts, metrics=metrics,
@@ -340,58 +340,6 @@ def run_round(policy, store, cfg: TrainConfig, *, fmt, frame, adapters_dir: Path
         except Exception:  # noqa: BLE001 - the version serves; housekeeping is retried
             log.exception("round %d: after-swap housekeeping failed", round_id)
     return RoundOutcome(round_id, "accepted", version, metrics)
-
-
-def _health_problem(sampler, train: list[Example], held: list[Example], serving: str,
-                    cfg: TrainConfig, round_id: int, metrics: dict,
-                    recent_prompts: list[str] = ()) -> str | None:
-    """Why the draft must not serve after sampling it against serving and base
-    (trainer/training/health.py: its answers stopped ending, or serving changed under
-    the round), or None.
-
-    Against base too, because each round may lose up to the tolerance against the one
-    before: a slow drift (each step within the tolerance) would otherwise add up to
-    answers that never end. Batches of ``health_samples`` answers per version are drawn
-    until ``health.step`` decides. Records each version's answer health in ``metrics``.
-    """
-    prompts = health.health_prompts([e.question for e in held], [e.question for e in train],
-                                    cfg.health_samples * health.MAX_BATCHES, recent_prompts)
-    versions = [serving, TRAIN] + ([BASE] if serving != BASE else [])
-    drawn: dict[str, list] = {v: [] for v in versions}
-    t0 = time.perf_counter()
-    with sampler.policy.lock.hold(priority=True):  # no swap or rollback between batches
-        if sampler.policy.serving != serving:
-            return (f"serving changed from {serving} to {sampler.policy.serving} during the "
-                    f"round (a rollback?); this draft started from {serving}, so it is not "
-                    "served; its votes stay in the next round's data.")
-        for batch in range(1, health.MAX_BATCHES + 1):
-            seed = cfg.seed + round_id + 7919 * (batch - 1)
-            these = health.batch_prompts(prompts, batch, cfg.health_samples)
-            for v in versions:
-                drawn[v] += health.answers(sampler, these, v, seed)
-            was, now = health.measure(drawn[serving]), health.measure(drawn[TRAIN])
-            base = health.measure(drawn[BASE]) if serving != BASE else was
-            verdicts = {name: health.step(health.drop(ref, now), batch, cfg.health_tolerance)
-                        for ref, name in ((was, serving), (base, BASE))}
-            if "reject" in verdicts.values() or set(verdicts.values()) == {"pass"}:
-                break
-    metrics["health_seconds"] = round(time.perf_counter() - t0, 2)
-    metrics["health_batches"] = batch
-    metrics["health_before"] = dataclasses.asdict(was)
-    metrics["health_after"] = dataclasses.asdict(now)
-    metrics["health_base"] = dataclasses.asdict(base)
-    for ref, name in ((was, serving), (base, BASE)):
-        if verdicts[name] == "reject":
-            drift = (f" ({was.healthy:.0%} for {serving}: each round may lose up to the "
-                     "tolerance against the last, not against base)" if ref is not was else "")
-            return (f"answers stopped ending by themselves: {now.healthy:.0%} of {now.n} "
-                    f"draft answers ended (not empty, not cut at max tokens) vs "
-                    f"{ref.healthy:.0%} for {name}{drift}; cut at max tokens "
-                    f"{ref.unfinished:.0%} -> {now.unfinished:.0%}, mean length "
-                    f"{ref.mean_chars:.0f} -> {now.mean_chars:.0f} chars (health tolerance "
-                    f"{cfg.health_tolerance}, {batch} batch(es) of {cfg.health_samples}); serving "
-                    f"stays {serving}")
-    return None
 
 
 def _explain(e: Exception) -> str:
