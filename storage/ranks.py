@@ -104,6 +104,7 @@ class RanksMixin:
             c, r = answers[row["chosen"]], answers[row["rejected"]]
             out.append({**base, "key": f"{pid}:rank:{row['chosen']}>{row['rejected']}",
                         "agreement": row["agreement"], "extreme": row["extreme"],
+                        "chosen_index": row["chosen"], "rejected_index": row["rejected"],
                         "chosen": c["text"], "rejected": r["text"], "chosen_end": c["end"],
                         "rejected_end": r["end"], "chosen_ids": c["ids"],
                         "rejected_ids": r["ids"]})

@@ -67,20 +67,15 @@ def _ab_winner(meta: dict) -> str:
     return majority([v["choice"] for v in meta["votes"]])[0] or "a"
 
 
-def _rank_indices(row: dict) -> tuple[int, int]:
-    i, j = row["key"].split(":rank:")[1].split(">")
-    return int(i), int(j)
-
-
 def _verdicts(row: dict, meta: dict) -> dict[str, str]:
     """Each annotator's verdict on this row's order (chosen above rejected)."""
     if row["kind"] == "rank":
-        i, j = _rank_indices(row)
+        i, j = row["chosen_index"], row["rejected_index"]
         return {v["annotator"]: ("both_bad" if v["choice"] == "both_bad" else
                                  _RELATION[relation(loads(v["ranking"]), i, j)])
                 for v in meta["votes"]}
     if row["kind"] == "better":
-        return {row["key"].split(":better:")[1].rsplit(":", 1)[0]: "chosen"}
+        return {row["annotator"]: "chosen"}
     swap = {"a": "b", "b": "a"} if _ab_winner(meta) == "b" else {}
     return {v["annotator"]: VERDICTS[swap.get(v["choice"], v["choice"])]
             for v in meta["votes"]}
@@ -89,11 +84,11 @@ def _verdicts(row: dict, meta: dict) -> dict[str, str]:
 def _versions(row: dict, meta: dict) -> tuple[str | None, str | None]:
     """(version of the chosen answer, of the rejected); a written answer's is 'human'."""
     if row["kind"] == "rank":
-        i, j = _rank_indices(row)
-        return meta["answers"][i].get("version"), meta["answers"][j].get("version")
+        return (meta["answers"][row["chosen_index"]].get("version"),
+                meta["answers"][row["rejected_index"]].get("version"))
     v = meta["versions"]
     if row["kind"] == "better":
-        return WRITTEN, v[row["key"].rsplit(":", 1)[1]]
+        return WRITTEN, v[row["side"]]
     won = _ab_winner(meta)
     return v[won], v["b" if won == "a" else "a"]
 

@@ -275,7 +275,8 @@ class VotesMixin:
             for side in ("a", "b") if v["better_answer"] else ():
                 if v["better_answer"] != p[side]:
                     out.append({**base, "key": f"{pid}:better:{v['annotator']}:{side}",
-                                "kind": "better", "chosen": v["better_answer"],
+                                "kind": "better", "annotator": v["annotator"],
+                                "side": side, "chosen": v["better_answer"],
                                 "rejected": p[side], "chosen_end": None,
                                 "rejected_end": p["end"][side], "chosen_ids": None,
                                 "rejected_ids": p["ids"][side]})
@@ -285,7 +286,8 @@ class VotesMixin:
                        disagreement: str = "majority") -> list[dict]:
         """DPO rows {key, kind, pair_id, prompt, chosen, rejected, chosen_end, rejected_end,
         prompt_ids, chosen_ids, rejected_ids (sampled token ids or None), agreement,
-        n_votes} from votes with id <= ``max_vote_id``, in pair order (rounds keep the
+        n_votes; rank rows add chosen_index / rejected_index into the set, written-answer
+        rows annotator and side} from votes with id <= ``max_vote_id``, in pair order (rounds keep the
         latest ``--window`` of them). ``key`` is stable per row (held-out splits). An A/B
         pair's label is an admin's adjudication if any, else its majority; with
         ``disagreement='drop'`` (rounds, by default) an undecided pair whose annotators
