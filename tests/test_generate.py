@@ -17,6 +17,7 @@ from trainer.model.generate import (
     response_frame,
     stop_token_ids,
     suppressed_token_ids,
+    turn_tail,
 )
 
 
@@ -83,6 +84,21 @@ def test_chat_answers_end_with_the_turn_marker_generation_stops_on(chat_tok):
     ids = chat_tok(frame_response("hi there", frame), add_special_tokens=False)["input_ids"]
     assert ids[-1] in stop_token_ids(chat_tok)
     assert response_frame(chat_tok, "plain") == (" ", PLAIN_STOPS[0])
+
+
+def test_turn_tail_is_what_the_template_writes_after_an_ended_turn(chat_tok):
+    import copy
+
+    assert turn_tail(chat_tok) == ""  # this template writes nothing after <|end|>
+    assert turn_tail(chat_tok, "plain") == ""
+    chatml = copy.deepcopy(chat_tok)
+    chatml.chat_template = ("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}<|end|>\n"
+                            "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    assert turn_tail(chatml) == "\n"
+    frame = response_frame(chatml)
+    assert frame_response("hi", frame, None, "\n") == "hi<|end|>\n"  # ended: the tail too
+    assert frame_response("hi", frame, "<|end|>", "\n") == "hi<|end|>\n"
+    assert frame_response("hi", frame, "", "\n") == "hi"  # cut: no end, no tail
 
 
 def test_top_k_top_p_keeps_the_nucleus_only():

@@ -6,11 +6,12 @@ trained on are compared with the app's (``Store.training_pairs``: the sampled id
 
 - The prompt ids are equal: the same chat template, the same turns, the same system
   prompt.
-- Each answer's ids start with exactly the app's ids. TRL renders an answer as a full
-  assistant turn, so after an answer that ended with the end-of-turn marker it also
-  trains the template's separator that follows (SmolLM2: one "\\n", which generation
-  never reaches); after an answer cut at the token limit it adds an end of turn the
-  model never wrote (TRL's conversational format has no way to say "cut").
+- An answer that ended its turn is equal too: the app trains on the sampled ids and the
+  template's turn tail after the end-of-turn marker (SmolLM2: one "\\n"), which is how
+  TRL renders a finished assistant turn.
+- An answer cut at the token limit starts with exactly the app's ids, and TRL then adds
+  an end of turn the model never wrote: TRL's conversational format has no way to say
+  "cut", and the export marks it (``chosen_end`` / ``rejected_end`` = "").
 """
 
 import json
@@ -33,6 +34,7 @@ def test_trl_trains_on_the_apps_tokens(tmp_path):
     from storage import conversation
     from storage.io import export
     from trainer.pool import PlannedPair
+    from trainer.training.data import paired_examples
 
     args = build_parser().parse_args(
         ["serve", "--data-dir", str(tmp_path / "data"), "--model", NAME, "--max-new-tokens",
@@ -52,6 +54,7 @@ def test_trl_trains_on_the_apps_tokens(tmp_path):
         export(svc.store, "dpo", out)
         app_rows = svc.store.training_pairs()
         tok = svc.policy.tokenizer
+        examples = paired_examples(app_rows, svc.sampler.format, svc.sampler.scored)
     finally:
         svc.stop()
     rows = [json.loads(x) for x in out.read_text().split("\n") if x]
@@ -73,10 +76,16 @@ def test_trl_trains_on_the_apps_tokens(tmp_path):
     separator = tok("\n", add_special_tokens=False)["input_ids"]  # after <|im_end|>
     trl_rows = list(trainer.train_dataset)
     assert len(trl_rows) == len(app_rows) == len(rows)
-    for app, trl in zip(app_rows, trl_rows):
-        assert list(trl["prompt_ids"]) == list(app["prompt_ids"])
+    ended = 0
+    for app, example, trl in zip(app_rows, examples, trl_rows):
+        assert list(trl["prompt_ids"]) == list(example.prompt)
         for k in ("chosen", "rejected"):
-            mine, theirs = list(app[f"{k}_ids"]), list(trl[f"{k}_ids"])
-            assert theirs[:len(mine)] == mine, k
-            ended = app[f"{k}_end"] == "<|im_end|>"
-            assert theirs[len(mine):] == (separator if ended else [turn_end, *separator]), k
+            mine = list(getattr(example, k))  # what a round trains on
+            theirs = list(trl[f"{k}_ids"])
+            if app[f"{k}_end"] == "<|im_end|>":
+                assert mine[-len(separator) - 1:] == [turn_end, *separator], k
+                assert theirs == mine, k  # the exact ids the app trains on
+                ended += 1
+            else:  # cut: TRL closes the turn the model did not finish
+                assert app[f"{k}_end"] == "" and theirs == [*mine, turn_end, *separator], k
+    assert ended

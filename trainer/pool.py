@@ -201,7 +201,7 @@ class PairPool:
             return [None] * len(answers)
         fmt = self.sampler.format(prompt)
         prompts = [s.prompt_ids or fmt for s, _ in answers]
-        texts = [s.token_ids or self.sampler.scored(s.text, s.scored_end) for s, _ in answers]
+        texts = [self.sampler.scored(s.text, s.scored_end, s.token_ids) for s, _ in answers]
         return implicit_rewards(self.policy, prompts, texts, serving, ref, self.beta,
                                 self.max_length)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -90,8 +91,10 @@ def response_frame(tokenizer, template: str = "auto") -> tuple[str, str]:
     return " ", PLAIN_STOPS[0]
 
 
-def frame_response(text: str, frame: tuple[str, str], end: str | None = None) -> str:
-    """The scored form of a stored answer: lead + answer + end (see ``response_frame``).
+def frame_response(text: str, frame: tuple[str, str], end: str | None = None,
+                   tail: str = "") -> str:
+    """The scored form of a stored answer: lead + answer + end (see ``response_frame``),
+    then ``tail`` (``turn_tail``) after a chat turn that ended with its end-of-turn marker.
 
     ``end``: what generation actually ended the answer with (``answer_end``): '' if it
     was cut at the token limit, so no terminator the model never wrote is trained on;
@@ -101,7 +104,29 @@ def frame_response(text: str, frame: tuple[str, str], end: str | None = None) ->
     "\nQuestion:" taught a terminator the model did not use, and left EOS untouched.
     """
     lead, usual = frame
-    return f"{lead}{text}{usual if end is None else end}"
+    closing = usual if end is None else end
+    return f"{lead}{text}{closing}{tail if closing and closing == usual else ''}"
+
+
+def turn_tail(tokenizer, template: str = "auto") -> str:
+    """What the chat template writes after an assistant turn's end-of-turn marker when
+    the conversation goes on (SmolLM2 and Gemma: "\n"); '' for the plain template.
+
+    Generation stops at the marker and never writes it, but a finished turn is rendered
+    with it, so training on it (``Sampler.scored``) scores an answer exactly as TRL's
+    DPOTrainer renders it from a conversational export."""
+    if not uses_chat_template(tokenizer, template):
+        return ""
+    marker = response_frame(tokenizer, template)[1]
+    probe = "LiveDPOProbeText"  # text no template changes
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "x"}, {"role": "assistant", "content": probe}],
+            tokenize=False)
+    except Exception:  # noqa: BLE001 - templates raise anything (jinja errors)
+        return ""
+    rest = text[text.rfind(probe) + len(probe):] if probe in text else ""
+    return rest[len(marker):] if marker and rest.startswith(marker) else ""
 
 
 def answer_end(raw: str, stops: tuple[str, ...], stop_token: str | None,
@@ -197,6 +222,11 @@ class Sampler:
         self.eos_ids = stop_token_ids(tok)
         self.suppress = suppressed_token_ids(tok)
         self.frame = response_frame(tok, cfg.template)
+        self.tail = turn_tail(tok, cfg.template)
+        self.tail_ids = (tuple(tok(self.tail, add_special_tokens=False)["input_ids"])
+                         if self.tail else ())
+        marker = tok.convert_tokens_to_ids(self.frame[1]) if self.chat else None
+        self.turn_end_id = marker if isinstance(marker, int) else None
         self._local = threading.local()
 
     @property
@@ -214,9 +244,15 @@ class Sampler:
         return format_prompt(self.policy.tokenizer, prompt, self.cfg.template,
                              self.cfg.system_prompt)
 
-    def scored(self, answer: str, end: str | None = None) -> str:
-        """A stored answer as training and scoring see it (``frame_response``)."""
-        return frame_response(answer, self.frame, end)
+    def scored(self, answer: str, end: str | None = None,
+               ids: Sequence[int] | None = None) -> str | tuple[int, ...]:
+        """A stored answer as training and scoring see it: its sampled token ``ids`` when
+        kept, else the text framed as generation wrote it (``frame_response``). Either
+        way an answer that ended its chat turn gets the template's ``turn_tail`` too."""
+        if ids:
+            ends_turn = self.turn_end_id is not None and ids[-1] == self.turn_end_id
+            return tuple(ids) + (self.tail_ids if ends_turn else ())
+        return frame_response(answer, self.frame, end, self.tail)
 
     def sample(self, prompts: list[str], version: str, seed: int,
                empty_retries: int | None = None) -> list[Sample]:

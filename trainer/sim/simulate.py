@@ -81,7 +81,7 @@ def evaluate(svc, oracle, prompts: list[str], samples: int, seed: int,
         kl = 0.0
     else:
         fmt = [s.prompt_ids or svc.sampler.format(p) for p, s in zip(rows, mine)]
-        scored = [s.token_ids or svc.sampler.scored(s.text, s.scored_end) for s in mine]
+        scored = [svc.sampler.scored(s.text, s.scored_end, s.token_ids) for s in mine]
         kl, _ = mean_token_kl(svc.policy, fmt, scored, serving, BASE, svc.train_cfg.max_length)
     points = {"a": 1.0, "b": 0.0, "tie": 0.5, "both_bad": 0.5}
     answers = [{"prompt": p, "serving": m.text, "base": t.text, "verdict": oracle(p, m.text, t.text)}

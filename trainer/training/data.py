@@ -42,21 +42,18 @@ def _prompt(r: dict, fmt) -> Seq:
     return tuple(ids) if ids else fmt(r["prompt"])
 
 
-def _answer(text: str, ids, end: str | None, frame) -> Seq:
-    return tuple(ids) if ids else frame(text, end)
-
-
 def paired_examples(rows: list[dict], fmt, frame) -> list[Example]:
     """Examples hold what the model saw and wrote: the token ids that were sampled when
     the pair stored them, else texts: ``fmt`` formats a prompt with the template,
-    ``frame(answer, end)`` gives an answer the text around it that generation produced
-    (``Sampler.scored``: the end it really had, none if it was cut at the token limit).
+    ``frame(answer, end, ids)`` gives an answer its sampled ids, or the text around it that
+    generation produced (``Sampler.scored``: the end it really had, none if it was cut
+    at the token limit; the chat template's turn tail after an ended turn).
     A written better answer, an imported pair or a pair from before the ids were kept
     takes the text path."""
     return [Example(key=r["key"], pair_id=r["pair_id"], prompt=_prompt(r, fmt),
-                    chosen=_answer(r["chosen"], r.get("chosen_ids"), r.get("chosen_end"), frame),
-                    rejected=_answer(r["rejected"], r.get("rejected_ids"),
-                                     r.get("rejected_end"), frame),
+                    chosen=frame(r["chosen"], r.get("chosen_end"), r.get("chosen_ids")),
+                    rejected=frame(r["rejected"], r.get("rejected_end"),
+                                   r.get("rejected_ids")),
                     question=r["prompt"], group=r.get("group") or "") for r in rows]
 
 
@@ -65,7 +62,7 @@ def unpaired_examples(rows: list[dict], fmt, frame) -> list[Example]:
     for i, r in enumerate(rows):
         key = f"kto:{r.get('pair_id')}:{i}:{text_hash(r['prompt'], r['completion'])[:8]}"
         out.append(Example(key=key, pair_id=r.get("pair_id"), prompt=_prompt(r, fmt),
-                           chosen=_answer(r["completion"], r.get("ids"), r.get("end"), frame),
+                           chosen=frame(r["completion"], r.get("end"), r.get("ids")),
                            desirable=bool(r["label"]),
                            question=r["prompt"]))
     return out

@@ -33,7 +33,7 @@ from storage.errors import ImportFailed
 from storage.readers import jsonl_rows, read_text
 from trainer import config as C
 from trainer.model import adapters
-from trainer.model.generate import format_prompt, frame_response, response_frame
+from trainer.model.generate import format_prompt, frame_response, response_frame, turn_tail
 from trainer.model.logprobs import build_batch, sequence_logps
 from trainer.training.losses import needs_length_normalisation, preference_loss
 
@@ -151,13 +151,13 @@ def main(argv=None) -> None:
         tok, base = load_base(mcfg, resolve_placement(mcfg))
     model = SequenceLogps(get_peft_model(base, _lora_config(mcfg)))
     rows = read_dpo_jsonl(args.data)
-    frame = response_frame(tok, args.template)
+    frame, tail = response_frame(tok, args.template), turn_tail(tok, args.template)
     for r in rows:
         if r["template"] == "plain":  # exported already framed as the app scored them
             continue
         r["prompt"] = format_prompt(tok, r["prompt"], args.template)
         for k in ("chosen", "rejected"):  # scored as the app scores them
-            r[k] = frame_response(r[k], frame, r[f"{k}_end"])
+            r[k] = frame_response(r[k], frame, r[f"{k}_end"], tail)
     loader = torch.utils.data.DataLoader(rows, batch_size=args.micro_batch, shuffle=True,
                                          collate_fn=lambda b: b)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)
