@@ -214,7 +214,8 @@ def build_ui(service: Any, app_cfg: AppConfig) -> gr.Blocks:
         with gr.Tab("Team", id="team", visible=False) as top["team_tab"]:
             top["team_md"] = gr.Markdown(elem_id="ldpo-team")
             top["team_people"] = gr.Dataframe(label="Annotators", interactive=False)
-            top["team_pairs"] = gr.Dataframe(label="Pairs of annotators", interactive=False)
+            top["team_pairs"] = gr.Dataframe(label="Pairs of annotators", interactive=False,
+                                             elem_id="team-pairs")
             top["team_btn"] = gr.Button("Refresh")
             gr.Markdown("#### Disputed pairs\nPairs whose annotators disagree. Until you "
                         "decide one, training follows `--disagreement` (drop: not "
