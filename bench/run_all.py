@@ -48,9 +48,15 @@ def render(res: dict) -> str:
         "## Training (one DPO round's work, default model)", "",
         "| variant | pairs/s | peak RSS (MB) | % of matmul roofline |", "|---|---|---|---|",
         *[f"| {v} | {t[v]['pairs_per_s']:.3f} | {t[v]['peak_rss_mb']:.0f} | "
-          f"{t[v]['pct_of_matmul_roofline']:.1f} |" for v in ("naive", "ours")], "",
+          f"{t[v]['pct_of_matmul_roofline']:.1f} |" for v in ("naive", "ours", "trl")
+          if t.get(v)], "",
         f"Ours / naive pairs/s: **{t['speedup_pairs_per_s']:.2f}x** (target >= 3); peak RSS "
-        f"ratio **{t['peak_rss_ratio']:.2f}** (target <= 0.33). {t['trl']}.", "",
+        f"ratio **{t['peak_rss_ratio']:.2f}** (target <= 0.33). "
+        + (f"Ours / TRL pairs/s: **{t['vs_trl']['speedup_pairs_per_s']:.2f}x** (target >= 3, "
+           f"{'met' if t['vs_trl']['speedup_pairs_per_s'] >= 3 else 'not met'}); peak RSS "
+           f"ratio **{t['vs_trl']['peak_rss_ratio']:.2f}** (target <= 0.7, "
+           f"{'met' if t['vs_trl']['peak_rss_ratio'] <= 0.7 else 'not met'}); "
+           if t.get("vs_trl") else "") + f"{t.get('trl_note', t.get('trl'))}.", "",
         "## Serving (through the real API, warm pool)", "",
         f"Vote -> next pair: p50 {s['vote_to_next_pair_ms']['p50']:.0f} ms, p95 "
         f"{s['vote_to_next_pair_ms']['p95']:.0f} ms (target p95 < 300 ms). Hot-swap (adapter "

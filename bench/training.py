@@ -5,16 +5,22 @@
   (b) ours: response-only chunked log-probs (trainer/model/logprobs.py), reference log-probs
       computed once and reused across epochs (the app caches them in the DB), dynamic
       padding to the longest row of each micro-batch.
-Each variant runs in its own process so peak RSS is its own. Both do the same AdamW
+  (c) trl: TRL's DPOTrainer (when ``trl`` is installed: ``pip install trl==1.16.0``, a
+      dev dependency) on the same rows, the same LoRA, micro-batch, grad-accum, epochs,
+      lr, beta and max length; everything else at TRL's defaults on CPU (its reference
+      pass every step, gradient checkpointing on). Timed around ``trainer.train()``.
+Each variant runs in its own process so peak RSS is its own. All do the same AdamW
 steps (micro-batch x grad-accum) over the same pairs for the same epochs.
 
-    python bench/training.py [--pairs 8] [--epochs 2] [--max-length 320]
+    python bench/training.py [--pairs 8] [--epochs 2] [--max-length 320] [--no-trl]
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import importlib.metadata
+import importlib.util
 import json
 import random
 import time
@@ -41,9 +47,47 @@ def make_pairs(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+def trl_child(n: int, epochs: int, max_length: int, micro: int, accum: int,
+              cache_dir: str) -> dict:
+    """TRL's DPOTrainer on ``make_pairs(n)`` with the app's LoRA (variant c above)."""
+    import tempfile
+
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    from trainer.config import ModelConfig
+    from trainer.model.policy import _lora_config, load_base, resolve_placement
+
+    mcfg = ModelConfig(cache_dir=cache_dir, quantize="none", device="cpu")
+    tok, base = load_base(mcfg, resolve_placement(mcfg))
+    head = base.get_output_embeddings().weight.numel()
+    body = sum(p.numel() for p in base.model.parameters()) - head  # tied embeddings
+    with tempfile.TemporaryDirectory() as out:
+        trainer = DPOTrainer(
+            model=base, processing_class=tok, peft_config=_lora_config(mcfg),
+            train_dataset=Dataset.from_list(make_pairs(n)),
+            args=DPOConfig(output_dir=out, per_device_train_batch_size=micro,
+                           gradient_accumulation_steps=accum, num_train_epochs=epochs,
+                           learning_rate=1e-4, beta=0.1, loss_type=["sigmoid"],
+                           max_length=max_length, use_cpu=True, bf16=False, report_to=[],
+                           save_strategy="no", logging_strategy="no", seed=0))
+        rows = list(trainer.train_dataset)
+        t0 = time.perf_counter()
+        trainer.train()
+        dt = time.perf_counter() - t0
+    tokens = epochs * sum(2 * len(r["prompt_ids"]) + len(r["chosen_ids"]) + len(r["rejected_ids"])
+                          for r in rows)
+    return {"variant": "trl", "chunk_size": None, "pairs": n, "epochs": epochs, "seconds": dt,
+            "pairs_per_s": n * epochs / dt, "tokens": tokens, "peak_rss_mb": peak_rss_mb(),
+            "p_body": body, "p_head": head}
+
+
 def child(variant: str, n: int, epochs: int, max_length: int, micro: int, accum: int,
           chunk_size: int, cache_dir: str) -> dict:
     import torch
+
+    if variant == "trl":
+        return trl_child(n, epochs, max_length, micro, accum, cache_dir)
 
     from trainer.config import ModelConfig
     from trainer.model.logprobs import build_batch, naive_sequence_logps, sequence_logps
@@ -107,6 +151,7 @@ def main() -> None:
     ap.add_argument("--grad-accum", type=int, default=2)
     ap.add_argument("--chunk-size", type=int, default=1024,
                     help="LM-head rows per chunk in ours (sequence_logps' chunk_size)")
+    ap.add_argument("--no-trl", action="store_true", help="skip the TRL column")
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--child", default=None)
     args = ap.parse_args()
@@ -124,29 +169,38 @@ def main() -> None:
               str(args.grad_accum), "--chunk-size", str(args.chunk_size), "--cache-dir", cache]
     naive = run_child(me, "naive", *common)
     ours = run_child(me, "ours", *common)
+    trl = None
+    if not args.no_trl and importlib.util.find_spec("trl") is not None:
+        trl = run_child(me, "trl", *common)
+        trl_note = f"TRL {importlib.metadata.version('trl')} DPOTrainer, defaults on CPU"
+    else:
+        trl_note = ("TRL not installed (pip install trl==1.16.0): no third column"
+                    if not args.no_trl else "--no-trl: no third column")
     gflops = matmul_gflops()
-    rows = [naive, ours]
+    rows = [naive, ours] + ([trl] if trl else [])
     for r in rows:
         # useful work: policy forward + input-grad backward (4 x body params per token),
         # reference forward once per pair (2 x), LM head for response tokens only (ours)
         flops = 6 * r["p_body"] * r["tokens"]
         r["gflop_s"] = flops / r["seconds"] / 1e9
         r["pct_of_matmul_roofline"] = 100 * r["gflop_s"] / gflops
-    try:
-        import trl  # noqa: F401
-        trl_note = "TRL installed but its DPOTrainer column is not wired up in this bench"
-    except ImportError:
-        trl_note = "TRL not installed (optional bench extra): no third column"
     speed = ours["pairs_per_s"] / naive["pairs_per_s"]
     mem = ours["peak_rss_mb"] / naive["peak_rss_mb"]
     print(table(rows, ["variant", "pairs", "epochs", "seconds", "pairs_per_s", "peak_rss_mb",
                        "gflop_s", "pct_of_matmul_roofline"]))
     print(f"\nours / naive pairs/s: {speed:.2f}x (target >= 3); peak RSS ratio {mem:.2f} "
           f"(target <= 0.33); measured matmul rate {gflops:.0f} GFLOP/s\n{trl_note}")
+    vs_trl = None
+    if trl:
+        vs_trl = {"speedup_pairs_per_s": ours["pairs_per_s"] / trl["pairs_per_s"],
+                  "peak_rss_ratio": ours["peak_rss_mb"] / trl["peak_rss_mb"]}
+        print(f"ours / TRL pairs/s: {vs_trl['speedup_pairs_per_s']:.2f}x (target >= 3); "
+              f"peak RSS ratio {vs_trl['peak_rss_ratio']:.2f} (target <= 0.7)")
     path = write_json("training.json", {"machine": machine(), "settings": vars(args),
-                                        "naive": naive, "ours": ours,
+                                        "naive": naive, "ours": ours, "trl": trl,
                                         "speedup_pairs_per_s": speed, "peak_rss_ratio": mem,
-                                        "matmul_gflops": gflops, "trl": trl_note})
+                                        "vs_trl": vs_trl, "matmul_gflops": gflops,
+                                        "trl_note": trl_note})
     print(f"wrote {path}")
 
 
