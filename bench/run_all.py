@@ -49,7 +49,7 @@ def render(res: dict) -> str:
         "| variant | pairs/s | peak RSS (MB) | % of matmul roofline |", "|---|---|---|---|",
         *[f"| {v} | {t[v]['pairs_per_s']:.3f} | {t[v]['peak_rss_mb']:.0f} | "
           f"{t[v]['pct_of_matmul_roofline']:.1f} |" for v in ("naive", "ours", "trl")
-          if t.get(v)], "",
+          if isinstance(t.get(v), dict)], "",
         f"Ours / naive pairs/s: **{t['speedup_pairs_per_s']:.2f}x** (target >= 3); peak RSS "
         f"ratio **{t['peak_rss_ratio']:.2f}** (target <= 0.33). "
         + (f"Ours / TRL pairs/s: **{t['vs_trl']['speedup_pairs_per_s']:.2f}x** (target >= 3, "
