@@ -1,5 +1,6 @@
-"""Helpers shared by the benchmarks: machine description, memory bandwidth, matmul rate,
-child processes with their own peak RSS, and result tables."""
+"""Helpers shared by the benchmarks: machine description, memory bandwidth, matmul rate
+(square, and at a model's own shapes: ``linear_shapes`` + ``gemm_pass``), child processes
+with their own peak RSS, and result tables."""
 
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ def peak_rss_mb() -> float:
 
 
 def memory_bandwidth_gbs(mb: int = 1024, repeats: int = 5) -> float:
-    """Read bandwidth measured by summing a large fp32 tensor (GB/s, best of repeats)."""
+    """DRAM read bandwidth: summing an fp32 tensor of ``mb`` MB, far larger than any CPU
+    cache, so every byte comes from memory (GB/s, best of repeats)."""
     import torch
 
     x = torch.ones(mb * 1024 * 1024 // 4)
@@ -64,6 +66,42 @@ def matmul_gflops(n: int = 2048, repeats: int = 3) -> float:
         a @ b
         best = min(best, time.perf_counter() - t)
     return 2 * n**3 / best / 1e9
+
+
+def linear_shapes(model) -> dict[tuple[int, int], int]:
+    """{(in_features, out_features): count} of every ``nn.Linear`` a forward pass runs,
+    the LM head included (LoRA's small adapter matrices are left out)."""
+    import torch
+
+    shapes: dict[tuple[int, int], int] = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Linear) and "lora_" not in name:
+            key = (mod.in_features, mod.out_features)
+            shapes[key] = shapes.get(key, 0) + 1
+    return shapes
+
+
+def gemm_pass(rows: int, shapes: dict[tuple[int, int], int], repeats: int = 5) -> dict:
+    """The fp32 matmuls of one forward pass over ``rows`` tokens, timed shape by shape at
+    exactly those shapes (best of ``repeats``): the compute limit of a pass, without the
+    attention scores, norms and activations between them.
+
+    Returns {"seconds": time of all the matmuls, "macs": multiply-adds, "gflops": rate}."""
+    import torch
+
+    seconds, macs = 0.0, 0
+    with torch.inference_mode():
+        for (d_in, d_out), count in shapes.items():
+            x, w = torch.randn(rows, d_in), torch.randn(d_out, d_in)
+            torch.nn.functional.linear(x, w)  # warm up
+            best = float("inf")
+            for _ in range(repeats):
+                t = time.perf_counter()
+                torch.nn.functional.linear(x, w)
+                best = min(best, time.perf_counter() - t)
+            seconds += count * best
+            macs += count * rows * d_in * d_out
+    return {"seconds": seconds, "macs": macs, "gflops": 2 * macs / seconds / 1e9}
 
 
 def run_child(script: str, *args: str, timeout: float = 1800) -> dict:

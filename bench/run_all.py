@@ -26,6 +26,12 @@ def run(script: str, *args: str) -> dict:
     return {**json.loads((RESULTS / name).read_text()), "wall_s": round(time.time() - t)}
 
 
+def _pct(ratio: float, target: float) -> str:
+    """'46% (target >= 50%, not met)'."""
+    return (f"{ratio:.0%} (target >= {target:.0%}, "
+            f"{'met' if ratio >= target else 'not met'})")
+
+
 def render(res: dict) -> str:
     m, g, t, s = res["machine"], res["generation"], res["training"], res["serving"]
     lines = [
@@ -39,16 +45,22 @@ def render(res: dict) -> str:
           f"{g[v]['peak_rss_mb']:.0f} |" for v in ("naive", "batched")], "",
         f"Batched / naive tokens/s: **{g['ratio_batched_over_naive']:.2f}x** (target >= 4). "
         f"Decode roofline for {g['settings']['rows']} rows: "
-        f"{g['roofline']['roofline_tokens_per_s']:.0f} tok/s "
-        f"({g['roofline']['memory_gbs']:.1f} GB/s measured); batched reaches "
-        f"{g['batched']['tokens_per_s'] / g['roofline']['roofline_tokens_per_s']:.0%}. "
+        f"{g['roofline']['roofline_tokens_per_s']:.0f} tok/s"
+        + (f", {g['roofline']['bound']}-bound (compute "
+           f"{g['roofline']['compute_tokens_per_s']:.0f} tok/s at "
+           f"{g['roofline']['gemm_at_shapes_gflops']:.0f} GFLOP/s measured at the model's "
+           f"shapes; memory {g['roofline']['memory_tokens_per_s']:.0f} tok/s at "
+           if "bound" in g["roofline"] else " (")
+        + f"{g['roofline']['memory_gbs']:.1f} GB/s measured); batched reaches "
+        f"{_pct(g['batched']['tokens_per_s'] / g['roofline']['roofline_tokens_per_s'], 0.5)}. "
         f"Warm start -> first pair: {g['warm_start']['first_pair_s']:.1f} s (target < 30 s)."
         + (f" Cold start (first conversion): {g['cold_start']['convert_s']:.1f} s."
            if g.get("cold_start") else ""), "",
         "## Training (one DPO round's work, default model)", "",
-        "| variant | pairs/s | peak RSS (MB) | % of matmul roofline |", "|---|---|---|---|",
+        "| variant | pairs/s | peak RSS (MB) | % of training roofline |", "|---|---|---|---|",
         *[f"| {v} | {t[v]['pairs_per_s']:.3f} | {t[v]['peak_rss_mb']:.0f} | "
-          f"{t[v]['pct_of_matmul_roofline']:.1f} |" for v in ("naive", "ours", "trl")
+          f"{t[v].get('pct_of_roofline', t[v]['pct_of_matmul_roofline']):.1f} |"
+          for v in ("naive", "ours", "trl")
           if isinstance(t.get(v), dict)], "",
         f"Ours / naive pairs/s: **{t['speedup_pairs_per_s']:.2f}x** (target >= 3); peak RSS "
         f"ratio **{t['peak_rss_ratio']:.2f}** (target <= 0.33). "
