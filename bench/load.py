@@ -20,13 +20,15 @@ the 20 gradio_client clients use about as much CPU as the server.
 run. Vote -> next pair latency with a warm pool (one human-paced annotator, no rounds):
 ``python bench/load.py --clients 1 --seconds 40 --think-s 2 --votes-per-round 1000
 --ready-pairs 16`` (key ``vote_to_next_pair_ms``: p50/p95 in ms, as in serving.json).
-The same with ``--logins 20``: 20 more users log in again and again meanwhile (key
-``logins``: login p50/p95), to see whether password hashing slows the annotator.
+The same with ``--logins 20``: 20 more users log in again and again meanwhile, from a
+process of their own (key ``logins``: login p50/p95), to see whether password hashing
+slows the annotator.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import random
 import shutil
 import sys
@@ -174,6 +176,23 @@ def log_in_repeatedly(url: str, user: User, budget: Budget, out: list[float],
         out.append(time.perf_counter() - t)
 
 
+def crowd(url: str, users: list[User], seconds: float, max_requests: int, out) -> None:
+    """The login crowd, run in its own process (``run_load``): ``users`` log in again and
+    again until the budget runs out; sends (login seconds, failures) through ``out``.
+
+    A crowd in the annotators' process would share their GIL, and its threads would
+    delay the very client whose latency is measured: real users log in from elsewhere."""
+    budget, seconds_out, failures = Budget(seconds, max_requests), [], []
+    threads = [threading.Thread(target=log_in_repeatedly, args=(
+        url, u, budget, seconds_out, failures)) for u in users]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out.send((seconds_out, failures))
+    out.close()
+
+
 def run_load(url: str, users: list[User], seconds: float, *, monitor_user: User | None = None,
              max_requests: int = DEFAULT_MAX_REQUESTS, seed: int = 0,
              think_s: float = 0.0, loggers: list[User] = ()) -> dict:
@@ -209,13 +228,22 @@ def run_load(url: str, users: list[User], seconds: float, *, monitor_user: User 
         for i, (c, lg) in enumerate(zip(clients, logs))]
     login_s: list[float] = []
     login_failures: list[str] = []
-    login_budget = Budget(seconds, max_requests)
-    crowd = [threading.Thread(target=log_in_repeatedly, args=(
-        url, u, login_budget, login_s, login_failures)) for u in loggers]
-    for t in [*workers, *crowd, *([watcher] if watcher else [])]:
+    mp = multiprocessing.get_context("spawn")
+    received, sent = mp.Pipe(duplex=False)
+    others = mp.Process(target=crowd, args=(url, list(loggers), seconds, max_requests, sent),
+                        daemon=True) if loggers else None
+    if others:
+        others.start()
+    for t in [*workers, *([watcher] if watcher else [])]:
         t.start()
-    for t in [*workers, *crowd]:
+    for t in workers:
         t.join(seconds + 2 * REQUEST_TIMEOUT_S)
+    if others:
+        if received.poll(2 * REQUEST_TIMEOUT_S):
+            login_s, login_failures = received.recv()
+        else:
+            login_failures = ["the login crowd's process sent no result"]
+        others.join(REQUEST_TIMEOUT_S)
     elapsed, end_utc = time.perf_counter() - t0, datetime.now(timezone.utc)
     client_cpu = time.process_time() - cpu0  # every thread of this process
     stop.set()
