@@ -14,6 +14,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -147,3 +148,19 @@ def cpu_seconds(pid: int) -> float | None:
     except (OSError, IndexError):
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Budget:
+    """A shared bound on requests (count) and on time (deadline); thread-safe."""
+
+    def __init__(self, seconds: float, max_requests: int) -> None:
+        self.deadline = time.monotonic() + seconds
+        self.left = max_requests
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            if self.left <= 0 or time.monotonic() >= self.deadline:
+                return False
+            self.left -= 1
+            return True

@@ -43,6 +43,7 @@ from pathlib import Path
 from app.testing import log_errors
 from bench.appserver import (
     REQUEST_TIMEOUT_S,
+    Budget,
     User,
     call,
     connect,
@@ -52,6 +53,7 @@ from bench.appserver import (
     stop_server,
 )
 from bench.common import machine, table, write_json
+from bench.logincrowd import crowd
 from bench.serving import pct
 from storage.common import CHOICES
 from storage.files import atomic_write_json
@@ -75,22 +77,6 @@ class ClientLog(Seen):
     no_pair: int = 0
     requests: int = 0
     errors: list[str] = field(default_factory=list)
-
-
-class Budget:
-    """A shared bound on requests (count) and on time (deadline); thread-safe."""
-
-    def __init__(self, seconds: float, max_requests: int) -> None:
-        self.deadline = time.monotonic() + seconds
-        self.left = max_requests
-        self._lock = threading.Lock()
-
-    def take(self) -> bool:
-        with self._lock:
-            if self.left <= 0 or time.monotonic() >= self.deadline:
-                return False
-            self.left -= 1
-            return True
 
 
 def annotate(client, log: ClientLog, budget: Budget, rng: random.Random,
@@ -156,41 +142,6 @@ def latency(xs: list[float]) -> dict:
         return {"n": 0, "p50": None, "p95": None, "mean": None, "max": None}
     return {"n": len(xs), "p50": 1000 * pct(xs, 0.5), "p95": 1000 * pct(xs, 0.95),
             "mean": 1000 * sum(xs) / len(xs), "max": 1000 * max(xs)}
-
-
-def log_in_repeatedly(url: str, user: User, budget: Budget, out: list[float],
-                      failures: list[str]) -> None:
-    """Log in as ``user`` again and again (a fresh session each time) until the budget
-    runs out, recording each login's seconds: a crowd arriving while others annotate."""
-    import httpx
-
-    while budget.take():
-        t = time.perf_counter()
-        try:
-            r = httpx.post(f"{url}login", data={"username": user[0], "password": user[1]},
-                           timeout=REQUEST_TIMEOUT_S)
-            if r.status_code != 200:
-                failures.append(f"{r.status_code} {r.text[:80]}")
-        except httpx.HTTPError as e:
-            failures.append(repr(e)[:120])
-        out.append(time.perf_counter() - t)
-
-
-def crowd(url: str, users: list[User], seconds: float, max_requests: int, out) -> None:
-    """The login crowd, run in its own process (``run_load``): ``users`` log in again and
-    again until the budget runs out; sends (login seconds, failures) through ``out``.
-
-    A crowd in the annotators' process would share their GIL, and its threads would
-    delay the very client whose latency is measured: real users log in from elsewhere."""
-    budget, seconds_out, failures = Budget(seconds, max_requests), [], []
-    threads = [threading.Thread(target=log_in_repeatedly, args=(
-        url, u, budget, seconds_out, failures)) for u in users]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    out.send((seconds_out, failures))
-    out.close()
 
 
 def run_load(url: str, users: list[User], seconds: float, *, monitor_user: User | None = None,
