@@ -165,13 +165,15 @@ class TrainConfig:
     length_alpha: float = setting(0.0, "R-DPO length term alpha (arXiv 2403.19159): a "
                                   "preference explained by answer length alone does not "
                                   "move the policy (0 = off; try 0.01).")
-    answer_span: str = setting("full", "full: score whole answers. common: score a sampled "
-                               "pair's two answers on their common length in tokens, never "
-                               "past the rejected answer's ending (LD-DPO with alpha = 0, "
-                               "arXiv 2409.06411), so votes for longer answers do not teach "
-                               "rambling. content: also never score the chosen answer's "
-                               "ending (trainer/training/span.py).",
-                               ("full", "common", "content"))
+    answer_span: str = setting("full", "full: score whole answers. observed: whole answers, "
+                               "but not the rejected answer's ending when the chosen one "
+                               "was cut at the token limit (its ending was never seen). "
+                               "common: score a sampled pair's two answers on their common "
+                               "length in tokens, never past the rejected answer's ending "
+                               "(LD-DPO with alpha = 0, arXiv 2409.06411). content: also "
+                               "never score the chosen answer's ending "
+                               "(trainer/training/span.py).",
+                               ("full", "observed", "common", "content"))
     disagreement: str = setting("drop", "An A/B pair whose annotators disagree, until an "
                                 "admin decides it (Team tab): drop = not trained on; "
                                 "majority = trained on the majority's choice.",

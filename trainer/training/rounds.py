@@ -231,16 +231,16 @@ def load_examples(store, cfg: TrainConfig, fmt, frame, decode: span.Decode | Non
     judges each draft on the held-out votes of many rounds, not on the few of the latest
     one. ``--window`` keeps the latest training pairs, counted in pairs that teach
     something (a tie teaches DPO nothing and takes no place), so a rare preference keeps
-    its decisive votes for many rounds. KTO trains on every vote. With ``--answer-span
-    common`` sampled pairs are cut to their common length (``span.common_rows``, which
-    needs ``decode``: the tokenizer's ids -> text)."""
+    its decisive votes for many rounds. KTO trains on every vote. ``--answer-span`` other
+    than full cuts what is scored of a pair (``span.span_rows``, which needs ``decode``:
+    the tokenizer's ids -> text)."""
     max_vote = store.last_vote_id()
     rows = method_rows(store.training_pairs(max_vote_id=max_vote,
                                             disagreement=cfg.disagreement), cfg.method)
     if cfg.answer_span != "full":
         if decode is None:
             raise ValueError(f"--answer-span {cfg.answer_span} needs the tokenizer's decode")
-        rows = span.common_rows(rows, decode, endings=cfg.answer_span == "common")
+        rows = span.span_rows(rows, cfg.answer_span, decode)
     paired = paired_examples(rows, fmt, frame)
     train, held = split(paired, cfg.heldout_fraction)
     train = train[-cfg.window:] if cfg.window else train  # pair order: oldest first

@@ -1,4 +1,4 @@
-"""Score a sampled pair on the tokens both answers share in length (``--answer-span common``).
+"""Which tokens of a voted pair are scored: ``--answer-span full | observed | common | content``.
 
 DPO's implicit reward is a sum over an answer's tokens (paper Eq. 5), so when the chosen
 answers of a round are longer than the rejected ones, "be longer" explains the votes as
@@ -11,6 +11,17 @@ before the rejected answer's ending (its stop string or end-of-sequence token), 
 ending is never pushed down; a chosen answer that ends first keeps its ending, so a
 preference for shorter answers is still learnt (``--answer-span content`` drops that
 ending too: no ending is scored, and length is left to the reference policy).
+
+``--answer-span observed`` keeps whole answers and removes only one thing: the rejected
+answer's ending when the chosen answer was cut at the token limit. A cut answer's
+ending was never seen, so such a vote says which content the annotator preferred, not
+that an answer should not stop; scoring the rejected ending anyway pushes the shared
+terminator down on every pair a longer, cut answer wins, and the policy learns to ramble
+(docs/learning.md). An ending is still pushed up wherever a chosen answer ended, and
+pushed down wherever a rejected one ended after a chosen one that ended too, so a
+preference for shorter (or longer) answers is still learnt from the endings it shows.
+Written answers and text-only rows lose the rejected terminator the same way (their
+``rejected_end`` becomes '': framed as cut).
 
 Only pairs whose answers kept their sampled token ids are cut (written and imported
 answers are texts and are scored whole). The reference log-probs and the held-out gate
@@ -57,6 +68,34 @@ def common_span(chosen: Sequence[int], chosen_text: str, rejected: Sequence[int]
     if m < 1:
         return tuple(chosen), tuple(rejected)
     return tuple(chosen[:m]), tuple(rejected[:m])
+
+
+def cut(end: str | None) -> bool:
+    """True when a stored answer was cut at the token limit ('' end; None = unknown)."""
+    return end == ""
+
+
+def observed_rows(rows: list[dict], decode: Decode) -> list[dict]:
+    """Training rows with the rejected answer's ending removed where the chosen answer
+    was cut at the token limit (``--answer-span observed``); other rows unchanged."""
+    out = []
+    for r in rows:
+        if cut(r.get("chosen_end")) and not cut(r.get("rejected_end")):
+            r = {**r, "rejected_end": ""}
+            if r.get("rejected_ids"):
+                n = content_length(r["rejected_ids"], r["rejected"], decode)
+                r["rejected_ids"] = list(r["rejected_ids"][:n])
+        out.append(r)
+    return out
+
+
+def span_rows(rows: list[dict], span: str, decode: Decode) -> list[dict]:
+    """The rows of a round as ``--answer-span`` scores them (full: unchanged)."""
+    if span == "observed":
+        return observed_rows(rows, decode)
+    if span in ("common", "content"):
+        return common_rows(rows, decode, endings=span == "common")
+    return rows
 
 
 def common_rows(rows: list[dict], decode: Decode, endings: bool = True) -> list[dict]:
