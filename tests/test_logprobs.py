@@ -274,3 +274,13 @@ def test_token_kl_equals_the_full_logits_kl_and_is_zero_for_one_model(model, tok
     torch.testing.assert_close(kl, want, atol=1e-5, rtol=1e-4)
     assert (kl > 0).all()
     assert same.abs().max() < 1e-6
+
+
+def test_ending_mask_marks_the_last_tokens_of_whole_responses_only():
+    from trainer.model.logprobs import ending_mask
+    resp = torch.tensor([[0, 1, 1, 1, 1, 0], [0, 0, 1, 1, 1, 1], [0, 1, 1, 0, 0, 0]]).bool()
+    mask = ending_mask(resp, lengths=[4, 6, 2], endings=[2, 1, 1])
+    assert mask[0].tolist() == [False, False, False, True, True, False]
+    assert not mask[1].any()  # 4 of its 6 response tokens survived max_length: no ending
+    assert mask[2].tolist() == [False, False, True, False, False, False]
+    assert not ending_mask(resp, [4, 4, 2], [0, 0, 2]).any()  # none, or all of it: nothing

@@ -225,3 +225,14 @@ def test_length_alpha_equal_lengths_changes_only_per_answer_losses(name):
     assert torch.isfinite(shifted).all()
     with pytest.raises(ValueError, match="needs chosen_lengths and rejected_lengths"):
         preference_loss(name, *cols, BETA, 0.0, 0.01)
+
+
+def test_ending_anchor_is_the_mean_hinge_over_answers_that_ended():
+    from trainer.training.losses import ending_anchor
+    pol = torch.tensor([-3.0, -1.0, -5.0, -9.0])
+    ref = torch.tensor([-2.0, -2.0, -4.0, -1.0])
+    has_end = torch.tensor([True, True, True, False])  # the last answer was cut
+    # gaps max(0, ref - pol): 1, 0 (likelier than the reference: free), 1; the cut one ignored
+    assert ending_anchor(pol, ref, has_end).item() == pytest.approx(2 / 3)
+    none = ending_anchor(pol.requires_grad_(), ref, torch.zeros(4, dtype=torch.bool))
+    assert none.item() == 0.0 and none.requires_grad

@@ -332,3 +332,66 @@ def test_a_round_takes_at_least_min_steps(tmp_path, tiny_model_dir):
     out = svc.trainer.run_one("test")
     assert out.status == "accepted" and out.metrics["steps"] >= 7
     assert len(svc.store.query("select * from train_steps")) == out.metrics["steps"]
+
+
+
+def _ended_pairs_svc(tmp_path, tiny_model_dir, *flags):
+    """A service with 8 voted pairs whose answers kept their ids: A ended with the plain
+    template's stop string, B was cut at the token limit (the tiny random model itself
+    never ends an answer)."""
+    svc = tiny_service(tmp_path / "data", tiny_model_dir, "--accept-tolerance", "1", *flags)
+    tok = svc.policy.tokenizer
+    for i in range(8):
+        prompt = f"question number {i}"
+        pid = svc.store.add_prompt(prompt)
+        a, b = f"short answer {i}", f"a much longer answer that was cut {i}"
+        ids_a = tok(" " + a + PLAIN_STOPS[0], add_special_tokens=False)["input_ids"]
+        ids_b = tok(" " + b, add_special_tokens=False)["input_ids"]
+        p_ids = tok(svc.sampler.format(prompt))["input_ids"]
+        pair = svc.store.record_pair(pid, a, b, BASE, BASE, {}, seed=i, end_a=PLAIN_STOPS[0],
+                                     end_b="", prompt_ids=p_ids, ids_a=ids_a, ids_b=ids_b)
+        svc.store.record_vote(pair, "alice", "b" if i % 2 else "a")
+    return svc
+
+
+def test_end_anchor_scores_each_ended_answer_against_its_reference_ending(
+        tmp_path, tiny_model_dir, monkeypatch):
+    """--end-anchor: an answer that ended has its stop string's tokens marked (a cut one
+    none), the reference log-prob of that ending is computed, and the hinge is in the
+    loss of every micro-batch that holds one."""
+    svc = _ended_pairs_svc(tmp_path, tiny_model_dir, "--end-anchor", "1", "--window", "0",
+                           "--heldout-fraction", "0")
+    tok = svc.policy.tokenizer
+    stop = len(tok(PLAIN_STOPS[0], add_special_tokens=False)["input_ids"])
+    train, _, _ = rounds.load_examples(svc.store, svc.train_cfg, svc.sampler.format,
+                                       svc.sampler.scored,
+                                       lambda ids: tok.decode(ids, skip_special_tokens=True))
+    assert len(train) == 8
+    for e in train:
+        ended = e.chosen if "short" in tok.decode(e.chosen) else e.rejected
+        cut = e.rejected if ended is e.chosen else e.chosen
+        assert e.endings[ended] == stop and e.endings[cut] == 0
+    seen = []
+    real = rounds.ending_anchor
+
+    def spy(pol, ref, has_end):
+        seen.append((pol.detach().clone(), ref.clone(), has_end.clone()))
+        return real(pol, ref, has_end)
+
+    monkeypatch.setattr(rounds, "ending_anchor", spy)
+    out = svc.trainer.run_one("test")
+    assert out.status == "accepted", out.error
+    assert seen and all(h.sum() == len(h) // 2 for _, _, h in seen)  # one ended answer a pair
+    for pol, ref, has_end in seen:
+        assert (pol[has_end] < 0).all() and (ref[has_end] < 0).all()
+    first_pol, first_ref, has_end = seen[0]  # the draft starts as base: no gap yet
+    assert torch.allclose(first_pol[has_end], first_ref[has_end], atol=1e-4)
+    steps = svc.store.train_steps(out.round_id)
+    assert steps and all(math.isfinite(s["metrics"]["end_anchor"]) for s in steps)
+
+
+def test_end_anchor_off_marks_nothing(tmp_path, tiny_model_dir):
+    svc = _ended_pairs_svc(tmp_path, tiny_model_dir)
+    train, _, _ = rounds.load_examples(svc.store, svc.train_cfg, svc.sampler.format,
+                                       svc.sampler.scored, lambda ids: "")
+    assert train and all(not e.endings for e in train)

@@ -174,6 +174,10 @@ class TrainConfig:
                                "never score the chosen answer's ending "
                                "(trainer/training/span.py).",
                                ("full", "observed", "common", "content"))
+    end_anchor: float = setting(0.0, "Weight of the ending anchor (trainer/training/"
+                                "losses.py ending_anchor): a round may not make a sampled "
+                                "answer's own ending less likely than under the reference, "
+                                "so votes for longer answers do not teach rambling (0 = off).")
     disagreement: str = setting("drop", "An A/B pair whose annotators disagree, until an "
                                 "admin decides it (Team tab): drop = not trained on; "
                                 "majority = trained on the majority's choice.",
@@ -221,6 +225,8 @@ class TrainConfig:
         if not 0.0 <= self.length_alpha <= 1.0:
             out.append(f"length_alpha={self.length_alpha}: must be in [0, 1] (0 = off; try "
                        "0.01)")
+        if not 0.0 <= self.end_anchor <= 100.0:
+            out.append(f"end_anchor={self.end_anchor}: must be in [0, 100] (0 = off; try 1)")
         if not 0 < self.lr < 1:
             out.append(f"lr={self.lr}: must be in (0, 1) (try 5e-5)")
         if not 1 <= self.epochs <= 100:
@@ -319,7 +325,8 @@ def help_of(cls: type, name: str) -> str:
 
 # Settings an admin may change at run time, by area.
 EDITABLE = {"train": ("method", "loss", "beta", "lr", "epochs", "min_steps", "votes_per_round",
-                      "reference", "label_smoothing", "length_alpha", "answer_span", "disagreement",
+                      "reference", "label_smoothing", "length_alpha", "answer_span", "end_anchor",
+                      "disagreement",
                       "window",
                       "micro_batch", "grad_accum"),
             "pool": ("vote_mode", "rank_size", "arena_fraction", "arena_opponent",

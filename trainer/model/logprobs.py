@@ -240,7 +240,8 @@ def _token_logps(head, h: Tensor, targets: Tensor, softcap: float | None,
 
 
 def sequence_logps(model, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor,
-                   chunk_size: int = 1024) -> tuple[Tensor, Tensor]:
+                   chunk_size: int = 1024, end_mask: Tensor | None = None
+                   ) -> tuple[Tensor, ...]:
     """Summed log p(response tokens | prefix) per row, and the number of tokens scored.
 
     input_ids, attention_mask, response_mask: (B, T), right-padded (``build_batch``).
@@ -251,7 +252,9 @@ def sequence_logps(model, input_ids: Tensor, attention_mask: Tensor, response_ma
     buffer: 1 GB at V = 262,144 and the default 1024 rows, which holds a typical
     micro-batch's response tokens in one chunk (on 2 CPU cores, 600 rows: chunks of 256
     took ~15% longer with under half the peak; lower it when memory is tight).
-    Returns (B,) fp32 sums (differentiable unless under no_grad) and (B,) long counts.
+    Returns (B,) fp32 sums (differentiable unless under no_grad) and (B,) long counts;
+    with ``end_mask`` (B, T) bool (a subset of the response positions, e.g. an answer's
+    ending: ``ending_mask``) also the (B,) sums over just those tokens, from the same pass.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size}: must be >= 1")
@@ -264,7 +267,23 @@ def sequence_logps(model, input_ids: Tensor, attention_mask: Tensor, response_ma
     targets = input_ids[rows, cols + 1]  # (R,)
     token_logps = _token_logps(head, h, targets, softcap, chunk_size)  # (R,)
     sums = token_logps.new_zeros(input_ids.shape[0]).index_add(0, rows, token_logps)  # (B,)
-    return sums, predicts.sum(-1)
+    if end_mask is None:
+        return sums, predicts.sum(-1)
+    picked = token_logps * end_mask[rows, cols + 1].to(token_logps.dtype)  # (R,)
+    return sums, predicts.sum(-1), token_logps.new_zeros(input_ids.shape[0]).index_add(
+        0, rows, picked)
+
+
+def ending_mask(response_mask: Tensor, lengths: list[int], endings: list[int]) -> Tensor:
+    """(B, T) bool: the last ``endings[i]`` response tokens of row i (its stop string or
+    end-of-sequence token), only where the row kept its whole response of ``lengths[i]``
+    tokens (a response cut by ``max_length`` has lost its ending)."""
+    mask = torch.zeros_like(response_mask, dtype=torch.bool)  # (B, T)
+    for i, (n, k) in enumerate(zip(lengths, endings)):
+        pos = response_mask[i].nonzero(as_tuple=True)[0]  # (n_i,)
+        if k > 0 and len(pos) == n and k < n:
+            mask[i, pos[-k:]] = True
+    return mask
 
 
 def response_hidden(model, input_ids: Tensor, attention_mask: Tensor,

@@ -29,6 +29,8 @@ class Example:
     ref: dict[Seq, tuple[float, int]] = field(default_factory=dict)  # answer -> (logp, n)
     question: str = ""  # the prompt as the annotator saw it (before the template)
     group: str = ""  # rows that share answers (one rank set) share it: held out together
+    endings: dict[Seq, int] = field(default_factory=dict)  # answer -> its ending's tokens
+    ref_end: dict[Seq, float] = field(default_factory=dict)  # answer -> ref log p(ending)
 
 
 def is_heldout(key: str, fraction: float) -> bool:

@@ -153,6 +153,24 @@ def preference_loss(loss_type: str, policy_chosen_logps: Tensor, policy_rejected
     return losses, *rewards
 
 
+def ending_anchor(policy_end_logps: Tensor, ref_end_logps: Tensor, has_end: Tensor) -> Tensor:
+    """Hinge that keeps answers ending: mean over the answers that ended (``has_end``
+    (B,) bool) of max(0, ref_end - policy_end), where *_end (B,) is the log-prob of the
+    answer's own ending (stop string or end-of-sequence token) at the place it ended.
+
+    The form is DPO-Positive's penalty (Pal et al. 2024, "Smaug", arXiv 2402.13228,
+    Eq. 3: lambda max(0, log pi_ref(y_w|x) / pi_theta(y_w|x))), applied to the ending
+    tokens of every sampled answer that ended, chosen or rejected, instead of to the
+    whole chosen answer: a round may make an ending likelier (shorter answers are
+    learnt) but not less likely than under the reference, so a preference whose
+    preferred answers run longer is not learnt as "never stop". 0 when none ended.
+    """
+    if not bool(has_end.any()):
+        return policy_end_logps.sum() * 0.0  # keeps the graph, adds nothing
+    gap = torch.relu(ref_end_logps - policy_end_logps)  # (B,)
+    return gap[has_end].mean()
+
+
 def kto_kl_estimate(policy_kl_logps: Tensor, ref_kl_logps: Tensor) -> Tensor:
     """KTO's reference point z0 (Ethayarajh et al. 2024, arXiv 2402.01306).
 

@@ -27,7 +27,7 @@ import torch
 from storage.failpoints import failpoint
 from trainer.config import TrainConfig
 from trainer.model import adapters
-from trainer.model.logprobs import build_batch, sequence_logps
+from trainer.model.logprobs import build_batch, ending_mask, sequence_logps
 from trainer.model.policy import BASE, TRAIN
 from trainer.model.scoring import score
 from trainer.progress import NullProgress, Progress
@@ -40,6 +40,7 @@ from trainer.training.data import (
     unpaired_examples,
 )
 from trainer.training.losses import (
+    ending_anchor,
     kto_kl_estimate,
     kto_loss,
     needs_length_normalisation,
@@ -116,9 +117,11 @@ def _micro_step(policy, batch: list[Example], cfg: TrainConfig, ref_version: str
     texts = [e.chosen for e in batch] + [e.rejected for e in batch]
     enc = {k: v.to(policy.device) for k, v in
            build_batch(tok, prompts, texts, cfg.max_length, tok.pad_token_id).items()}
+    end_mask, ref_end = (_anchor_mask(enc, batch, texts, ref_version, policy)
+                         if cfg.end_anchor else (None, None))
     with policy.lock.hold(), policy.active(TRAIN, train=True):
-        sums, n = sequence_logps(policy.model, enc["input_ids"], enc["attention_mask"],
-                                 enc["response_mask"])  # (2B,), (2B,)
+        sums, n, *end = sequence_logps(policy.model, enc["input_ids"], enc["attention_mask"],
+                                       enc["response_mask"], end_mask=end_mask)  # (2B,) each
         ref = torch.tensor([e.ref[t][0] for t, e in zip(texts, batch * 2)], device=sums.device)
         ref_n = torch.tensor([e.ref[t][1] for t, e in zip(texts, batch * 2)], device=sums.device)
         if needs_length_normalisation(cfg.loss):
@@ -128,6 +131,9 @@ def _micro_step(policy, batch: list[Example], cfg: TrainConfig, ref_version: str
                                          cfg.beta, cfg.label_smoothing, cfg.length_alpha,
                                          n[:b].float(), n[b:].float())
         loss = losses.mean()
+        anchor = (ending_anchor(end[0], ref_end, end_mask.any(-1)) if end
+                  else torch.zeros((), device=loss.device))
+        loss = loss + cfg.end_anchor * anchor
         if not torch.isfinite(loss):
             raise RoundError(f"non-finite loss ({loss.item()}); the round is aborted. Lower "
                              f"--lr (now {cfg.lr}) or --beta (now {cfg.beta}).")
@@ -136,6 +142,7 @@ def _micro_step(policy, batch: list[Example], cfg: TrainConfig, ref_version: str
              "rewards/rejected": rr.mean().item(), "rewards/margins": (cr - rr).mean().item(),
              "rewards/accuracies": (cr > rr).float().mean().item(),
              "logps/chosen": sums[:b].mean().item(), "logps/rejected": sums[b:].mean().item(),
+             "end_anchor": anchor.item(),
              "tokens": int(enc["attention_mask"].sum())}
     return loss, stats
 
@@ -222,6 +229,34 @@ def _mean_stats(stats: list[dict]) -> dict:
                 sum(s[k] for s in stats) / len(stats)) for k in keys}
 
 
+def mark_endings(rows: list[dict], examples: list[Example], decode: span.Decode) -> None:
+    """Record each sampled answer's ending length on its example (``--end-anchor``);
+    answers scored as text, and answers cut at the token limit, have none."""
+    for r, e in zip(rows, examples):
+        for side, seq in (("chosen", e.chosen), ("rejected", e.rejected)):
+            if isinstance(seq, tuple):
+                e.endings[seq] = span.ending_tokens(seq, r[side], r.get(f"{side}_end"),
+                                                    decode)
+
+
+def _anchor_mask(enc: dict, batch: list[Example], texts: list, ref_version: str, policy
+                 ) -> tuple:
+    """(ending mask (2B, T), reference log p of each ending (2B,)) for ``--end-anchor``;
+    reference values are computed once per answer and kept on its example."""
+    lengths = [len(t) if isinstance(t, tuple) else -1 for t in texts]
+    mask = ending_mask(enc["response_mask"], lengths,
+                       [e.endings.get(t, 0) for t, e in zip(texts, batch * 2)])
+    pairs = list(zip(texts, batch * 2))
+    if any(m and t not in e.ref_end for m, (t, e) in zip(mask.any(-1).tolist(), pairs)):
+        with policy.lock.hold(), policy.active(ref_version), torch.no_grad():
+            _, _, ref = sequence_logps(policy.model, enc["input_ids"], enc["attention_mask"],
+                                       enc["response_mask"], end_mask=mask)  # (2B,)
+        for (t, e), value in zip(pairs, ref.tolist()):
+            e.ref_end.setdefault(t, value)
+    ref_end = torch.tensor([e.ref_end.get(t, 0.0) for t, e in pairs], device=mask.device)
+    return mask, ref_end
+
+
 def load_examples(store, cfg: TrainConfig, fmt, frame, decode: span.Decode | None = None
                   ) -> tuple[list[Example], list[Example], dict]:
     """(train, held-out, counts) from the votes stored so far (see ``paired_examples``).
@@ -242,6 +277,8 @@ def load_examples(store, cfg: TrainConfig, fmt, frame, decode: span.Decode | Non
             raise ValueError(f"--answer-span {cfg.answer_span} needs the tokenizer's decode")
         rows = span.span_rows(rows, cfg.answer_span, decode)
     paired = paired_examples(rows, fmt, frame)
+    if cfg.end_anchor and decode is not None:
+        mark_endings(rows, paired, decode)
     train, held = split(paired, cfg.heldout_fraction)
     train = train[-cfg.window:] if cfg.window else train  # pair order: oldest first
     held = held[-HELDOUT_MAX:]

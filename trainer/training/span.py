@@ -89,6 +89,12 @@ def observed_rows(rows: list[dict], decode: Decode) -> list[dict]:
     return out
 
 
+def ending_tokens(ids: Sequence[int], text: str, end: str | None, decode: Decode) -> int:
+    """How many of an answer's last ``ids`` are its ending (stop string, end-of-sequence
+    token, a chat turn's tail): 0 for an answer cut at the token limit."""
+    return 0 if cut(end) else len(ids) - content_length(ids, text, decode)
+
+
 def span_rows(rows: list[dict], span: str, decode: Decode) -> list[dict]:
     """The rows of a round as ``--answer-span`` scores them (full: unchanged)."""
     if span == "observed":
