@@ -16,7 +16,8 @@ from typing import Any
 from app.leaderboard import wilson_interval
 
 _SETTINGS = ("method", "loss", "beta", "reference", "lr", "epochs", "window",
-             "votes_per_round", "length_alpha", "answer_span", "label_smoothing")
+             "votes_per_round", "length_alpha", "answer_span", "end_anchor",
+             "label_smoothing")
 
 
 def lineage(store, version: str) -> list[str]:

@@ -177,7 +177,8 @@ class TrainConfig:
     end_anchor: float = setting(0.0, "Weight of the ending anchor (trainer/training/"
                                 "losses.py ending_anchor): a round may not make a sampled "
                                 "answer's own ending less likely than under the reference, "
-                                "so votes for longer answers do not teach rambling (0 = off).")
+                                "so votes for longer answers do not teach rambling (paired "
+                                "losses; 0 = off).")
     disagreement: str = setting("drop", "An A/B pair whose annotators disagree, until an "
                                 "admin decides it (Team tab): drop = not trained on; "
                                 "majority = trained on the majority's choice.",
