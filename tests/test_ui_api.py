@@ -168,29 +168,36 @@ def test_two_annotators_overlap_undo_and_kappa_through_the_real_server(served):
     from storage.common import is_overlap_pair
 
     svc, _, url = served
-    svc.update_settings({"pool": {"ready_pairs": 30}})
-    svc.pool.fill_once(30)
-    ann, bob = client(url, ANNOTATOR), client(url, CAROL)
-    for _ in range(40):
-        for c in (ann, bob):
-            pair_id, *_ = c.predict(api_name="/next_pair")
-            if pair_id is not None:
-                c.predict(pair_id, "a" if pair_id % 3 else "b", api_name="/vote")
-    judged: dict[int, set] = {}
-    for r in svc.store.query("select pair_id, annotator from votes"):
-        judged.setdefault(r["pair_id"], set()).add(r["annotator"])
-    twice = {p for p, who in judged.items() if {ANNOTATOR, CAROL} <= who}
-    assert twice and all(is_overlap_pair(p, 0.15) for p in twice)
-    kappas = svc.store.agreement()["pairwise_kappa"]
-    assert any(k["annotators"] == [ANNOTATOR, CAROL] and k["n"] == len(twice) for k in kappas)
-    last = svc.store.query("select pair_id from votes where annotator = ? order by updated "
-                           "desc, id desc limit 1", [CAROL])[0]["pair_id"]
-    item = bob.predict(api_name="/undo")
-    assert item["pair_id"] == last and item["response_a"] is not None
-    assert not svc.store.query("select 1 from votes where pair_id = ? and annotator = ?",
-                               [last, CAROL])
-    left = len(svc.store.query("select 1 from votes where pair_id = ?", [last]))
-    rows = [r for r in svc.store.training_pairs(disagreement="majority")
-            if r["pair_id"] == last]
-    assert all(r["n_votes"] == left for r in rows)  # the next round no longer sees it
-    assert (not rows) == (left == 0)
+    # No round may read the votes below before the undo: an undo is refused once a round
+    # has trained on the vote, and the background trainer would otherwise race the test.
+    needed = svc.train_cfg.votes_per_round
+    svc.update_settings({"pool": {"ready_pairs": 30}, "train": {"votes_per_round": 100_000}})
+    wait_for(lambda: svc.trainer.state != "training", timeout=300)
+    try:
+        svc.pool.fill_once(30)
+        ann, bob = client(url, ANNOTATOR), client(url, CAROL)
+        for _ in range(40):
+            for c in (ann, bob):
+                pair_id, *_ = c.predict(api_name="/next_pair")
+                if pair_id is not None:
+                    c.predict(pair_id, "a" if pair_id % 3 else "b", api_name="/vote")
+        judged: dict[int, set] = {}
+        for r in svc.store.query("select pair_id, annotator from votes"):
+            judged.setdefault(r["pair_id"], set()).add(r["annotator"])
+        twice = {p for p, who in judged.items() if {ANNOTATOR, CAROL} <= who}
+        assert twice and all(is_overlap_pair(p, 0.15) for p in twice)
+        kappas = svc.store.agreement()["pairwise_kappa"]
+        assert any(k["annotators"] == [ANNOTATOR, CAROL] and k["n"] == len(twice) for k in kappas)
+        last = svc.store.query("select pair_id from votes where annotator = ? order by updated "
+                               "desc, id desc limit 1", [CAROL])[0]["pair_id"]
+        item = bob.predict(api_name="/undo")
+        assert item["pair_id"] == last and item["response_a"] is not None
+        assert not svc.store.query("select 1 from votes where pair_id = ? and annotator = ?",
+                                   [last, CAROL])
+        left = len(svc.store.query("select 1 from votes where pair_id = ?", [last]))
+        rows = [r for r in svc.store.training_pairs(disagreement="majority")
+                if r["pair_id"] == last]
+        assert all(r["n_votes"] == left for r in rows)  # the next round no longer sees it
+        assert (not rows) == (left == 0)
+    finally:
+        svc.update_settings({"train": {"votes_per_round": needed}})
