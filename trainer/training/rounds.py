@@ -231,8 +231,11 @@ def _mean_stats(stats: list[dict]) -> dict:
 
 def mark_endings(rows: list[dict], examples: list[Example], decode: span.Decode) -> None:
     """Record each sampled answer's ending length on its example (``--end-anchor``);
-    answers scored as text, and answers cut at the token limit, have none."""
-    for r, e in zip(rows, examples):
+    answers scored as text, and answers cut at the token limit, have none. ``rows`` are
+    the training rows the examples were made from (matched by key)."""
+    by_key = {r["key"]: r for r in rows}
+    for e in examples:
+        r = by_key[e.key]
         for side, seq in (("chosen", e.chosen), ("rejected", e.rejected)):
             if isinstance(seq, tuple):
                 e.endings[seq] = span.ending_tokens(seq, r[side], r.get(f"{side}_end"),
@@ -272,15 +275,16 @@ def load_examples(store, cfg: TrainConfig, fmt, frame, decode: span.Decode | Non
     max_vote = store.last_vote_id()
     rows = method_rows(store.training_pairs(max_vote_id=max_vote,
                                             disagreement=cfg.disagreement), cfg.method)
-    if cfg.answer_span != "full":
-        if decode is None:
-            raise ValueError(f"--answer-span {cfg.answer_span} needs the tokenizer's decode")
-        rows = span.span_rows(rows, cfg.answer_span, decode)
+    needs = ([f"--answer-span {cfg.answer_span}"] if cfg.answer_span != "full" else []) + (
+        [f"--end-anchor {cfg.end_anchor}"] if cfg.end_anchor else [])
+    if needs and decode is None:
+        raise ValueError(f"{' and '.join(needs)} need the tokenizer's decode")
+    rows = span.span_rows(rows, cfg.answer_span, decode)
     paired = paired_examples(rows, fmt, frame)
-    if cfg.end_anchor and decode is not None:
-        mark_endings(rows, paired, decode)
     train, held = split(paired, cfg.heldout_fraction)
     train = train[-cfg.window:] if cfg.window else train  # pair order: oldest first
+    if cfg.end_anchor:  # only the pairs this round trains on: the anchor is a training term
+        mark_endings(rows, train, decode)
     held = held[-HELDOUT_MAX:]
     if cfg.loss == "kto":
         held_pairs = {e.pair_id for e in held}
