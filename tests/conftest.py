@@ -36,3 +36,15 @@ def tiny_policy(tiny_model_dir):
     from trainer.model.policy import Policy
 
     return Policy.load(ModelConfig(model=str(tiny_model_dir)))
+
+
+@pytest.fixture
+def svc(tmp_path, tiny_model_dir):
+    """The real service on the tiny model in a fresh data dir, loaded, no threads (pairs,
+    votes and rounds are made on demand). The acceptance gate is open: the tiny random
+    model's held-out accuracy is noise. Modules that need another service override it."""
+    from tests.svc_fixtures import tiny_service
+
+    s = tiny_service(tmp_path / "data", tiny_model_dir, "--accept-tolerance", "1")
+    yield s
+    s.stop()

@@ -12,18 +12,10 @@ from app import views
 from app.api import Handlers, help_table
 from app.config import AppConfig
 from storage.readers import read_jsonl
-from tests.svc_fixtures import tiny_service
 from tests.ui_fixtures import ADMIN, ANNOTATOR, request, write_users
 
 LOCAL = AppConfig()  # no auth file: local single-user mode, the caller is 'local', an admin
 ME = request(None)
-
-
-@pytest.fixture
-def svc(tmp_path, tiny_model_dir):
-    s = tiny_service(tmp_path / "data", tiny_model_dir, "--accept-tolerance", "1")
-    yield s
-    s.stop()
 
 
 def test_admin_actions_are_audited_and_exported(svc, tmp_path):

@@ -1,6 +1,7 @@
 """UI callbacks (app/api.py Handlers, app/access.py Access) as plain functions on the REAL service over
 the tiny model: a fresh data dir per test and no background threads (pairs, votes and
-rounds are made on demand), so every test is deterministic. Views: tests/test_ui_views.py."""
+rounds are made on demand), so every test is deterministic. Views: tests/test_ui_views.py;
+settings: tests/test_settings_callbacks.py; rank mode: tests/test_rank_callbacks.py."""
 
 from __future__ import annotations
 
@@ -21,9 +22,11 @@ from tests.ui_fixtures import (
     ANNOTATOR,
     HOSTILE,
     add_hostile_pair,
+    annotate_out,
     arena_side,
     request,
     train_v1,
+    vote_count,
     write_users,
 )
 from trainer.service import NotReady
@@ -33,15 +36,6 @@ ZW = "\u200b"
 
 LOCAL = AppConfig()  # no auth file: local single-user mode, the caller is 'local', an admin
 ME = request(None)
-
-
-@pytest.fixture
-def svc(tmp_path, tiny_model_dir):
-    """The real service on the tiny model in a fresh data dir, loaded, no threads. The
-    acceptance gate is open: the tiny random model's held-out accuracy is noise."""
-    s = tiny_service(tmp_path / "data", tiny_model_dir, "--accept-tolerance", "1")
-    yield s
-    s.stop()
 
 
 @pytest.fixture(scope="module")
@@ -77,16 +71,6 @@ def users(tmp_path):
     return write_users(tmp_path / "users.json")
 
 
-def _out(values):
-    from app.api import ANNOTATE_OUTPUTS
-
-    return dict(zip(ANNOTATE_OUTPUTS, values))
-
-
-def _votes(svc) -> int:
-    return svc.store.counts()["votes"]
-
-
 def test_vote_commits_reveals_prediction_then_moves_on(trained):
     trained.update_settings({"pool": {"arena_fraction": 0.0}})
     ids = trained.pool.fill_once(2)
@@ -95,10 +79,10 @@ def test_vote_commits_reveals_prediction_then_moves_on(trained):
     assert all(p["version_a"] == p["version_b"] == "v1" for p in pairs)
     assert all(ra is not None and ra != rb for ra, rb in rewards)  # real v1-vs-base rewards
     h = Handlers(trained, LOCAL)
-    first = _out(h.on_load(ME))
+    first = annotate_out(h.on_load(ME))
     assert first["state"]["id"] == ids[0]
     against = "b" if rewards[0][0] > rewards[0][1] else "a"
-    out = _out(h.vote(against, "  my better answer ", ids[0], first["state"], ME))
+    out = annotate_out(h.vote(against, "  my better answer ", ids[0], first["state"], ME))
     vote = trained.store.recent_votes(1)[0]
     assert vote["pair_id"] == ids[0] and vote["annotator"] == "local"
     assert vote["choice"] == against and vote["better_answer"] == "my better answer"
@@ -107,7 +91,7 @@ def test_vote_commits_reveals_prediction_then_moves_on(trained):
     assert "**disagrees**" in out["reveal"] and "Both answers came from `v1`" in out["reveal"]
     assert "1 votes today" in out["progress"] and "serving `v1`" in out["progress"]
     agree = "a" if rewards[1][0] > rewards[1][1] else "b"
-    out = _out(h.vote(agree, "", ids[1], out["state"], ME))
+    out = annotate_out(h.vote(agree, "", ids[1], out["state"], ME))
     assert "**agrees**" in out["reveal"] and "2 votes today" in out["progress"]
     assert out["state"] is None and out["timer"].active is True  # waits for the next pair
 
@@ -117,17 +101,17 @@ def test_undo_shows_the_pair_again_until_a_round_reads_the_vote(svc):
     h = Handlers(svc, LOCAL)
     with pytest.raises(gr.Error, match="no vote of yours to undo"):
         h.undo(None, ME)
-    shown = _out(h.on_load(ME))["state"]
-    after = _out(h.vote("a", "", ids[0], shown, ME))
-    assert after["state"]["id"] == ids[1] and _votes(svc) == 1
-    back = _out(h.undo(after["state"], ME))
-    assert back["state"]["id"] == ids[0] and _votes(svc) == 0
+    shown = annotate_out(h.on_load(ME))["state"]
+    after = annotate_out(h.vote("a", "", ids[0], shown, ME))
+    assert after["state"]["id"] == ids[1] and vote_count(svc) == 1
+    back = annotate_out(h.undo(after["state"], ME))
+    assert back["state"]["id"] == ids[0] and vote_count(svc) == 0
     assert f"your vote on pair {ids[0]} is removed" in back["reveal"]
     assert svc.store.take_pair("local")["id"] == ids[1]  # the pair it replaced is free again
     svc.store.skip_pair(ids[1], "local")
     state = back["state"]
     for _ in range(7):  # vote on all eight, then a round reads them
-        state = _out(h.vote("b", "", state["id"], state, ME))["state"] or state
+        state = annotate_out(h.vote("b", "", state["id"], state, ME))["state"] or state
     assert svc.trainer.run_one("test").status in ("accepted", "rejected")
     with pytest.raises(gr.Error, match="already used by a training round"):
         h.undo(state, ME)
@@ -138,9 +122,9 @@ def test_vote_errors_store_nothing(svc):
     h = Handlers(svc, LOCAL)
     with pytest.raises(gr.Error, match="No pair is shown"):
         h.vote("a", "", None, None, ME)
-    shown = _out(h.on_load(ME))["state"]
-    second = _out(h.vote("a", "", ids[0], shown, ME))["state"]
-    assert second["id"] == ids[1] and _votes(svc) == 1
+    shown = annotate_out(h.on_load(ME))["state"]
+    second = annotate_out(h.vote("a", "", ids[0], shown, ME))["state"]
+    assert second["id"] == ids[1] and vote_count(svc) == 1
     # A second click that raced the page update still carries the old pair's id.
     with pytest.raises(gr.Error, match=f"meant for pair {ids[0]}, which was already answered"):
         h.vote("b", "", ids[0], second, ME)
@@ -154,34 +138,34 @@ def test_vote_errors_store_nothing(svc):
     with pytest.raises(gr.Error, match=f"{MAX_BETTER_ANSWER + 1} characters long: shorten it "
                                        f"to at most {MAX_BETTER_ANSWER}"):
         h.vote("a", too_long, ids[1], second, ME)
-    assert _votes(svc) == 1 and svc.store.recent_votes(1)[0]["choice"] == "a"
+    assert vote_count(svc) == 1 and svc.store.recent_votes(1)[0]["choice"] == "a"
     h.vote("a", too_long[1:], ids[1], second, ME)  # exactly at the limit: stored
     assert len(svc.store.recent_votes(1)[0]["better_answer"]) == MAX_BETTER_ANSWER
 
 
 def test_waiting_then_poll_finds_pair(svc):
     h = Handlers(svc, LOCAL)
-    out = _out(h.on_load(ME))
+    out = annotate_out(h.on_load(ME))
     assert out["state"] is None and "Generating pairs" in out["prompt"]
     assert out["timer"].active is True
-    assert _out(h.poll(None, ME))["timer"].active is True
+    assert annotate_out(h.poll(None, ME))["timer"].active is True
     (pid,) = svc.pool.fill_once(1)
-    out = _out(h.poll(None, ME))
+    out = annotate_out(h.poll(None, ME))
     assert out["state"]["id"] == pid and out["timer"].active is False
     assert out["response_a"] and out["response_b"]
 
 
 def test_loading_banner_queued_pairs_and_refusals(loading):
     h = Handlers(loading, LOCAL)
-    out = _out(h.on_load(ME))
+    out = annotate_out(h.on_load(ME))
     assert "Loading the model" in out["banner"] and out["timer"].active is True
     loading.loading.update(4, 10, "Converting")  # what the loader reports as it converts
     pid = add_hostile_pair(loading.store)  # queued pairs can be judged meanwhile
-    out = _out(h.poll(None, ME))
+    out = annotate_out(h.poll(None, ME))
     assert out["state"]["id"] == pid and "Converting (40%" in out["banner"]
     assert out["timer"].active is True  # keeps polling the loading progress
-    out = _out(h.vote("tie", "", pid, out["state"], ME))
-    assert _votes(loading) == 1 and "made no prediction" in out["reveal"]
+    out = annotate_out(h.vote("tie", "", pid, out["state"], ME))
+    assert vote_count(loading) == 1 and "made no prediction" in out["reveal"]
     prompts = loading.store.counts()["prompts"]
     with pytest.raises(gr.Error, match=r"model is loading: Converting \(40%.*Try again"):
         h.ask("Why is the sky blue?", None, ME)
@@ -206,13 +190,13 @@ def test_failed_load_shows_in_banner(tmp_path, tiny_model_dir):
 def test_hostile_texts_are_shown_inert(svc):
     pid = add_hostile_pair(svc.store)
     h = Handlers(svc, LOCAL)
-    out = _out(h.on_load(ME))
+    out = annotate_out(h.on_load(ME))
     assert out["state"]["id"] == pid
     assert "<script" not in out["prompt"] and "&lt;script&gt;" in out["prompt"]
     assert "<img" not in out["response_a"] and "&lt;img" in out["response_a"]
     assert "javascript:" not in out["response_b"] and f"java{ZW}script:" in out["response_b"]
     assert svc.store.get_pair(pid)["response_a"] == HOSTILE["response_a"]  # stored as typed
-    out = _out(h.ask("<img src=x onerror=alert(2)> hi", None, ME)[:-1])
+    out = annotate_out(h.ask("<img src=x onerror=alert(2)> hi", None, ME)[:-1])
     assert "<img" not in out["prompt"] and "&lt;img" in out["prompt"]
 
 
@@ -223,7 +207,7 @@ def test_ask_validates_and_shows_own_pair(svc):
     with pytest.raises(gr.Error, match="11 characters long: shorten it to at most 10"):
         h.ask("x" * 11, None, ME)
     *outs, box = h.ask("Hi there", None, ME)
-    pair = svc.store.get_pair(_out(outs)["state"]["id"])
+    pair = svc.store.get_pair(annotate_out(outs)["state"]["id"])
     assert pair["prompt"] == "Hi there" and box == "" and pair["response_a"]
     assert svc.store.get_prompt(pair["prompt_id"])["source"] == "user"
     assert svc.next_pair("carol") is None  # handed to the asker only
@@ -232,9 +216,9 @@ def test_ask_validates_and_shows_own_pair(svc):
 def test_skip_moves_on_without_a_vote(svc):
     ids = svc.pool.fill_once(2)
     h = Handlers(svc, LOCAL)
-    state = _out(h.on_load(ME))["state"]
-    out = _out(h.skip(state, ME))
-    assert _votes(svc) == 0 and out["reveal"] == "*Skipped.*"
+    state = annotate_out(h.on_load(ME))["state"]
+    out = annotate_out(h.skip(state, ME))
+    assert vote_count(svc) == 0 and out["reveal"] == "*Skipped.*"
     assert (state["id"], out["state"]["id"]) == tuple(ids)
 
 
@@ -278,58 +262,20 @@ def test_local_mode_is_admin(svc):
     assert "Local single-user mode" not in Handlers(svc, AppConfig(auth_file="u.json")).banner()
 
 
-def test_settings_and_rollback_errors(svc):
-    h = Handlers(svc, LOCAL)
-    before = svc.settings()
-    specs = views.settings_specs(before, help_table())
-    at = {s["name"]: i for i, s in enumerate(specs)}
-    values = [s["value"] for s in specs]
-    assert h.save_settings(specs, values, ME) == {}
-    bad = values[:]
-    bad[at["beta"]], bad[at["top_p"]] = -1.0, 2.0
-    with pytest.raises(gr.Error, match="Settings not saved. Invalid settings") as err:
-        h.save_settings(specs, bad, ME)
-    assert "beta=-1.0" in str(err.value) and "top_p=2.0" in str(err.value)
-    bad = values[:]
-    bad[at["epochs"]], bad[at["temperature"]] = 2.5, None
-    with pytest.raises(gr.Error, match="Settings not saved:") as err:
-        h.save_settings(specs, bad, ME)
-    assert "train.epochs=2.5" in str(err.value) and "sampling.temperature is empty" in str(
-        err.value)
-    assert svc.settings() == before
-    values[at["beta"]] = 0.3
-    assert h.save_settings(specs, values, ME) == {"train": {"beta": 0.3}}
-    values[at["system_prompt"]] = "  Answer in one sentence.\n"  # free text: may be empty
-    assert h.save_settings(specs, values, ME) == {
-        "sampling": {"system_prompt": "Answer in one sentence."}}
-    assert svc.sampler.format("Hi").startswith("Answer in one sentence.\n\nQuestion: Hi")
-    values[at["system_prompt"]] = ""
-    assert h.save_settings(specs, values, ME) == {"sampling": {"system_prompt": ""}}
-    assert svc.train_cfg.beta == 0.3 and svc.store.get_state("settings")["train"]["beta"] == 0.3
-    with pytest.raises(gr.Error, match="Cannot roll back to 'v9'.*one of: none"):
-        h.rollback("v9", ME)
-    with pytest.raises(gr.Error, match="there is no adapter to download"):
-        h.download_adapter(ME)
-    with pytest.raises(gr.Error, match="export format 'xml' is not valid"):
-        h.export("xml", ME)
-    with pytest.raises(gr.Error, match="Choose a prompts file first"):
-        h.import_prompts(None, ME)
-
-
 def _arena_votes(svc, h: Handlers, plan: list[str]) -> None:
     """Vote on fresh arena pairs (v1 vs base) through the UI: v1's side for 'win', base's
     for 'loss', else the choice itself."""
     svc.update_settings({"pool": {"arena_fraction": 1.0}})
     ids = svc.pool.fill_once(len(plan) + 2)  # arena sides are not resampled: spares
     assert len(ids) >= len(plan)
-    state = _out(h.on_load(ME))["state"]
+    state = annotate_out(h.on_load(ME))["state"]
     for pid, what in zip(ids, plan):
         pair = svc.store.get_pair(pid)
         assert state["id"] == pid and pair["arena"] and {pair["version_a"],
                                                          pair["version_b"]} == {"v1", "base"}
         mine = arena_side(pair, "v1")
         choice = {"win": mine, "loss": "b" if mine == "a" else "a"}.get(what, what)
-        out = _out(h.vote(choice, "", pid, state, ME))
+        out = annotate_out(h.vote(choice, "", pid, state, ME))
         assert f"**{mine.upper()} was `v1`**" in out["reveal"]
         state = out["state"]
 
@@ -349,7 +295,7 @@ def test_dashboards_from_a_real_round_and_arena(trained):
     assert (row["version"], row["win rate"], row["both bad"], row["votes"]) == ("v1", 0.625,
                                                                                  1, 5)
     counts, votes = h.data_view(ME)
-    assert f"| votes | {_votes(trained)} |" in counts and len(votes) == _votes(trained) == 13
+    assert f"| votes | {vote_count(trained)} |" in counts and len(votes) == vote_count(trained) == 13
 
 
 def test_downloads_exports_and_imports(trained, tmp_path):
@@ -399,36 +345,3 @@ def test_guidelines_file(tmp_path):
     assert load_guidelines(str(f)) == "# Our rules"
     with pytest.raises(ValueError, match="guidelines file .*missing.md cannot be read"):
         load_guidelines(str(tmp_path / "missing.md"))
-
-
-def test_rank_mode_shows_sets_and_votes_with_marks(svc):
-    svc.update_settings({"pool": {"vote_mode": "rank", "rank_size": 3}})
-    ids = svc.pool.fill_once(3)
-    h = Handlers(svc, LOCAL)
-    out = _out(h.on_load(ME))
-    state = out["state"]
-    assert state == {**state, "id": ids[0], "kind": "rank"}
-    assert "mark the best and the worst of 3 answers" in out["prompt"]
-    assert [out[f"answer_{k}"].visible for k in (1, 3, 4)] == [True, True, False]
-    assert out["answer_2"].value.startswith("#### Answer 2")
-    assert out["rank_box"].visible and not out["pair_box"].visible
-    assert [c[0] for c in out["rank_best"].choices] == ["1", "2", "3"]
-    before = _votes(svc)
-    with pytest.raises(gr.Error, match="Mark the best answer, the worst, or both"):
-        h.vote_rank("rank", None, None, ids[0], state, ME)
-    with pytest.raises(gr.Error, match="is a rank set: mark its best and worst"):
-        h.vote("a", "", ids[0], state, ME)
-    with pytest.raises(gr.Error, match="best and worst are both answer 2"):
-        h.vote_rank("rank", "2", "2", ids[0], state, ME)
-    with pytest.raises(gr.Error, match="mark 'x' is not an answer number"):
-        h.vote_rank("rank", "x", None, ids[0], state, ME)
-    with pytest.raises(gr.Error, match="best=7: mark one of the 3 answers"):
-        h.vote_rank("rank", "8", None, ids[0], state, ME)
-    assert _votes(svc) == before
-    out = _out(h.vote_rank("rank", "2", None, ids[0], state, ME))
-    assert "Your ranking of pair" in out["reveal"] and "best 2." in out["reveal"]
-    assert svc.store.recent_votes(1)[0]["ranking"] == "[[1], [0, 2]]"
-    assert out["state"]["id"] == ids[1]
-    out = _out(h.vote_rank("both_bad", "1", None, ids[1], out["state"], ME))  # marks ignored
-    assert svc.store.recent_votes(1)[0]["choice"] == "both_bad"
-    assert "Both bad" in out["reveal"]

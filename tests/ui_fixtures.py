@@ -52,6 +52,17 @@ def request(name: str | None):
     return gr.Request(username=name)
 
 
+def annotate_out(values) -> dict:
+    """An Annotate-tab callback's return values by output name (``ANNOTATE_OUTPUTS``)."""
+    from app.api import ANNOTATE_OUTPUTS
+
+    return dict(zip(ANNOTATE_OUTPUTS, values))
+
+
+def vote_count(svc) -> int:
+    return svc.store.counts()["votes"]
+
+
 def write_users(path: Path) -> Path:
     from app.auth import add_user
 
