@@ -5,6 +5,10 @@
   hash would stall every request (votes, page loads) for its duration. ``login_checker``
   returns an async function that hashes in a small thread pool (``HASH_THREADS``), so
   at most that many hashes run at once and the loop keeps serving.
+- **Below the annotators.** The hashing thread runs at a lower CPU priority
+  (``HASH_NICE``, Linux per-thread nice): a crowd logging in waits for a core, while
+  the votes, pages and pair sampling of users already logged in keep theirs
+  (docs/logins.md).
 - **Throttling.** After ``FAILS_BEFORE_WAIT`` failed logins for one user name, or
   ``ADDRESS_FAILS_BEFORE_WAIT`` from one client address, further attempts are refused
   without hashing until a wait has passed; the wait doubles with each further failure
@@ -23,6 +27,7 @@ import asyncio
 import contextvars
 import logging
 import math
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +39,7 @@ from app.auth import UsersFileError, verify_and_upgrade
 log = logging.getLogger(__name__)
 
 HASH_THREADS = 2
+HASH_NICE = 10
 FAILS_BEFORE_WAIT = 5
 ADDRESS_FAILS_BEFORE_WAIT = 20
 BASE_WAIT_S = 30.0
@@ -117,13 +123,24 @@ class Throttle:
                     fails.last = now
 
 
+def lower_thread_priority(nice: int = HASH_NICE) -> None:
+    """Raise the calling thread's nice value by ``nice`` (Linux schedules threads one
+    by one; elsewhere, or if the OS refuses, the thread keeps its priority)."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
+    except (AttributeError, OSError) as exc:  # not Linux, or a sandbox that forbids it
+        log.info("login hashing keeps normal priority: %s", exc)
+
+
 def login_checker(path: str | Path, throttle: Throttle | None = None):
     """The async ``auth=`` function for Gradio's ``launch`` (module docstring)."""
     from fastapi import HTTPException
 
     path = Path(path)
     throttle = throttle or Throttle()
-    pool = ThreadPoolExecutor(max_workers=HASH_THREADS, thread_name_prefix="login-hash")
+    pool = ThreadPoolExecutor(max_workers=HASH_THREADS, thread_name_prefix="login-hash",
+                              initializer=lower_thread_priority)
 
     async def check(username: str, password: str) -> bool:
         address = client_address.get()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
+import threading
 import time
 
 import httpx
@@ -15,9 +17,11 @@ from app.logins import (
     ADDRESS_FAILS_BEFORE_WAIT,
     BASE_WAIT_S,
     FAILS_BEFORE_WAIT,
+    HASH_NICE,
     MAX_WAIT_S,
     Throttle,
     TooManyAttempts,
+    lower_thread_priority,
     wait_after,
 )
 from tests.svc_fixtures import tiny_service
@@ -79,6 +83,18 @@ def test_an_older_hash_is_upgraded_at_the_next_successful_login(tmp_path):
     record = json.loads(path.read_text())["users"]["carol"]
     assert (record["n"], record["r"], record["p"]) == (auth.SCRYPT_N, 8, 1)
     assert record["role"] == "annotator" and auth.verify(path, "carol", PASSWORD)
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="per-thread nice is Linux's")
+def test_hashing_thread_runs_below_the_server_threads():
+    def nice_of_this_thread() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before = nice_of_this_thread()
+    with concurrent.futures.ThreadPoolExecutor(1, initializer=lower_thread_priority) as pool:
+        hashing = pool.submit(nice_of_this_thread).result()
+    assert hashing == min(before + HASH_NICE, 19)
+    assert nice_of_this_thread() == before  # only the hashing thread was lowered
 
 
 @pytest.mark.slow
