@@ -236,3 +236,13 @@ def test_ending_anchor_is_the_mean_hinge_over_answers_that_ended():
     assert ending_anchor(pol, ref, has_end).item() == pytest.approx(2 / 3)
     none = ending_anchor(pol.requires_grad_(), ref, torch.zeros(4, dtype=torch.bool))
     assert none.item() == 0.0 and none.requires_grad
+
+
+def test_chosen_nll_is_the_mean_per_token_negative_log_likelihood():
+    from trainer.training.losses import chosen_nll
+    logps = torch.tensor([-4.0, -9.0, 0.0])
+    lengths = torch.tensor([2.0, 3.0, 0.0])  # an empty answer counts as one token
+    assert chosen_nll(logps, lengths).item() == pytest.approx((2.0 + 3.0 + 0.0) / 3)
+    grad = torch.tensor([-4.0, -9.0], requires_grad=True)
+    chosen_nll(grad, torch.tensor([2.0, 3.0])).backward()
+    assert grad.grad.tolist() == pytest.approx([-1 / 4, -1 / 6])  # raises the chosen answer

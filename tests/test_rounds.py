@@ -390,6 +390,22 @@ def test_end_anchor_scores_each_ended_answer_against_its_reference_ending(
     assert steps and all(math.isfinite(s["metrics"]["end_anchor"]) for s in steps)
 
 
+def test_sft_weight_adds_the_chosen_answers_nll_to_each_step(tmp_path, tiny_model_dir):
+    """--sft-weight: the same round with and without the NLL term starts from the same
+    draft on the same batches, so the first step's losses differ by exactly alpha times
+    the chosen answers' negative log-likelihood per token."""
+    first = {}
+    for alpha in ("0", "2"):
+        svc = _ended_pairs_svc(tmp_path / alpha, tiny_model_dir, "--sft-weight", alpha,
+                               "--window", "0", "--heldout-fraction", "0")
+        out = svc.trainer.run_one("test")
+        assert out.status == "accepted", out.error
+        first[alpha] = svc.store.train_steps(out.round_id)[0]["metrics"]
+    nll = first["2"]["nll/chosen"]
+    assert nll > 0 and first["0"]["nll/chosen"] == pytest.approx(nll, rel=1e-4)
+    assert first["2"]["loss"] - first["0"]["loss"] == pytest.approx(2 * nll, rel=1e-3)
+
+
 def test_end_anchor_off_marks_nothing(tmp_path, tiny_model_dir):
     svc = _ended_pairs_svc(tmp_path, tiny_model_dir)
     train, _, _ = rounds.load_examples(svc.store, svc.train_cfg, svc.sampler.format,

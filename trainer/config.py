@@ -179,6 +179,11 @@ class TrainConfig:
                                 "answer's own ending less likely than under the reference, "
                                 "so votes for longer answers do not teach rambling (paired "
                                 "losses; 0 = off).")
+    sft_weight: float = setting(0.0, "RPO's NLL term alpha (arXiv 2404.19733): + alpha "
+                                "times the chosen answer's negative log-likelihood per "
+                                "token, so a round raises the preferred answers instead of "
+                                "only pushing the rejected ones down (paired losses; 0 = "
+                                "off; the paper uses 1).")
     disagreement: str = setting("drop", "An A/B pair whose annotators disagree, until an "
                                 "admin decides it (Team tab): drop = not trained on; "
                                 "majority = trained on the majority's choice.",
@@ -228,6 +233,8 @@ class TrainConfig:
                        "0.01)")
         if not 0.0 <= self.end_anchor <= 100.0:
             out.append(f"end_anchor={self.end_anchor}: must be in [0, 100] (0 = off; try 1)")
+        if not 0.0 <= self.sft_weight <= 100.0:
+            out.append(f"sft_weight={self.sft_weight}: must be in [0, 100] (0 = off; try 1)")
         if not 0 < self.lr < 1:
             out.append(f"lr={self.lr}: must be in (0, 1) (try 5e-5)")
         if not 1 <= self.epochs <= 100:
@@ -327,7 +334,7 @@ def help_of(cls: type, name: str) -> str:
 # Settings an admin may change at run time, by area.
 EDITABLE = {"train": ("method", "loss", "beta", "lr", "epochs", "min_steps", "votes_per_round",
                       "reference", "label_smoothing", "length_alpha", "answer_span", "end_anchor",
-                      "disagreement",
+                      "sft_weight", "disagreement",
                       "window",
                       "micro_batch", "grad_accum"),
             "pool": ("vote_mode", "rank_size", "arena_fraction", "arena_opponent",

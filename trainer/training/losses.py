@@ -171,6 +171,16 @@ def ending_anchor(policy_end_logps: Tensor, ref_end_logps: Tensor, has_end: Tens
     return gap[has_end].mean()
 
 
+def chosen_nll(policy_chosen_logps: Tensor, chosen_lengths: Tensor) -> Tensor:
+    """RPO's NLL term (Pang et al. 2024, "Iterative Reasoning Preference Optimization",
+    arXiv 2404.19733, Eq. 1-3: L = L_DPO + alpha L_NLL): the mean over the batch of the
+    chosen answer's negative log-likelihood per response token,
+    -log pi_theta(y_c | x) / |y_c|. ``policy_chosen_logps`` (B,) are summed log-probs,
+    ``chosen_lengths`` (B,) their token counts. Against likelihood displacement: DPO's
+    margin can grow while the chosen answer itself gets less likely."""
+    return (-policy_chosen_logps / chosen_lengths.clamp(min=1)).mean()
+
+
 def kto_kl_estimate(policy_kl_logps: Tensor, ref_kl_logps: Tensor) -> Tensor:
     """KTO's reference point z0 (Ethayarajh et al. 2024, arXiv 2402.01306).
 

@@ -40,6 +40,7 @@ from trainer.training.data import (
     unpaired_examples,
 )
 from trainer.training.losses import (
+    chosen_nll,
     ending_anchor,
     kto_kl_estimate,
     kto_loss,
@@ -124,9 +125,10 @@ def _micro_step(policy, batch: list[Example], cfg: TrainConfig, ref_version: str
                                        enc["response_mask"], end_mask=end_mask)  # (2B,) each
         ref = torch.tensor([e.ref[t][0] for t, e in zip(texts, batch * 2)], device=sums.device)
         ref_n = torch.tensor([e.ref[t][1] for t, e in zip(texts, batch * 2)], device=sums.device)
+        b = len(batch)
+        chosen_sums = sums[:b]  # summed log-probs, for the NLL term
         if needs_length_normalisation(cfg.loss):
             sums, ref = sums / n.clamp(min=1), ref / ref_n.clamp(min=1)
-        b = len(batch)
         losses, cr, rr = preference_loss(cfg.loss, sums[:b], sums[b:], ref[:b], ref[b:],
                                          cfg.beta, cfg.label_smoothing, cfg.length_alpha,
                                          n[:b].float(), n[b:].float())
@@ -134,6 +136,8 @@ def _micro_step(policy, batch: list[Example], cfg: TrainConfig, ref_version: str
         anchor = (ending_anchor(end[0], ref_end, end_mask.any(-1)) if end
                   else torch.zeros((), device=loss.device))
         loss = loss + cfg.end_anchor * anchor
+        nll = chosen_nll(chosen_sums, n[:b].float())
+        loss = loss + cfg.sft_weight * nll
         if not torch.isfinite(loss):
             raise RoundError(f"non-finite loss ({loss.item()}); the round is aborted. Lower "
                              f"--lr (now {cfg.lr}) or --beta (now {cfg.beta}).")
@@ -142,7 +146,7 @@ def _micro_step(policy, batch: list[Example], cfg: TrainConfig, ref_version: str
              "rewards/rejected": rr.mean().item(), "rewards/margins": (cr - rr).mean().item(),
              "rewards/accuracies": (cr > rr).float().mean().item(),
              "logps/chosen": sums[:b].mean().item(), "logps/rejected": sums[b:].mean().item(),
-             "end_anchor": anchor.item(),
+             "end_anchor": anchor.item(), "nll/chosen": nll.item(),
              "tokens": int(enc["attention_mask"].sum())}
     return loss, stats
 
