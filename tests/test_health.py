@@ -62,6 +62,15 @@ def test_trading_empty_answers_for_run_on_ones_is_caught():
     assert health.step(health.drop(serving, draft), 1, 0.15) == "reject"
 
 
+def test_a_draft_that_answers_empty_is_caught_even_when_more_answers_end():
+    """Keyword run 19's round 2 passed this way: 75% ended (base 50%), 21% empty."""
+    base = health.AnswerHealth(12 / 24, 12 / 24, 0.0, 246.2, 24)
+    draft = health.AnswerHealth(18 / 24, 1 / 24, 5 / 24, 74.8, 24)
+    assert health.drop(base, draft) == pytest.approx(5 / 24)
+    assert health.step(health.drop(base, draft), 3, 0.15) == "reject"
+    assert health.drop(base, dataclasses.replace(draft, empty=2 / 24)) < 0.15
+
+
 def test_length_tells_a_stop_from_running_out():
     eos, pad = [1], 0
     assert _length(torch.tensor([5, 6, 1, 0]), eos, pad) == (3, True)   # EOS
@@ -119,6 +128,27 @@ def test_a_draft_whose_answers_stop_ending_is_rejected(tmp_path, tiny_model_dir,
     assert row["status"] == "rejected"
     assert row["metrics"]["health_after"]["unfinished"] == 1.0
     assert row["metrics"]["health_before"]["healthy"] == 1.0
+
+
+def test_a_draft_that_answers_half_its_prompts_with_nothing_is_rejected(
+        tmp_path, tiny_model_dir, monkeypatch):
+    """Every answer the draft writes ends (healthier than serving's by that count), but
+    half are empty: the round is rejected, and the message says so."""
+    svc = _svc(tmp_path, tiny_model_dir)
+    real = svc.sampler.sample
+
+    def sample(prompts, version, seed, empty_retries=None):
+        out = real(prompts, version, seed, empty_retries)
+        if version != TRAIN:
+            return [Sample(x.text or "ok", x.n_tokens, x.finished) for x in out]
+        return [Sample("" if i % 2 else "fine.", 0 if i % 2 else 2, True)
+                for i, _ in enumerate(out)]
+
+    monkeypatch.setattr(svc.sampler, "sample", sample)
+    out = svc.trainer.run_one("test")
+    assert out.status == "rejected", out
+    assert out.error.startswith("answers came out empty") and "empty 0% -> 50%" in out.error
+    assert svc.policy.serving == BASE
 
 
 def test_a_slow_drift_away_from_base_is_rejected(tmp_path, tiny_model_dir, monkeypatch):

@@ -215,7 +215,8 @@ class TrainConfig:
     health_tolerance: float = setting(0.15, "A round is rejected when the draft's share of answers "
                                       "that end by themselves (not empty, not cut at max "
                                       "tokens) is lower than serving's or base's, or its share "
-                                      "cut at max tokens higher, by more than this, judged on "
+                                      "cut at max tokens or empty higher, by more than this, "
+                                      "judged on "
                                       "1-3 batches of --health-samples (1 = measure only).")
     desirable_weight: float = setting(1.0, "KTO weight of desirable completions.")
     undesirable_weight: float = setting(1.0, "KTO weight of undesirable completions.")

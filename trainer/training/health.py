@@ -8,8 +8,8 @@ themselves.
 
 So before a draft serves, the draft and the serving version answer the same prompts
 with the same seed, and the round is rejected when the share of healthy answers (ended
-by a stop string or EOS, and not empty) fell, or the share cut at the token limit rose,
-by more than ``health_tolerance``. Sharing prompts and seed makes the two shares move
+by a stop string or EOS, and not empty) fell, or the share cut at the token limit or
+the share of empty answers rose, by more than ``health_tolerance``. Sharing prompts and seed makes the two shares move
 together, so the check sees the adapter's effect rather than sampling noise.
 
 A batch of 12 answers is a small sample: at a 61% healthy base, a draft whose answers
@@ -100,9 +100,12 @@ EARLY = ((0.19, -0.20), (0.09, -0.10))
 
 
 def drop(before: AnswerHealth, after: AnswerHealth) -> float:
-    """How much worse the draft is: the larger of its loss of healthy answers and its
-    gain of answers cut at the token limit."""
-    return max(before.healthy - after.healthy, after.unfinished - before.unfinished)
+    """How much worse the draft is: the largest of its loss of healthy answers, its gain
+    of answers cut at the token limit, and its gain of empty answers (a draft that
+    stops at once on a fifth of the prompts is broken even where its other answers end
+    more often than base's)."""
+    return max(before.healthy - after.healthy, after.unfinished - before.unfinished,
+               after.empty - before.empty)
 
 
 def step(worse_by: float, batch: int, tolerance: float) -> str:
@@ -158,10 +161,15 @@ def draft_problem(sampler, train: list, held: list, serving: str, cfg: TrainConf
         if verdicts[name] == "reject":
             drift = (f" ({was.healthy:.0%} for {serving}: each round may lose up to the "
                      "tolerance against the last, not against base)" if ref is not was else "")
-            return (f"answers stopped ending by themselves: {now.healthy:.0%} of {now.n} "
+            empty = now.empty - ref.empty >= max(ref.healthy - now.healthy,
+                                                 now.unfinished - ref.unfinished)
+            what = ("answers came out empty" if empty else "answers stopped ending by "
+                    "themselves")
+            return (f"{what}: {now.healthy:.0%} of {now.n} "
                     f"draft answers ended (not empty, not cut at max tokens) vs "
                     f"{ref.healthy:.0%} for {name}{drift}; cut at max tokens "
-                    f"{ref.unfinished:.0%} -> {now.unfinished:.0%}, mean length "
+                    f"{ref.unfinished:.0%} -> {now.unfinished:.0%}, empty {ref.empty:.0%} -> "
+                    f"{now.empty:.0%}, mean length "
                     f"{ref.mean_chars:.0f} -> {now.mean_chars:.0f} chars (health tolerance "
                     f"{cfg.health_tolerance}, {batch} batch(es) of {cfg.health_samples}); serving "
                     f"stays {serving}")
