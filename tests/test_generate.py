@@ -119,6 +119,29 @@ def test_sampler_batches_and_seeds(tiny_policy):
     assert s.last_stats["rows"] == 3 and s.last_stats["tokens_per_s"] > 0
 
 
+def test_a_stopping_sampler_ends_its_decode_loop_within_a_step(tiny_policy, monkeypatch):
+    """Service.stop sets ``stopping``: the loop raises before its next forward pass
+    instead of finishing the batch."""
+    from trainer.model.decode import SamplingAborted
+
+    s = Sampler(tiny_policy, SamplingConfig(max_new_tokens=50, empty_retries=0))
+    model, calls = tiny_policy.model, []
+    real_forward = model.forward
+
+    def counting(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            s.stopping.set()
+        return real_forward(*a, **k)
+
+    monkeypatch.setattr(model, "forward", counting)
+    with pytest.raises(SamplingAborted, match="after 3 of 50 tokens"):
+        s.sample(["hello", "world"], "base", seed=0)
+    assert len(calls) == 3
+    with pytest.raises(SamplingAborted, match="after 0 of 50"):  # stays stopped
+        s.sample(["hello"], "base", seed=0)
+
+
 def test_samples_keep_the_tokens_the_model_saw_and_wrote(tiny_policy):
     s = Sampler(tiny_policy, SamplingConfig(max_new_tokens=6, max_prompt_tokens=8))
     tok = tiny_policy.tokenizer

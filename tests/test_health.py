@@ -151,6 +151,22 @@ def test_a_draft_that_answers_half_its_prompts_with_nothing_is_rejected(
     assert svc.policy.serving == BASE
 
 
+def test_a_stop_during_the_check_leaves_the_round_to_the_next_start(tmp_path, tiny_model_dir):
+    """The service stops while the draft is checked: the round is neither accepted nor
+    failed now, its votes are not marked trained, and the next start marks it
+    interrupted, as after a kill."""
+    from trainer.model.decode import SamplingAborted
+    from trainer.training.trainloop import TRAINED_THROUGH
+
+    svc = _svc(tmp_path, tiny_model_dir)
+    svc.sampler.stopping.set()
+    with pytest.raises(SamplingAborted):
+        svc.trainer.run_one("test")
+    assert svc.store.list_rounds(limit=1)[0]["status"] == "running"
+    assert int(svc.store.get_state(TRAINED_THROUGH, 0)) == 0
+    assert svc.store.fail_interrupted_rounds() == 1 and svc.policy.serving == BASE
+
+
 def test_a_slow_drift_away_from_base_is_rejected(tmp_path, tiny_model_dir, monkeypatch):
     """Each round may lose up to the tolerance against serving, but not against base:
     base 100% ended -> v1 92% (accepted) -> draft 83%, within 0.15 of v1, 17% below base.

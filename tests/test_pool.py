@@ -118,6 +118,31 @@ def test_producer_thread_fills_and_survives_errors(svc, monkeypatch):
     assert st["errors"] == 1 and "injected generation failure" in st["last_error"]
 
 
+def test_stop_ends_the_batch_being_sampled_without_an_error(tmp_path, tiny_model_dir,
+                                                             monkeypatch):
+    """A batch that would take over a minute (a slow step, many tokens) does not hold
+    up a stop: the producer thread ends within the stop's join, none of it counted as
+    a generation error."""
+    import threading
+    import time
+
+    svc = tiny_service(tmp_path / "data", tiny_model_dir, "--max-new-tokens", "400")
+    model, inside = svc.policy.model, threading.Event()
+    real_forward = model.forward
+
+    def slow(*a, **k):
+        inside.set()
+        time.sleep(0.2)  # 400 steps: 80 s for the batch
+        return real_forward(*a, **k)
+
+    monkeypatch.setattr(model, "forward", slow)
+    svc.pool.start()
+    assert inside.wait(30)
+    svc.stop()
+    assert not svc.pool.status()["running"], "the stop waited for the whole batch"
+    assert svc.pool.errors == 0 and svc.store.ready_pair_count() == 0
+
+
 def test_hot_swap_waits_for_the_batch_being_sampled(svc, monkeypatch):
     """A swap that lands mid-batch must not unload the version the batch samples from."""
     import threading

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from storage.common import version_number
 from trainer.config import PoolConfig
+from trainer.model.decode import SamplingAborted
 from trainer.model.generate import Sample, Sampler
 from trainer.model.policy import BASE
 from trainer.model.scoring import implicit_rewards
@@ -82,6 +83,8 @@ class PairPool:
                     continue
                 self.fill_once(min(need, self.cfg.batch_prompts))
                 backoff = 1.0
+            except SamplingAborted:
+                return  # the service is stopping
             except Exception as e:  # noqa: BLE001 - the producer must survive anything
                 self.errors += 1
                 self.last_error = f"{type(e).__name__}: {e}"

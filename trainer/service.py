@@ -136,6 +136,8 @@ class Service:
                            f"({snap['fraction']:.0%}, {snap['elapsed_s']} s)")
 
     def stop(self) -> None:
+        if self.sampler:  # a decode in progress ends now, not after its batch
+            self.sampler.stopping.set()
         if self.pool:
             self.pool.stop()
         self.trainer.stop()

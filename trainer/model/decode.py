@@ -15,6 +15,10 @@ from collections.abc import Callable
 import torch
 
 
+class SamplingAborted(RuntimeError):
+    """The sampler was told to stop (the server is shutting down) mid-decode."""
+
+
 def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float,
                        temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(values, indices) of the top-k logits / temperature, outside the nucleus -inf.
@@ -35,11 +39,14 @@ def sample_batch(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *
                  max_new_tokens: int, temperature: float, top_k: int, top_p: float,
                  eos_ids: list[int], pad_id: int, suppress_ids: list[int] | None = None,
                  stopped: Callable[[int, torch.Tensor], bool] | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None,
+                 abort: Callable[[], bool] | None = None) -> torch.Tensor:
     """Sample up to ``max_new_tokens`` per row of a LEFT-padded batch.
 
     input_ids, attention_mask: (N, T). ``stopped(row, new_tokens)`` may end a row early
-    (stop strings). Returns the new tokens (N, T_new), ``pad_id`` after a row ends.
+    (stop strings). ``abort()`` is asked before every step; True raises
+    ``SamplingAborted`` (a stopping server does not wait for a long batch). Returns the
+    new tokens (N, T_new), ``pad_id`` after a row ends.
     """
     n, device = input_ids.shape[0], input_ids.device
     eos = torch.tensor(eos_ids, device=device)
@@ -50,6 +57,9 @@ def sample_batch(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *
     out = torch.full((n, max_new_tokens), pad_id, dtype=torch.long, device=device)
     step_ids, cache = input_ids, None
     for t in range(max_new_tokens):
+        if abort is not None and abort():
+            raise SamplingAborted(f"sampling stopped after {t} of {max_new_tokens} tokens: "
+                                  "the server is stopping")
         res = model(input_ids=step_ids, attention_mask=mask, position_ids=positions,
                     past_key_values=cache, use_cache=True, logits_to_keep=1)
         cache = res.past_key_values

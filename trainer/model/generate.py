@@ -228,6 +228,7 @@ class Sampler:
         marker = tok.convert_tokens_to_ids(self.frame[1]) if self.chat else None
         self.turn_end_id = marker if isinstance(marker, int) else None
         self._local = threading.local()
+        self.stopping = threading.Event()  # set by Service.stop: decode loops end at once
 
     @property
     def last_stats(self) -> dict:
@@ -298,7 +299,8 @@ class Sampler:
                 max_new_tokens=self.cfg.max_new_tokens, temperature=self.cfg.temperature,
                 top_k=self.cfg.top_k, top_p=self.cfg.top_p, eos_ids=self.eos_ids,
                 pad_id=tok.pad_token_id, suppress_ids=self.suppress,
-                stopped=self._hit_stop if self.stops else None, generator=gen)  # (N, T_new)
+                stopped=self._hit_stop if self.stops else None, generator=gen,
+                abort=self.stopping.is_set)  # (N, T_new)
         out = []
         for prompt_ids, row in zip(ids, new):
             n, ended = _length(row, self.eos_ids, tok.pad_token_id)

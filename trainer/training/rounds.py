@@ -27,6 +27,7 @@ import torch
 from storage.failpoints import failpoint
 from trainer.config import TrainConfig
 from trainer.model import adapters
+from trainer.model.decode import SamplingAborted
 from trainer.model.logprobs import build_batch, ending_mask, sequence_logps
 from trainer.model.policy import BASE, TRAIN
 from trainer.model.scoring import score
@@ -370,6 +371,8 @@ def run_round(policy, store, cfg: TrainConfig, *, fmt, frame, adapters_dir: Path
             store.set_serving_adapter(version)
             store.finish_round(round_id, "accepted", counts=counts, metrics=metrics,
                                adapter_version=version)
+    except SamplingAborted:
+        raise  # the service is stopping: like a kill, the next start marks it interrupted
     except Exception as e:  # noqa: BLE001 - any failure is recorded; serving stays
         msg = _explain(e)
         log.exception("round %d failed", round_id)

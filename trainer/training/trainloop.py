@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 
 from trainer.config import TrainConfig
+from trainer.model.decode import SamplingAborted
 from trainer.progress import Progress, ProgressState, Tee, TqdmProgress
 from trainer.training.rounds import RoundOutcome
 
@@ -69,6 +70,8 @@ class TrainerThread:
                     continue
                 self._asked.clear()
                 self.run_one("admin" if asked else "auto")
+            except SamplingAborted:
+                return  # stopping: the round is marked interrupted at the next start
             except Exception as e:  # noqa: BLE001 - the trainer thread must survive
                 self.last_error = f"{type(e).__name__}: {e}"
                 log.exception("trainer loop error")
