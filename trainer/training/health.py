@@ -9,8 +9,9 @@ themselves.
 So before a draft serves, the draft and the serving version answer the same prompts
 with the same seed, and the round is rejected when the share of healthy answers (ended
 by a stop string or EOS, and not empty) fell, or the share cut at the token limit or
-the share of empty answers rose, by more than ``health_tolerance``. Sharing prompts and seed makes the two shares move
-together, so the check sees the adapter's effect rather than sampling noise.
+the share of empty answers rose, by more than ``health_tolerance``. Sharing prompts and
+seed makes the shares move together, so the check sees the adapter's effect rather than
+sampling noise.
 
 A batch of 12 answers is a small sample: at a 61% healthy base, a draft whose answers
 end only 30% of the time shows a drop within 0.25 about half the time. So the check is
@@ -99,13 +100,20 @@ MAX_BATCHES = 3
 EARLY = ((0.19, -0.20), (0.09, -0.10))
 
 
+def worsening(before: AnswerHealth, after: AnswerHealth) -> dict[str, float]:
+    """How much worse the draft is, by what went wrong: its loss of healthy answers
+    ("answers stopped ending by themselves"), its gain of answers cut at the token
+    limit (the same failure, seen from the other side) and its gain of empty answers
+    (a draft that stops at once on a fifth of the prompts is broken even where its
+    other answers end more often than base's)."""
+    return {"answers stopped ending by themselves": max(before.healthy - after.healthy,
+                                                        after.unfinished - before.unfinished),
+            "answers came out empty": after.empty - before.empty}
+
+
 def drop(before: AnswerHealth, after: AnswerHealth) -> float:
-    """How much worse the draft is: the largest of its loss of healthy answers, its gain
-    of answers cut at the token limit, and its gain of empty answers (a draft that
-    stops at once on a fifth of the prompts is broken even where its other answers end
-    more often than base's)."""
-    return max(before.healthy - after.healthy, after.unfinished - before.unfinished,
-               after.empty - before.empty)
+    """The largest of ``worsening``'s terms."""
+    return max(worsening(before, after).values())
 
 
 def step(worse_by: float, batch: int, tolerance: float) -> str:
@@ -161,10 +169,8 @@ def draft_problem(sampler, train: list, held: list, serving: str, cfg: TrainConf
         if verdicts[name] == "reject":
             drift = (f" ({was.healthy:.0%} for {serving}: each round may lose up to the "
                      "tolerance against the last, not against base)" if ref is not was else "")
-            empty = now.empty - ref.empty >= max(ref.healthy - now.healthy,
-                                                 now.unfinished - ref.unfinished)
-            what = ("answers came out empty" if empty else "answers stopped ending by "
-                    "themselves")
+            terms = worsening(ref, now)
+            what = max(terms, key=terms.get)
             return (f"{what}: {now.healthy:.0%} of {now.n} "
                     f"draft answers ended (not empty, not cut at max tokens) vs "
                     f"{ref.healthy:.0%} for {name}{drift}; cut at max tokens "
