@@ -26,3 +26,12 @@ def vote_all(svc, annotator: str = "alice", prefer: str = "shorter") -> int:
         svc.vote(annotator, pair["id"], "a" if len(a) <= len(b) else "b", decide_ms=10)
         n += 1
     return n
+
+
+def voted_service(tmp_path: Path, model_dir: Path, *flags: str):
+    """A service with 8 voted pairs. The tiny random model's held-out accuracy is noise,
+    so the acceptance gate is opened (tolerance 1) except where a test checks the gate."""
+    svc = tiny_service(tmp_path / "data", model_dir, "--accept-tolerance", "1", *flags)
+    svc.pool.fill_once(8)
+    vote_all(svc)
+    return svc

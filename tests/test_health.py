@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from tests.svc_fixtures import tiny_service, vote_all
+from tests.svc_fixtures import vote_all, voted_service
 from trainer.config import SamplingConfig, TrainConfig
 from trainer.model.generate import Sample, Sampler, _length
 from trainer.model.policy import BASE, TRAIN
@@ -86,13 +86,6 @@ def test_every_unfinished_sample_used_its_whole_budget(tiny_policy):
     assert any(not x.finished for x in out)  # a random model rarely stops within 5 tokens
 
 
-def _svc(tmp_path, tiny_model_dir, *flags):
-    svc = tiny_service(tmp_path / "data", tiny_model_dir, "--accept-tolerance", "1", *flags)
-    svc.pool.fill_once(8)
-    vote_all(svc)
-    return svc
-
-
 def _rambling_draft(svc, monkeypatch):
     """The real sampler, except that the draft's answers all run to max_new_tokens: what a
     draft that learned to dodge its stop string writes. Records
@@ -112,7 +105,7 @@ def _rambling_draft(svc, monkeypatch):
 
 
 def test_a_draft_whose_answers_stop_ending_is_rejected(tmp_path, tiny_model_dir, monkeypatch):
-    svc = _svc(tmp_path, tiny_model_dir)
+    svc = voted_service(tmp_path, tiny_model_dir)
     asked = _rambling_draft(svc, monkeypatch)
     out = svc.trainer.run_one("test")
     assert out.status == "rejected", out
@@ -134,7 +127,7 @@ def test_a_draft_that_answers_half_its_prompts_with_nothing_is_rejected(
         tmp_path, tiny_model_dir, monkeypatch):
     """Every answer the draft writes ends (healthier than serving's by that count), but
     half are empty: the round is rejected, and the message says so."""
-    svc = _svc(tmp_path, tiny_model_dir)
+    svc = voted_service(tmp_path, tiny_model_dir)
     real = svc.sampler.sample
 
     def sample(prompts, version, seed, empty_retries=None):
@@ -158,7 +151,7 @@ def test_a_stop_during_the_check_leaves_the_round_to_the_next_start(tmp_path, ti
     from trainer.model.decode import SamplingAborted
     from trainer.training.trainloop import TRAINED_THROUGH
 
-    svc = _svc(tmp_path, tiny_model_dir)
+    svc = voted_service(tmp_path, tiny_model_dir)
     svc.sampler.stopping.set()
     with pytest.raises(SamplingAborted):
         svc.trainer.run_one("test")
@@ -171,7 +164,7 @@ def test_a_slow_drift_away_from_base_is_rejected(tmp_path, tiny_model_dir, monke
     """Each round may lose up to the tolerance against serving, but not against base:
     base 100% ended -> v1 92% (accepted) -> draft 83%, within 0.15 of v1, 17% below base.
     Both are borderline, so each takes all three batches."""
-    svc = _svc(tmp_path, tiny_model_dir)
+    svc = voted_service(tmp_path, tiny_model_dir)
     real, budget = svc.sampler.sample, svc.sampler.cfg.max_new_tokens
     ended = {BASE: 1.0, TRAIN: 0.9}  # the first draft becomes v1
     asked = []
@@ -201,7 +194,7 @@ def test_a_slow_drift_away_from_base_is_rejected(tmp_path, tiny_model_dir, monke
 
 
 def test_health_tolerance_one_turns_the_check_off(tmp_path, tiny_model_dir, monkeypatch):
-    svc = _svc(tmp_path, tiny_model_dir, "--health-tolerance", "1")
+    svc = voted_service(tmp_path, tiny_model_dir, "--health-tolerance", "1")
     _rambling_draft(svc, monkeypatch)
     out = svc.trainer.run_one("test")
     assert out.status == "accepted", out.error
@@ -209,14 +202,14 @@ def test_health_tolerance_one_turns_the_check_off(tmp_path, tiny_model_dir, monk
 
 
 def test_health_samples_zero_skips_sampling(tmp_path, tiny_model_dir, monkeypatch):
-    svc = _svc(tmp_path, tiny_model_dir, "--health-samples", "0")
+    svc = voted_service(tmp_path, tiny_model_dir, "--health-samples", "0")
     asked = _rambling_draft(svc, monkeypatch)
     out = svc.trainer.run_one("test")
     assert out.status == "accepted" and asked == [] and "health_after" not in out.metrics
 
 
 def test_real_round_records_both_versions_health(tmp_path, tiny_model_dir):
-    svc = _svc(tmp_path, tiny_model_dir, "--health-samples", "6")
+    svc = voted_service(tmp_path, tiny_model_dir, "--health-samples", "6")
     out = svc.trainer.run_one("test")
     assert out.status == "accepted", out.error
     before, after = out.metrics["health_before"], out.metrics["health_after"]
@@ -237,7 +230,7 @@ def test_real_round_records_both_versions_health(tmp_path, tiny_model_dir):
 
 
 def test_serving_changed_during_the_round_is_not_served(tmp_path, tiny_model_dir, monkeypatch):
-    svc = _svc(tmp_path, tiny_model_dir)
+    svc = voted_service(tmp_path, tiny_model_dir)
     real = rounds.train_draft
 
     def train_then_rollback(policy, *a, **k):

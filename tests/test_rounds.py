@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from storage.common import ids_of
-from tests.svc_fixtures import tiny_service, vote_all
+from tests.svc_fixtures import tiny_service, vote_all, voted_service
 from trainer.config import LOSS_TYPES, TrainConfig
 from trainer.model.generate import PLAIN_STOPS
 from trainer.model.logprobs import build_batch
@@ -13,17 +13,8 @@ from trainer.model.scoring import score, text_hash
 from trainer.training import data, gate, rounds
 
 
-def _trained_svc(tmp_path, tiny_model_dir, *flags):
-    """A service with 8 voted pairs. The tiny random model's held-out accuracy is noise,
-    so the acceptance gate is opened (tolerance 1) except where a test checks the gate."""
-    svc = tiny_service(tmp_path / "data", tiny_model_dir, "--accept-tolerance", "1", *flags)
-    svc.pool.fill_once(8)
-    vote_all(svc)
-    return svc
-
-
 def test_round_creates_v1_and_swap_changes_generation(tmp_path, tiny_model_dir):
-    svc = _trained_svc(tmp_path, tiny_model_dir)
+    svc = voted_service(tmp_path, tiny_model_dir)
     before = [s.text for s in svc.sampler.sample(["hello there"] * 4, BASE, seed=5)]
     out = svc.trainer.run_one("test")
     assert out.status == "accepted" and out.version == "v1", out.error
@@ -42,61 +33,15 @@ def test_round_creates_v1_and_swap_changes_generation(tmp_path, tiny_model_dir):
 
 @pytest.mark.parametrize("loss", [x for x in LOSS_TYPES if x != TrainConfig().loss])
 def test_every_loss_type_runs_a_round(tmp_path, tiny_model_dir, loss):
-    svc = _trained_svc(tmp_path, tiny_model_dir, "--loss", loss, "--label-smoothing",
+    svc = voted_service(tmp_path, tiny_model_dir, "--loss", loss, "--label-smoothing",
                        "0.1" if loss == "robust" else "0")
     out = svc.trainer.run_one("test")
     assert out.status in ("accepted", "rejected"), out.error
     assert svc.store.train_steps(out.round_id)
 
 
-def test_length_alpha_round_passes_each_answers_length_to_the_loss(tmp_path, tiny_model_dir,
-                                                                  monkeypatch):
-    svc = _trained_svc(tmp_path, tiny_model_dir, "--length-alpha", "0.02")
-    seen = []
-    real = rounds.preference_loss
-
-    def spy(*a, **k):
-        seen.append(a[7:10])
-        return real(*a, **k)
-
-    monkeypatch.setattr(rounds, "preference_loss", spy)
-    out = svc.trainer.run_one("test")
-    assert out.status in ("accepted", "rejected"), out.error
-    alpha, chosen, rejected = seen[0]
-    assert alpha == 0.02 and chosen.shape == rejected.shape and (chosen >= 1).all()
-
-
-@pytest.mark.parametrize("span", ["common", "content"])
-def test_common_answer_span_trains_each_pair_on_equal_lengths(tmp_path, tiny_model_dir,
-                                                              monkeypatch, span):
-    """--answer-span common / content: chosen and rejected are scored on the same number
-    of tokens, and the cut pairs are the ones the held-out gate and reference cache see."""
-    svc = _trained_svc(tmp_path, tiny_model_dir, "--answer-span", span, "--window", "0")
-    seen = []
-    real = rounds.preference_loss
-
-    def spy(*a, **k):
-        seen.append(a[8:10])
-        return real(*a, **k)
-
-    monkeypatch.setattr(rounds, "preference_loss", spy)
-    out = svc.trainer.run_one("test")
-    assert out.status in ("accepted", "rejected"), out.error
-    for chosen, rejected in seen:  # token counts per pair (the first position is unscored)
-        assert torch.equal(chosen, rejected)
-    tok = svc.policy.tokenizer
-    train, held, _ = rounds.load_examples(
-        svc.store, svc.train_cfg, svc.sampler.format, svc.sampler.scored,
-        lambda ids: tok.decode(ids, skip_special_tokens=True))
-    whole, _, _ = rounds.load_examples(svc.store, TrainConfig(window=0), svc.sampler.format,
-                                       svc.sampler.scored)
-    sampled = [e for e in train + held if isinstance(e.chosen, tuple)]
-    assert sampled and all(len(e.chosen) == len(e.rejected) for e in sampled)
-    assert sum(len(e.chosen) for e in train) < sum(len(e.chosen) for e in whole)
-
-
 def test_nan_loss_keeps_serving_and_next_round_runs(tmp_path, tiny_model_dir, monkeypatch):
-    svc = _trained_svc(tmp_path, tiny_model_dir)
+    svc = voted_service(tmp_path, tiny_model_dir)
     real = rounds.preference_loss
 
     def nan_loss(*a, **k):
@@ -114,7 +59,7 @@ def test_nan_loss_keeps_serving_and_next_round_runs(tmp_path, tiny_model_dir, mo
 
 
 def test_failing_adapter_write_keeps_serving(tmp_path, tiny_model_dir, monkeypatch):
-    svc = _trained_svc(tmp_path, tiny_model_dir)
+    svc = voted_service(tmp_path, tiny_model_dir)
 
     def disk_full(out_dir, metadata):
         raise OSError(28, "No space left on device")
@@ -127,7 +72,7 @@ def test_failing_adapter_write_keeps_serving(tmp_path, tiny_model_dir, monkeypat
 
 
 def test_rejected_round_when_heldout_accuracy_drops(tmp_path, tiny_model_dir, monkeypatch):
-    svc = _trained_svc(tmp_path, tiny_model_dir, "--accept-tolerance", "0.05")
+    svc = voted_service(tmp_path, tiny_model_dir, "--accept-tolerance", "0.05")
     scores = iter([{"accuracy": 1.0, "n": 6, "margin": 0.1, "hits": [1.0] * 6},
                    {"accuracy": 1 / 6, "n": 6, "margin": -0.1, "hits": [1.0] + [0.0] * 5}])
     monkeypatch.setattr(rounds, "heldout_accuracy", lambda *a: next(scores))
@@ -164,7 +109,7 @@ def test_sign_test_matches_hand_computed_values():
 
 def test_held_out_votes_accumulate_across_rounds(tmp_path, tiny_model_dir):
     """--window keeps the latest training pairs; the gate sees every held-out vote."""
-    svc = _trained_svc(tmp_path, tiny_model_dir, "--window", "2", "--heldout-fraction", "0.3")
+    svc = voted_service(tmp_path, tiny_model_dir, "--window", "2", "--heldout-fraction", "0.3")
     fmt, frame = svc.sampler.format, svc.sampler.scored
     train, held, counts = rounds.load_examples(svc.store, svc.train_cfg, fmt, frame)
     every = svc.store.training_pairs()
@@ -176,7 +121,7 @@ def test_held_out_votes_accumulate_across_rounds(tmp_path, tiny_model_dir):
 
 
 def test_rollback_and_branching(tmp_path, tiny_model_dir):
-    svc = _trained_svc(tmp_path, tiny_model_dir)
+    svc = voted_service(tmp_path, tiny_model_dir)
     assert svc.trainer.run_one("test").version == "v1"
     svc.pool.fill_once(8)
     vote_all(svc, "bob")
@@ -195,7 +140,7 @@ def test_rollback_and_branching(tmp_path, tiny_model_dir):
 
 
 def test_sdpo_reference_is_the_previous_version(tmp_path, tiny_model_dir):
-    svc = _trained_svc(tmp_path, tiny_model_dir, "--reference", "previous")
+    svc = voted_service(tmp_path, tiny_model_dir, "--reference", "previous")
     assert svc.trainer.run_one("test").version == "v1"  # first round: previous == base
     svc.pool.fill_once(8)
     vote_all(svc, "bob")
@@ -211,7 +156,7 @@ def test_sdpo_reference_is_the_previous_version(tmp_path, tiny_model_dir):
 
 
 def test_reference_logps_are_cached_between_rounds(tmp_path, tiny_model_dir):
-    svc = _trained_svc(tmp_path, tiny_model_dir)
+    svc = voted_service(tmp_path, tiny_model_dir)
     out1 = svc.trainer.run_one("test")
     svc.pool.fill_once(2)
     vote_all(svc, "bob")
@@ -222,7 +167,7 @@ def test_reference_logps_are_cached_between_rounds(tmp_path, tiny_model_dir):
 
 
 def test_qlora_4bit_round_on_cpu(tmp_path, tiny_model_dir):
-    svc = _trained_svc(tmp_path, tiny_model_dir, "--quantize", "4bit")
+    svc = voted_service(tmp_path, tiny_model_dir, "--quantize", "4bit")
     assert svc.policy.placement.quantize == "4bit"
     out = svc.trainer.run_one("test")
     assert out.status == "accepted", out.error
@@ -243,7 +188,7 @@ def test_out_of_memory_message_suggests_smaller_micro_batch():
 def test_reference_logps_are_of_the_tokens_that_were_sampled(tmp_path, tiny_model_dir):
     """Live pairs keep the token ids the model saw and sampled; rounds score exactly those:
     every cached reference log-prob is keyed by, and equal to, the sampled tokens'."""
-    svc = _trained_svc(tmp_path, tiny_model_dir)
+    svc = voted_service(tmp_path, tiny_model_dir)
     assert svc.trainer.run_one("test").status == "accepted"
     rows = svc.store.query(
         "select r.text_hash, r.logp, r.n_tokens, p.prompt_ids, p.ids_a, p.ids_b, "
@@ -265,7 +210,7 @@ def test_pairs_without_token_ids_are_scored_as_framed_text(tmp_path, tiny_model_
     """Imported pairs (and pairs stored before the ids were kept) are scored as
     ' ' + answer + the end generation produced (plain template: usually '\\nQuestion:'),
     none for an answer cut at the token limit."""
-    svc = _trained_svc(tmp_path, tiny_model_dir)
+    svc = voted_service(tmp_path, tiny_model_dir)
     with svc.store.write() as db:
         db.execute("update pairs set prompt_ids = null, ids_a = null, ids_b = null")
     assert svc.trainer.run_one("test").status == "accepted"
@@ -328,86 +273,7 @@ def test_passes_reach_the_step_budget(per_pass, epochs, min_steps, expected):
 
 
 def test_a_round_takes_at_least_min_steps(tmp_path, tiny_model_dir):
-    svc = _trained_svc(tmp_path, tiny_model_dir, "--min-steps", "7")
+    svc = voted_service(tmp_path, tiny_model_dir, "--min-steps", "7")
     out = svc.trainer.run_one("test")
     assert out.status == "accepted" and out.metrics["steps"] >= 7
     assert len(svc.store.query("select * from train_steps")) == out.metrics["steps"]
-
-
-
-def _ended_pairs_svc(tmp_path, tiny_model_dir, *flags):
-    """A service with 8 voted pairs whose answers kept their ids: A ended with the plain
-    template's stop string, B was cut at the token limit (the tiny random model itself
-    never ends an answer)."""
-    svc = tiny_service(tmp_path / "data", tiny_model_dir, "--accept-tolerance", "1", *flags)
-    tok = svc.policy.tokenizer
-    for i in range(8):
-        prompt = f"question number {i}"
-        pid = svc.store.add_prompt(prompt)
-        a, b = f"short answer {i}", f"a much longer answer that was cut {i}"
-        ids_a = tok(" " + a + PLAIN_STOPS[0], add_special_tokens=False)["input_ids"]
-        ids_b = tok(" " + b, add_special_tokens=False)["input_ids"]
-        p_ids = tok(svc.sampler.format(prompt))["input_ids"]
-        pair = svc.store.record_pair(pid, a, b, BASE, BASE, {}, seed=i, end_a=PLAIN_STOPS[0],
-                                     end_b="", prompt_ids=p_ids, ids_a=ids_a, ids_b=ids_b)
-        svc.store.record_vote(pair, "alice", "b" if i % 2 else "a")
-    return svc
-
-
-def test_end_anchor_scores_each_ended_answer_against_its_reference_ending(
-        tmp_path, tiny_model_dir, monkeypatch):
-    """--end-anchor: an answer that ended has its stop string's tokens marked (a cut one
-    none), the reference log-prob of that ending is computed, and the hinge is in the
-    loss of every micro-batch that holds one."""
-    svc = _ended_pairs_svc(tmp_path, tiny_model_dir, "--end-anchor", "1", "--window", "0",
-                           "--heldout-fraction", "0")
-    tok = svc.policy.tokenizer
-    stop = len(tok(PLAIN_STOPS[0], add_special_tokens=False)["input_ids"])
-    train, _, _ = rounds.load_examples(svc.store, svc.train_cfg, svc.sampler.format,
-                                       svc.sampler.scored,
-                                       lambda ids: tok.decode(ids, skip_special_tokens=True))
-    assert len(train) == 8
-    for e in train:
-        ended = e.chosen if "short" in tok.decode(e.chosen) else e.rejected
-        cut = e.rejected if ended is e.chosen else e.chosen
-        assert e.endings[ended] == stop and e.endings[cut] == 0
-    seen = []
-    real = rounds.ending_anchor
-
-    def spy(pol, ref, has_end):
-        seen.append((pol.detach().clone(), ref.clone(), has_end.clone()))
-        return real(pol, ref, has_end)
-
-    monkeypatch.setattr(rounds, "ending_anchor", spy)
-    out = svc.trainer.run_one("test")
-    assert out.status == "accepted", out.error
-    assert seen and all(h.sum() == len(h) // 2 for _, _, h in seen)  # one ended answer a pair
-    for pol, ref, has_end in seen:
-        assert (pol[has_end] < 0).all() and (ref[has_end] < 0).all()
-    first_pol, first_ref, has_end = seen[0]  # the draft starts as base: no gap yet
-    assert torch.allclose(first_pol[has_end], first_ref[has_end], atol=1e-4)
-    steps = svc.store.train_steps(out.round_id)
-    assert steps and all(math.isfinite(s["metrics"]["end_anchor"]) for s in steps)
-
-
-def test_sft_weight_adds_the_chosen_answers_nll_to_each_step(tmp_path, tiny_model_dir):
-    """--sft-weight: the same round with and without the NLL term starts from the same
-    draft on the same batches, so the first step's losses differ by exactly alpha times
-    the chosen answers' negative log-likelihood per token."""
-    first = {}
-    for alpha in ("0", "2"):
-        svc = _ended_pairs_svc(tmp_path / alpha, tiny_model_dir, "--sft-weight", alpha,
-                               "--window", "0", "--heldout-fraction", "0")
-        out = svc.trainer.run_one("test")
-        assert out.status == "accepted", out.error
-        first[alpha] = svc.store.train_steps(out.round_id)[0]["metrics"]
-    nll = first["2"]["nll/chosen"]
-    assert nll > 0 and first["0"]["nll/chosen"] == pytest.approx(nll, rel=1e-4)
-    assert first["2"]["loss"] - first["0"]["loss"] == pytest.approx(2 * nll, rel=1e-3)
-
-
-def test_end_anchor_off_marks_nothing(tmp_path, tiny_model_dir):
-    svc = _ended_pairs_svc(tmp_path, tiny_model_dir)
-    train, _, _ = rounds.load_examples(svc.store, svc.train_cfg, svc.sampler.format,
-                                       svc.sampler.scored, lambda ids: "")
-    assert train and all(not e.endings for e in train)
