@@ -13,6 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+# The KV cache's keyword: newer transformers 5 releases call it ``cache``; there the old
+# ``past_key_values`` still works, with a warning, until its announced removal in 5.40.
+CACHE_KW = ("cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__
+            else "past_key_values")
 
 
 class SamplingAborted(RuntimeError):
@@ -61,8 +67,8 @@ def sample_batch(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *
             raise SamplingAborted(f"sampling stopped after {t} of {max_new_tokens} tokens: "
                                   "the server is stopping")
         res = model(input_ids=step_ids, attention_mask=mask, position_ids=positions,
-                    past_key_values=cache, use_cache=True, logits_to_keep=1)
-        cache = res.past_key_values
+                    use_cache=True, logits_to_keep=1, **{CACHE_KW: cache})
+        cache = getattr(res, CACHE_KW)
         logits = res.logits[:, -1, :]  # (N, V)
         if banned.numel():
             logits.index_fill_(-1, banned, float("-inf"))
