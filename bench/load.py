@@ -79,8 +79,15 @@ class ClientLog(Seen):
     errors: list[str] = field(default_factory=list)
 
 
+def think_time(rng: random.Random, think_s: float,
+               think_range: tuple[float, float] | None) -> float:
+    """Seconds an annotator reads a pair before voting: ``think_s``, or uniform in
+    ``think_range`` (drawn from the annotator's own seeded RNG)."""
+    return think_s if think_range is None else rng.uniform(*think_range)
+
+
 def annotate(client, log: ClientLog, budget: Budget, rng: random.Random,
-             think_s: float = 0.0) -> None:
+             think_s: float = 0.0, think_range: tuple[float, float] | None = None) -> None:
     """Loop next_pair -> vote until the budget runs out; every outcome goes into ``log``."""
     pair_id, voted_at = None, None
     while budget.take():
@@ -104,7 +111,7 @@ def annotate(client, log: ClientLog, budget: Budget, rng: random.Random,
             if voted_at is not None:
                 log.vote_next_s.append(t1 - voted_at)
             voted_at = None
-            time.sleep(think_s)
+            time.sleep(think_time(rng, think_s, think_range))
             continue
         choice = rng.choices(CHOICES, [WEIGHTS[c] for c in CHOICES])[0]
         better = f"A better answer by {log.user}." if rng.random() < BETTER_SHARE else ""
@@ -146,7 +153,8 @@ def latency(xs: list[float]) -> dict:
 
 def run_load(url: str, users: list[User], seconds: float, *, monitor_user: User | None = None,
              max_requests: int = DEFAULT_MAX_REQUESTS, seed: int = 0,
-             think_s: float = 0.0, loggers: list[User] = ()) -> dict:
+             think_s: float = 0.0, think_range: tuple[float, float] | None = None,
+             loggers: list[User] = ()) -> dict:
     """Drive ``url`` with one annotator thread per user for ``seconds`` (or the bound).
 
     Returns the summary (votes/s, latencies in ms, no-pair answers, errors, status seen)
@@ -175,7 +183,7 @@ def run_load(url: str, users: list[User], seconds: float, *, monitor_user: User 
     start_utc, t0, cpu0 = datetime.now(timezone.utc), time.perf_counter(), time.process_time()
     budget = Budget(seconds, max_requests)
     workers = [threading.Thread(target=annotate, args=(
-        c, lg, budget, random.Random(seed * 1000 + i), think_s))
+        c, lg, budget, random.Random(seed * 1000 + i), think_s, think_range))
         for i, (c, lg) in enumerate(zip(clients, logs))]
     login_s: list[float] = []
     login_failures: list[str] = []
@@ -203,7 +211,8 @@ def run_load(url: str, users: list[User], seconds: float, *, monitor_user: User 
     for c in clients:
         c.close()
     hung = sum(t.is_alive() for t in workers)
-    return {**summarise(logs, elapsed, hung, think_s), "logins": {
+    return {**summarise(logs, elapsed, hung, think_s), "think_range_s": think_range,
+            "logins": {
                 "concurrent": len(loggers), "ms": latency(login_s),
                 "failures": len(login_failures), "failure_examples": login_failures[:3]},
             "start_utc": start_utc.isoformat(),
@@ -231,6 +240,7 @@ def summarise(logs: list[ClientLog], elapsed: float, hung: int, think_s: float) 
 def run_benchmark(model: str, clients: int, seconds: float, *, data_dir: str | None = None,
                   votes_per_round: int = 8, ready_pairs: int | None = None, overlap: int = 1,
                   max_requests: int = DEFAULT_MAX_REQUESTS, seed: int = 0, think_s: float = 0.0,
+                  think_range: tuple[float, float] | None = None,
                   server_args: tuple[str, ...] = (), ready_timeout: float = 900.0,
                   logins: int = 0, overlap_fraction: float | None = None) -> dict:
     """Start the server, wait for a warm pool, run the load, stop it, check the DB.
@@ -259,7 +269,8 @@ def run_benchmark(model: str, clients: int, seconds: float, *, data_dir: str | N
     try:
         cpu0 = cpu_seconds(proc.pid)
         load = run_load(url, users, seconds, monitor_user=mon, max_requests=max_requests,
-                        seed=seed, think_s=think_s, loggers=loggers)
+                        seed=seed, think_s=think_s, think_range=think_range,
+                        loggers=loggers)
         cpu1 = cpu_seconds(proc.pid)
     finally:
         stop_server(proc)
@@ -271,7 +282,8 @@ def run_benchmark(model: str, clients: int, seconds: float, *, data_dir: str | N
     result = {"ok": ok, "settings": {
         "model": model, "clients": clients, "seconds": seconds, "votes_per_round":
         votes_per_round, "ready_pairs": ready_pairs, "overlap": overlap, "max_requests":
-        max_requests, "seed": seed, "logins": logins, "server_flags": flags},
+        max_requests, "seed": seed, "logins": logins, "think_s": think_s,
+        "think_range": think_range, "server_flags": flags},
         "ready_s": ready_s, **load,
         "checks": checks, "rounds": rounds_during(data / DB_NAME, load["start_utc"],
                                                   load["end_utc"]),
@@ -328,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overlap-fraction", type=float, default=None, help="Share of pairs "
                     "for two annotators (default: the app's, 0.15).")
     ap.add_argument("--think-s", type=float, default=0.0, help="Pause before each vote.")
+    ap.add_argument("--think-range", type=float, nargs=2, metavar=("MIN", "MAX"),
+                    default=None, help="Pause before each vote drawn uniformly in [MIN, MAX] "
+                    "seconds from each annotator's seeded RNG (instead of --think-s).")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ready-timeout", type=float, default=900.0,
                     help="Seconds to wait for the server's warm pool.")
@@ -341,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
                         votes_per_round=args.votes_per_round, ready_pairs=args.ready_pairs,
                         overlap=args.overlap,
                         max_requests=args.max_requests, seed=args.seed, think_s=args.think_s,
+                        think_range=tuple(args.think_range) if args.think_range else None,
                         server_args=tuple(server_args), ready_timeout=args.ready_timeout,
                         logins=args.logins, overlap_fraction=args.overlap_fraction)
     res["machine"] = machine()

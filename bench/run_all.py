@@ -1,9 +1,9 @@
 """Run every benchmark and regenerate docs/benchmarks.md.
 
-    python bench/run_all.py [--skip-cold]
+    python bench/run_all.py [--skip-cold] [--skip-capacity]
 
-Each benchmark runs in its own process (generation, training, serving); ratios inside a
-benchmark are measured side by side in one run. Writes bench/results/latest.json and
+Each benchmark runs in its own process (generation, training, serving, capacity); ratios
+inside a benchmark are measured side by side in one run. Writes bench/results/latest.json and
 docs/benchmarks.md.
 """
 
@@ -74,17 +74,41 @@ def render(res: dict) -> str:
         f"{s['vote_to_next_pair_ms']['p95']:.0f} ms (target p95 < 300 ms). Hot-swap (adapter "
         f"saved -> serving): {s['hotswap_seconds']} s (target < 1 s); "
         f"{s['failed_requests']} failed of {s['requests_during_round']} requests during the "
-        f"round. Peak RSS of the serving process: {s['peak_rss_mb']:.0f} MB.", ""]
+        f"round. Peak RSS of the serving process: {s['peak_rss_mb']:.0f} MB.", "",
+        *(capacity_lines(res["capacity"]) if res.get("capacity") else [])]
     return "\n".join(lines)
+
+
+def capacity_lines(c: dict) -> list[str]:
+    """The capacity section: annotators kept supplied per server thread count."""
+    st = c["settings"]
+    lo, hi = st["think_s"]
+    rows = [f"| {t} | {len(v['runs'])} | "
+            + ", ".join(f"{r['clients']}: {r['no_pair_answers']}/{r['next_pair_ms']['n']}"
+                        for r in v["runs"])
+            + f" | **{v['capacity'] if v['capacity'] is not None else 'none tried'}** |"
+            for t, v in c["threads"].items()]
+    return ["## Capacity (annotators who think, while rounds train)", "",
+            f"Annotators read each pair {lo:.0f}-{hi:.0f} s (seeded, uniform) before voting; "
+            f"{st['seconds']:.0f} s per run at the app's defaults ({st['votes_per_round']} "
+            f"votes a round, {st['ready_pairs']} pairs kept ready). Capacity: the most "
+            f"annotators with at most {st['target_no_pair_share']:.0%} of next_pair calls "
+            "finding no pair and at least one round trained (`python bench/capacity.py`).", "",
+            "| server threads | runs | clients: no-pair / next_pair calls | capacity |",
+            "|---|---|---|---|", *rows, ""]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--skip-cold", action="store_true")
+    ap.add_argument("--skip-capacity", action="store_true",
+                    help="Leave out bench/capacity.py (about 30 minutes).")
     args = ap.parse_args()
     res = {"machine": machine(),
            "generation": run("generation.py", *(["--skip-cold"] if args.skip_cold else [])),
            "training": run("training.py"), "serving": run("serving.py")}
+    if not args.skip_capacity:
+        res["capacity"] = run("capacity.py")
     write_json("latest.json", res)
     doc = ROOT / "docs" / "benchmarks.md"
     doc.parent.mkdir(exist_ok=True)
