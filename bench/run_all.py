@@ -2,8 +2,8 @@
 
     python bench/run_all.py [--skip-cold] [--skip-capacity]
 
-Each benchmark runs in its own process (generation, training, serving, capacity); ratios
-inside a benchmark are measured side by side in one run. Writes bench/results/latest.json and
+Each benchmark runs in its own process (generation, training, serving, rounds,
+capacity); ratios inside a benchmark are measured side by side in one run. Writes bench/results/latest.json and
 docs/benchmarks.md.
 """
 
@@ -75,8 +75,25 @@ def render(res: dict) -> str:
         f"saved -> serving): {s['hotswap_seconds']} s (target < 1 s); "
         f"{s['failed_requests']} failed of {s['requests_during_round']} requests during the "
         f"round. Peak RSS of the serving process: {s['peak_rss_mb']:.0f} MB.", "",
+        *(rounds_lines(res["rounds"]) if res.get("rounds") else []),
         *(capacity_lines(res["capacity"]) if res.get("capacity") else [])]
     return "\n".join(lines)
+
+
+def rounds_lines(r: dict) -> list[str]:
+    """The round-latency section: the vote that completes a round -> the round finished."""
+    s, st = r["latency_s"], r["settings"]
+    fmt = lambda d: "-" if d["p50"] is None else f"p50 {d['p50']:.1f} s, p95 {d['p95']:.1f} s"  # noqa: E731
+    return ["## Rounds (the vote that completes a round -> new version serving)", "",
+            "| round | status | latency s | waiting s | training s | health check s | other s |",
+            "|---|---|---|---|---|---|---|",
+            *[f"| {x['round']} | {x['status']} | {x['latency_s']:.1f} | {x['wait_s']:.1f} | "
+              f"{x['train_s']:.1f} | {x['check_s']:.1f} | {x['other_s']:.1f} |"
+              for x in r["rounds"]], "",
+            f"{st['votes_per_round']} votes a round (`{st['oracle']}` oracle), app defaults "
+            f"(`python bench/rounds.py`). All rounds: {fmt(s['all'])} (target p50 <= "
+            f"{s['target_p50_s']:.0f} s, {'met' if s['met'] else 'not met'}); accepted "
+            f"rounds: {fmt(s['accepted'])} over {s['accepted']['n']}.", ""]
 
 
 def capacity_lines(c: dict) -> list[str]:
@@ -107,6 +124,7 @@ def main() -> None:
     res = {"machine": machine(),
            "generation": run("generation.py", *(["--skip-cold"] if args.skip_cold else [])),
            "training": run("training.py"), "serving": run("serving.py")}
+    res["rounds"] = run("rounds.py")
     if not args.skip_capacity:
         res["capacity"] = run("capacity.py")
     write_json("latest.json", res)

@@ -1,0 +1,153 @@
+"""Round latency: from the vote that completes a round to the new version serving.
+
+    python bench/rounds.py [--rounds 5] [--model gemma-3-270m] [--oracle shorter]
+                           [--json OUT] [SETTINGS...]
+
+The real loop in one process at the app's defaults (pool, SQLite, the background trainer
+thread, answer-health check, hot-swap): a scripted annotator (``--oracle``, default
+``shorter``, which decides every pair) casts ``--votes-per-round`` votes as fast as the
+pool hands out pairs, and the clock starts at the vote that completes the round. It
+stops when that round has finished: accepted (the new version serves) or rejected
+(serving stays). Each round is split into its parts from the round's own metrics:
+waiting for the trainer to notice the votes, training, the answer-health check, and the
+rest (data, reference log-probs, held-out scoring, save and hot-swap). Reports p50/p95
+over the rounds (target p50 <= 60 s) and writes bench/results/rounds.json. Extra flags
+are app settings (e.g. ``--health-samples 8``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+from bench.common import machine, table, write_json
+from bench.serving import pct
+from storage.files import atomic_write_json
+
+TARGET_P50_S = 60.0
+
+
+def wait_ready_pairs(svc, n: int, timeout_s: float) -> float:
+    """Seconds until the pool holds ``n`` unserved pairs (or the timeout)."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout_s:
+        if svc.store.ready_pair_count() >= n:
+            break
+        time.sleep(0.5)
+    return time.perf_counter() - t0
+
+
+def one_round(svc, oracle, votes: int, timeout_s: float) -> dict:
+    """Cast ``votes`` votes, then time the round they complete until it has finished."""
+    from trainer.sim.simulate import ANNOTATOR, cast_vote
+
+    last = max((r["id"] for r in svc.store.list_rounds(limit=1)), default=0)
+    cast, deadline = 0, time.monotonic() + timeout_s
+    while cast < votes:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {cast}/{votes} votes in {timeout_s:.0f} s")
+        item = svc.next_item(ANNOTATOR)
+        if item is None:
+            time.sleep(0.1)
+            continue
+        cast_vote(svc, oracle, item)
+        cast += 1
+    t_vote, wall_vote = time.perf_counter(), datetime.now().astimezone()
+    while time.monotonic() < deadline:
+        done = [r for r in svc.store.list_rounds(limit=5)
+                if r["id"] > last and r["status"] != "running"]
+        if done:
+            break
+        time.sleep(0.1)
+    else:
+        raise TimeoutError(f"no round finished within {timeout_s:.0f} s")
+    latency = time.perf_counter() - t_vote
+    rnd, m = done[-1], done[-1].get("metrics") or {}
+    started = datetime.fromisoformat(rnd["started"])
+    if started.tzinfo is None:
+        started = started.astimezone()
+    wait = max((started - wall_vote).total_seconds(), 0.0)
+    train, check = m.get("train_seconds") or 0.0, m.get("health_seconds") or 0.0
+    return {"round": rnd["id"], "status": rnd["status"], "version": rnd.get("adapter_version"),
+            "latency_s": round(latency, 2), "wait_s": round(wait, 2),
+            "train_s": round(train, 2), "check_s": round(check, 2),
+            "other_s": round(max(latency - wait - train - check, 0.0), 2),
+            "health_batches": m.get("health_batches"), "steps": m.get("steps"),
+            "hotswap_s": m.get("hotswap_seconds"), "error": rnd.get("error")}
+
+
+def summary(rows: list[dict]) -> dict:
+    """p50 / p95 of the latency over all rounds and over the accepted ones."""
+    lat = [r["latency_s"] for r in rows]
+    acc = [r["latency_s"] for r in rows if r["status"] == "accepted"]
+    stat = lambda xs: {"n": len(xs), "p50": pct(xs, 0.5) if xs else None,  # noqa: E731
+                       "p95": pct(xs, 0.95) if xs else None}
+    out = {"all": stat(lat), "accepted": stat(acc)}
+    p50 = out["all"]["p50"]
+    out["target_p50_s"] = TARGET_P50_S
+    out["met"] = p50 is not None and p50 <= TARGET_P50_S
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--model", default="gemma-3-270m")
+    ap.add_argument("--oracle", default="shorter")
+    ap.add_argument("--timeout", type=float, default=1800.0, help="Seconds per round.")
+    ap.add_argument("--json", default=None, help="Default: bench/results/rounds.json.")
+    args, extra = ap.parse_known_args(argv)
+    from app.cli import build_parser, resolve
+    from storage.db import Store
+    from storage.io import read_prompts
+    from storage.seed import DEFAULT_PROMPTS, SEEDED_KEY
+    from trainer.service import Service
+    from trainer.sim.oracles import checked, load_oracle
+
+    work = Path(tempfile.mkdtemp(prefix="livedpo-rounds-"))
+    cfgs = resolve(build_parser().parse_args(["serve", "--model", args.model, "--data-dir",
+                                              str(work), *extra]))
+    app, train, pool = cfgs["AppConfig"], cfgs["TrainConfig"], cfgs["PoolConfig"]
+    store = Store.open(work)
+    store.add_prompts(read_prompts(DEFAULT_PROMPTS, app.max_prompt_chars), source="default")
+    store.set_state(SEEDED_KEY, True)
+    svc = Service(store, work, cfgs["ModelConfig"], cfgs["SamplingConfig"], pool, train,
+                  max_prompt_chars=app.max_prompt_chars)
+    oracle = checked(load_oracle(args.oracle))
+    rows = []
+    try:
+        svc.start(background=False)
+        svc.require_ready()
+        for _ in range(args.rounds):
+            filled = wait_ready_pairs(svc, min(pool.ready_pairs, train.votes_per_round),
+                                      args.timeout)
+            rows.append({**one_round(svc, oracle, train.votes_per_round, args.timeout),
+                         "pool_refill_s": round(filled, 1)})
+            print(table([rows[-1]], [k for k in rows[-1] if k != "error"]), flush=True)
+    finally:
+        svc.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    s = summary(rows)
+    res = {"machine": machine(), "settings": {
+        "model": args.model, "oracle": args.oracle, "votes_per_round": train.votes_per_round,
+        "health_samples": train.health_samples, "ready_pairs": pool.ready_pairs,
+        "extra_flags": extra}, "rounds": rows, "latency_s": s}
+    print(table(rows, ["round", "status", "latency_s", "wait_s", "train_s", "check_s",
+                       "other_s", "health_batches"]))
+    fmt = lambda d: "-" if d["p50"] is None else f"p50 {d['p50']:.1f} s, p95 {d['p95']:.1f} s"  # noqa: E731
+    print(f"vote -> round finished: {fmt(s['all'])} over {s['all']['n']} rounds; accepted "
+          f"(new version serving): {fmt(s['accepted'])} over {s['accepted']['n']} "
+          f"(target p50 <= {TARGET_P50_S:.0f} s: {'met' if s['met'] else 'not met'})")
+    if args.json:
+        atomic_write_json(Path(args.json), res)
+    print(f"wrote {args.json or write_json('rounds.json', res)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
