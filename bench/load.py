@@ -9,7 +9,8 @@ and compares the votes the clients saw acknowledged with the votes table: 0 lost
 duplicated, no pair handed to two clients (overlap 1), every vote attributed to its user.
 
     python bench/load.py [--clients 20] [--seconds 60] [--model gemma-3-270m]
-                         [--votes-per-round 8] [--logins N] [--json OUT] [-- SERVER FLAGS...]
+                         [--votes-per-round 8] [--logins N] [--think-s S | --think-range MIN MAX]
+                         [--json OUT] [-- SERVER FLAGS...]
 
 Unknown flags go to ``app.py serve`` (e.g. ``--max-new-tokens 48``). Exits 1 if any
 acknowledged vote was lost, duplicated or misattributed, or a pair was handed out twice.
@@ -75,6 +76,7 @@ class ClientLog(Seen):
     next_s: list[float] = field(default_factory=list)
     vote_next_s: list[float] = field(default_factory=list)  # vote sent -> next pair in hand
     no_pair: int = 0
+    next_pair_failed: int = 0  # next_pair calls that raised (timeout, server error)
     requests: int = 0
     errors: list[str] = field(default_factory=list)
 
@@ -98,6 +100,7 @@ def annotate(client, log: ClientLog, budget: Budget, rng: random.Random,
                 pair_id = call(client, "/next_pair")[0]
             except Exception as e:  # noqa: BLE001 - counted, the client carries on
                 log.errors.append(f"next_pair: {type(e).__name__}: {e}"[:300])
+                log.next_pair_failed += 1
                 time.sleep(NO_PAIR_BACKOFF_S)
                 continue
             t1 = time.perf_counter()
@@ -230,6 +233,7 @@ def summarise(logs: list[ClientLog], elapsed: float, hung: int, think_s: float) 
             "votes_per_s": votes / elapsed if elapsed else 0.0,
             "requests": sum(lg.requests for lg in logs),
             "no_pair_answers": sum(lg.no_pair for lg in logs),
+            "next_pair_failed": sum(lg.next_pair_failed for lg in logs),
             "vote_ms": latency(gather("vote_s")), "next_pair_ms": latency(gather("next_s")),
             "vote_to_next_pair_ms": latency(gather("vote_next_s")),
             "client_errors": len(errors), "client_error_examples": errors[:5],

@@ -20,10 +20,16 @@ from storage.files import atomic_write
 
 
 def run(script: str, *args: str) -> dict:
+    """One benchmark in its own process; its JSON, with ``exit_code`` when it failed but
+    still wrote a result (e.g. a failed vote check), so the page can say so."""
     t = time.time()
-    subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], check=True, cwd=ROOT)
-    name = script.replace(".py", ".json")
-    return {**json.loads((RESULTS / name).read_text()), "wall_s": round(time.time() - t)}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], cwd=ROOT)
+    path = RESULTS / script.replace(".py", ".json")
+    if proc.returncode != 0 and not (path.is_file() and path.stat().st_mtime >= t):
+        raise SystemExit(f"bench/{script} failed (exit {proc.returncode}) and wrote no "
+                         f"result; its output is above")
+    return {**json.loads(path.read_text()), "wall_s": round(time.time() - t),
+            "exit_code": proc.returncode}
 
 
 def _pct(ratio: float, target: float) -> str:
@@ -84,14 +90,15 @@ def rounds_lines(r: dict) -> list[str]:
     """The round-latency section: the vote that completes a round -> the round finished."""
     s, st = r["latency_s"], r["settings"]
     fmt = lambda d: "-" if d["p50"] is None else f"p50 {d['p50']:.1f} s, p95 {d['p95']:.1f} s"  # noqa: E731
-    return ["## Rounds (the vote that completes a round -> new version serving)", "",
+    return ["## Rounds (the vote that completes a round -> the round finished)", "",
             "| round | status | latency s | waiting s | training s | health check s | other s |",
             "|---|---|---|---|---|---|---|",
             *[f"| {x['round']} | {x['status']} | {x['latency_s']:.1f} | {x['wait_s']:.1f} | "
               f"{x['train_s']:.1f} | {x['check_s']:.1f} | {x['other_s']:.1f} |"
               for x in r["rounds"]], "",
             f"{st['votes_per_round']} votes a round (`{st['oracle']}` oracle), app defaults "
-            f"(`python bench/rounds.py`). All rounds: {fmt(s['all'])} (target p50 <= "
+            f"(`python bench/rounds.py`). Finished rounds: {fmt(s['all'])}, "
+            f"{s.get('failed', 0)} failed (target p50 <= "
             f"{s['target_p50_s']:.0f} s, {'met' if s['met'] else 'not met'}); accepted "
             f"rounds: {fmt(s['accepted'])} over {s['accepted']['n']}.", ""]
 
@@ -103,14 +110,17 @@ def capacity_lines(c: dict) -> list[str]:
     rows = [f"| {t} | {len(v['runs'])} | "
             + ", ".join(f"{r['clients']}: {r['no_pair_answers']}/{r['next_pair_ms']['n']}"
                         for r in v["runs"])
-            + f" | **{v['capacity'] if v['capacity'] is not None else 'none tried'}** |"
+            + f" | **{v['text']}** |"
             for t, v in c["threads"].items()]
     return ["## Capacity (annotators who think, while rounds train)", "",
             f"Annotators read each pair {lo:.0f}-{hi:.0f} s (seeded, uniform) before voting; "
             f"{st['seconds']:.0f} s per run at the app's defaults ({st['votes_per_round']} "
             f"votes a round, {st['ready_pairs']} pairs kept ready). Capacity: the most "
             f"annotators with at most {st['target_no_pair_share']:.0%} of next_pair calls "
-            "finding no pair and at least one round trained (`python bench/capacity.py`).", "",
+            "finding no pair and at least one round finished meanwhile (`python "
+            "bench/capacity.py`)."
+            + (" **Some vote checks failed** (see capacity.json)." if c.get("exit_code") else ""),
+            "",
             "| server threads | runs | clients: no-pair / next_pair calls | capacity |",
             "|---|---|---|---|", *rows, ""]
 
@@ -119,7 +129,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--skip-cold", action="store_true")
     ap.add_argument("--skip-capacity", action="store_true",
-                    help="Leave out bench/capacity.py (about 30 minutes).")
+                    help="Leave out bench/capacity.py (up to 12 load runs of about 5 "
+                    "minutes each).")
     args = ap.parse_args()
     res = {"machine": machine(),
            "generation": run("generation.py", *(["--skip-cold"] if args.skip_cold else [])),

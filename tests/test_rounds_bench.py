@@ -23,6 +23,8 @@ def test_summary_reports_all_rounds_and_the_accepted_ones():
     assert s["all"]["p50"] == 50.0 and s["met"] is (TARGET_P50_S >= 50.0)
     assert not summary([{"latency_s": 90.0, "status": "accepted"}])["met"]
     assert summary([])["all"]["p50"] is None and not summary([])["met"]
+    failed = summary(rows + [{"latency_s": 1.0, "status": "failed"}])
+    assert failed["failed"] == 1 and failed["all"]["n"] == 3 and not failed["met"]
 
 
 @pytest.mark.slow
