@@ -8,9 +8,11 @@ thread, answer-health check, hot-swap): a scripted annotator (``--oracle``, defa
 ``shorter``, which decides every pair) casts ``--votes-per-round`` votes as fast as the
 pool hands out pairs, and the clock starts at the vote that completes the round. It
 stops when that round has finished: accepted (the new version serves), rejected (serving
-stays) or failed (an error; listed, kept out of the p50 and the target not met). Each round is split into its parts from the round's own metrics:
-waiting for the trainer to notice the votes, training, the answer-health check, and the
-rest (data, reference log-probs, held-out scoring, save and hot-swap). Reports p50/p95
+stays) or failed (an error; listed, kept out of the p50 and the target not met). Each
+round is split into its parts from the round's own metrics: waiting for the trainer to
+notice the votes, training, the answer-health check (and how many of its answers were
+kept from earlier checks), reference log-probs, held-out scoring, and the rest (data,
+save and hot-swap, and pool batches that cut in outside those parts). Reports p50/p95
 over the accepted and rejected rounds (with 5 rounds the p95 is the slowest; target p50
 <= 60 s) and writes bench/results/rounds.json. Extra flags are app settings (e.g.
 ``--health-samples 8``).
@@ -80,12 +82,15 @@ def one_round(svc, oracle, votes: int, timeout_s: float) -> dict:
     why = None if rnd["status"] != "rejected" else (
         "held-out" if "held-out accuracy" in err else "answer health")
     train, check = m.get("train_seconds") or 0.0, m.get("health_seconds") or 0.0
+    ref, held = m.get("reference_seconds") or 0.0, m.get("heldout_seconds") or 0.0
     return {"round": rnd["id"], "status": rnd["status"], "rejected_by": why,
             "version": rnd.get("adapter_version"),
             "latency_s": round(latency, 2), "wait_s": round(wait, 2),
             "train_s": round(train, 2), "check_s": round(check, 2),
-            "other_s": round(max(latency - wait - train - check, 0.0), 2),
-            "health_batches": m.get("health_batches"), "steps": m.get("steps"),
+            "reference_s": round(ref, 2), "heldout_s": round(held, 2),
+            "other_s": round(max(latency - wait - train - check - ref - held, 0.0), 2),
+            "health_batches": m.get("health_batches"),
+            "health_reused": m.get("health_reused"), "steps": m.get("steps"),
             "hotswap_s": m.get("hotswap_seconds"), "error": rnd.get("error")}
 
 
@@ -148,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         "health_samples": train.health_samples, "ready_pairs": pool.ready_pairs,
         "extra_flags": extra}, "rounds": rows, "latency_s": s}
     print(table(rows, ["round", "status", "rejected_by", "latency_s", "wait_s", "train_s",
-                       "check_s",
-                       "other_s", "health_batches"]))
+                       "check_s", "reference_s", "heldout_s", "other_s", "health_batches",
+                       "health_reused"]))
     fmt = lambda d: "-" if d["p50"] is None else f"p50 {d['p50']:.1f} s, p95 {d['p95']:.1f} s"  # noqa: E731
     print(f"vote -> round finished: {fmt(s['all'])} over {s['all']['n']} rounds "
           f"({s['failed']} failed); accepted "

@@ -91,11 +91,13 @@ def rounds_lines(r: dict) -> list[str]:
     s, st = r["latency_s"], r["settings"]
     fmt = lambda d: "-" if d["p50"] is None else f"p50 {d['p50']:.1f} s, p95 {d['p95']:.1f} s"  # noqa: E731
     return ["## Rounds (the vote that completes a round -> the round finished)", "",
-            "| round | status | latency s | waiting s | training s | health check s | other s |",
-            "|---|---|---|---|---|---|---|",
+            "| round | status | latency s | waiting s | training s | health check s "
+            "(answers kept) | reference s | held-out s | other s |",
+            "|---|---|---|---|---|---|---|---|---|",
             *[f"| {x['round']} | {x['status']} | {x['latency_s']:.1f} | {x['wait_s']:.1f} | "
-              f"{x['train_s']:.1f} | {x['check_s']:.1f} | {x['other_s']:.1f} |"
-              for x in r["rounds"]], "",
+              f"{x['train_s']:.1f} | {x['check_s']:.1f} ({x.get('health_reused', '-')}) | "
+              f"{x.get('reference_s', '-')} | {x.get('heldout_s', '-')} | "
+              f"{x['other_s']:.1f} |" for x in r["rounds"]], "",
             f"{st['votes_per_round']} votes a round (`{st['oracle']}` oracle), app defaults "
             f"(`python bench/rounds.py`). Finished rounds: {fmt(s['all'])}, "
             f"{s.get('failed', 0)} failed (target p50 <= "

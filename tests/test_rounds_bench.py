@@ -24,8 +24,10 @@ def test_rounds_bench_on_the_tiny_model(tiny_model_dir, tmp_path):
     assert [r["round"] for r in res["rounds"]] == [1, 2]
     for r in res["rounds"]:
         assert r["status"] in ("accepted", "rejected") and r["latency_s"] > 0
-        parts = r["wait_s"] + r["train_s"] + r["check_s"] + r["other_s"]
+        parts = (r["wait_s"] + r["train_s"] + r["check_s"] + r["reference_s"]
+                 + r["heldout_s"] + r["other_s"])
         assert parts == pytest.approx(r["latency_s"], abs=0.05)
+        assert r["health_reused"] >= 0 and r["reference_s"] >= 0
     s = res["latency_s"]
     assert s["all"]["n"] + s["failed"] == 2 and "vote -> round finished" in run.stdout
     assert s["met"] == (s["failed"] == 0 and s["all"]["p50"] <= s["target_p50_s"])

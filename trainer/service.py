@@ -21,6 +21,7 @@ from trainer.model.generate import Sampler
 from trainer.model.policy import BASE, Policy
 from trainer.pool import PairPool, PlannedPair
 from trainer.progress import Progress, ProgressState, Tee, TqdmProgress
+from trainer.training.health import AnswerCache
 from trainer.training.rounds import READING_THROUGH, RoundOutcome, reference_version, run_round
 from trainer.training.trainloop import TRAINED_THROUGH, TrainerThread
 
@@ -42,6 +43,7 @@ class Service:
         self.policy: Policy | None = None
         self.sampler: Sampler | None = None
         self.pool: PairPool | None = None
+        self.health_cache = AnswerCache()  # answers of base and saved versions, for checks
         self._apply_saved_settings()  # an admin's changes in the UI survive a restart
         self.trainer = TrainerThread(self.store, lambda: self.train_cfg, self._run_round,
                                      terminal_progress=terminal_progress)
@@ -122,7 +124,7 @@ class Service:
         return run_round(self.policy, self.store, self.train_cfg, fmt=self.sampler.format,
                          frame=self.sampler.scored, adapters_dir=self.adapters_dir,
                          trigger=trigger, progress=progress, on_accept=self.on_new_version,
-                         sampler=self.sampler)
+                         sampler=self.sampler, health_cache=self.health_cache)
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         return self._ready.wait(timeout)

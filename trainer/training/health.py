@@ -1,6 +1,6 @@
 """Answer health: does a draft adapter still write answers that end?
 
-Held-out reward accuracy (``rounds.heldout_accuracy``) scores the answers stored with
+Held-out reward accuracy (``heldout.heldout_accuracy``) scores the answers stored with
 the votes; it cannot see what the draft will WRITE. A draft can pass that check and
 still ramble past its stop string (over-optimisation: docs/learning.md shows it on the
 default model). That failure is visible in samples at once: few answers end by
@@ -20,12 +20,18 @@ batch (new prompts where there are enough, new seed), up to ``MAX_BATCHES``; aft
 last, a drop above the tolerance rejects. Modelled as independent draws at that base with the default tolerance 0.15
 (``python bench/health_gate.py``), a healthy draft is rejected 11% of the time, and a
 draft at 30% (20%) passes 9% (1%) of the time, on about 22 answers per version.
+
+Base and every saved version never change, so their answers are kept (``AnswerCache``)
+and a later round samples only what it has not drawn before: once rounds ask the same
+prompts again, the draft alone. The serving version's answers are the ones its own
+draft gave in the check that accepted it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 from trainer.config import TrainConfig
@@ -83,6 +89,51 @@ def answers(sampler, prompts: list[str], version: str, seed: int) -> list[Sample
     return sampler.sample(prompts, version, seed, empty_retries=0)
 
 
+class AnswerCache:
+    """Answer-health samples of versions that never change, for later rounds' checks.
+
+    A version's adapter is written once and never rewritten (base has none), so an answer
+    it gave to a prompt under one set of sampling settings is as good a sample in a later
+    round as a new one. Keys: (sampling settings, version, prompt, k), k counting that
+    prompt's answers within a check. The draft's answers are kept under ``TRAIN`` until
+    the next check; ``promote`` re-labels them when the draft is saved as a version. The
+    oldest answers go first beyond ``limit``.
+    """
+
+    def __init__(self, limit: int = 8192) -> None:
+        self.limit = limit
+        self._answers: dict[tuple, Sample] = {}
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+    def draw(self, sampler, prompts: list[str], ks: list[int], version: str,
+             seed: int) -> tuple[list[Sample], int]:
+        """(``version``'s answers to ``prompts``, how many came from the cache); what is
+        missing is sampled in one batch (``answers``) and kept. The draft is always
+        sampled."""
+        keys = [(sampler.cfg, version, p, k) for p, k in zip(prompts, ks)]
+        missing = [i for i, key in enumerate(keys)
+                   if version == TRAIN or key not in self._answers]
+        new = answers(sampler, [prompts[i] for i in missing], version, seed) if missing else []
+        for i, s in zip(missing, new):
+            self._answers.pop(keys[i], None)  # re-inserted last: the newest
+            self._answers[keys[i]] = s
+        while len(self._answers) > self.limit:
+            del self._answers[next(iter(self._answers))]
+        return [self._answers[key] for key in keys], len(keys) - len(missing)
+
+    def forget_draft(self) -> None:
+        """Drop the last draft's answers (a new draft is about to be checked)."""
+        for key in [k for k in self._answers if k[1] == TRAIN]:
+            del self._answers[key]
+
+    def promote(self, version: str) -> None:
+        """The checked draft was saved as ``version``: its answers are that version's."""
+        for key in [k for k in self._answers if k[1] == TRAIN]:
+            self._answers[(key[0], version, *key[2:])] = self._answers.pop(key)
+
+
 def of(sampler, prompts: list[str], version: str, seed: int) -> AnswerHealth:
     """One version's answer health on ``prompts`` (see ``answers``)."""
     return measure(answers(sampler, prompts, version, seed))
@@ -129,7 +180,8 @@ def step(worse_by: float, batch: int, tolerance: float) -> str:
 
 
 def draft_problem(sampler, train: list, held: list, serving: str, cfg: TrainConfig,
-                  round_id: int, metrics: dict, recent_prompts: list[str] = ()) -> str | None:
+                  round_id: int, metrics: dict, recent_prompts: list[str] = (),
+                  cache: AnswerCache | None = None) -> str | None:
     """Why the draft must not serve after sampling it against serving and base (its
     answers stopped ending, or serving changed under the round), or None. ``train`` and
     ``held`` are the round's examples: their ``question`` texts are asked first.
@@ -137,12 +189,17 @@ def draft_problem(sampler, train: list, held: list, serving: str, cfg: TrainConf
     Against base too, because each round may lose up to the tolerance against the one
     before: a slow drift (each step within the tolerance) would otherwise add up to
     answers that never end. Batches of ``health_samples`` answers per version are drawn
-    until ``step`` decides. Records each version's answer health in ``metrics``.
+    until ``step`` decides. Records each version's answer health in ``metrics``, and
+    how many answers came from ``cache`` (a fresh one, used only by this check, without).
     """
+    cache = AnswerCache() if cache is None else cache
+    cache.forget_draft()
     prompts = health_prompts([e.question for e in held], [e.question for e in train],
                                     cfg.health_samples * MAX_BATCHES, recent_prompts)
     versions = [serving, TRAIN] + ([BASE] if serving != BASE else [])
     drawn: dict[str, list] = {v: [] for v in versions}
+    asked: Counter = Counter()  # each prompt's answers so far in this check, per version
+    reused = 0
     t0 = time.perf_counter()
     with sampler.policy.lock.hold(priority=True):  # no swap or rollback between batches
         if sampler.policy.serving != serving:
@@ -152,8 +209,14 @@ def draft_problem(sampler, train: list, held: list, serving: str, cfg: TrainConf
         for batch in range(1, MAX_BATCHES + 1):
             seed = cfg.seed + round_id + 7919 * (batch - 1)
             these = batch_prompts(prompts, batch, cfg.health_samples)
+            ks = []
+            for p in these:
+                ks.append(asked[p])
+                asked[p] += 1
             for v in versions:
-                drawn[v] += answers(sampler, these, v, seed)
+                got, hits = cache.draw(sampler, these, ks, v, seed)
+                drawn[v] += got
+                reused += hits
             was, now = measure(drawn[serving]), measure(drawn[TRAIN])
             base = measure(drawn[BASE]) if serving != BASE else was
             verdicts = {name: step(drop(ref, now), batch, cfg.health_tolerance)
@@ -162,6 +225,7 @@ def draft_problem(sampler, train: list, held: list, serving: str, cfg: TrainConf
                 break
     metrics["health_seconds"] = round(time.perf_counter() - t0, 2)
     metrics["health_batches"] = batch
+    metrics["health_reused"] = reused  # answers of serving or base kept from earlier checks
     metrics["health_before"] = dataclasses.asdict(was)
     metrics["health_after"] = dataclasses.asdict(now)
     metrics["health_base"] = dataclasses.asdict(base)

@@ -40,6 +40,7 @@ from trainer.training.data import (
     split,
     unpaired_examples,
 )
+from trainer.training.heldout import heldout_accuracy
 from trainer.training.losses import (
     chosen_nll,
     ending_anchor,
@@ -78,36 +79,6 @@ def method_rows(rows: list[dict], method: str) -> list[dict]:
     """The training rows a method learns from: every implied pair (dpo), or only each
     vote's (best, worst) pair (dno; an A/B vote or a written better answer is one)."""
     return rows if method == "dpo" else [r for r in rows if r.get("extreme", True)]
-
-
-def heldout_accuracy(policy, held: list[Example], version: str, cfg: TrainConfig) -> dict:
-    """Implicit-reward accuracy on held-out pairs: does beta*log(pi/pi_ref) rank chosen first?
-
-    With ``--length-alpha`` the reward is R-DPO's, beta*log(pi/pi_ref) + alpha |y|, the
-    one the round optimises. Ties (equal rewards, e.g. policy == reference) count half.
-    """
-    paired = [e for e in held if e.rejected is not None]
-    if not paired:
-        return {"accuracy": None, "n": 0, "margin": None, "hits": []}
-    prompts = [e.prompt for e in paired for _ in range(2)]
-    texts = [t for e in paired for t in (e.chosen, e.rejected)]
-    sums, counts = score(policy, prompts, texts, version, cfg.max_length, cfg.micro_batch * 2)
-    hits: list[float] = []
-    margins = []
-    for i, e in enumerate(paired):
-        pc, pr = _norm(cfg, sums[2 * i], counts[2 * i]), _norm(cfg, sums[2 * i + 1],
-                                                                counts[2 * i + 1])
-        rc, rr = _norm(cfg, *e.ref[e.chosen]), _norm(cfg, *e.ref[e.rejected])
-        margin = cfg.beta * ((pc - rc) - (pr - rr))
-        margin += cfg.length_alpha * (counts[2 * i] - counts[2 * i + 1])  # R-DPO's reward
-        margins.append(margin)
-        hits.append(1.0 if margin > 1e-9 else 0.5 if abs(margin) <= 1e-9 else 0.0)
-    return {"accuracy": sum(hits) / len(paired), "n": len(paired),
-            "margin": sum(margins) / len(margins), "hits": hits}
-
-
-def _norm(cfg: TrainConfig, logp: float, n: int) -> float:
-    return logp / max(n, 1) if needs_length_normalisation(cfg.loss) else logp
 
 
 def _micro_step(policy, batch: list[Example], cfg: TrainConfig, ref_version: str) -> tuple:
@@ -303,11 +274,14 @@ def load_examples(store, cfg: TrainConfig, fmt, frame, decode: span.Decode | Non
 
 def run_round(policy, store, cfg: TrainConfig, *, fmt, frame, adapters_dir: Path,
               trigger: str = "auto", progress: Progress | None = None,
-              on_accept=None, sampler=None) -> RoundOutcome:
+              on_accept=None, sampler=None,
+              health_cache: health.AnswerCache | None = None) -> RoundOutcome:
     """Run one full round; never raises for training problems (they are recorded).
 
     ``sampler`` (a ``generate.Sampler``) runs the answer-health check; without one, or
     with ``cfg.health_samples == 0``, the round is judged on held-out accuracy alone.
+    ``health_cache`` keeps the check's answers of base and saved versions for later
+    rounds (the service passes one; without it each check samples everything).
     """
     progress = progress or NullProgress()
     serving = policy.serving
@@ -325,13 +299,19 @@ def run_round(policy, store, cfg: TrainConfig, *, fmt, frame, adapters_dir: Path
                              f"{MIN_TRAIN_EXAMPLES}); collect more A/B votes first.")
         ref_version = reference_version(cfg, serving)
         progress.update(0, 1, f"Round {round_id}: reference log-probs ({ref_version})")
+        t0 = time.perf_counter()
         counts["ref_computed"] = attach_reference(train + held, policy, store, ref_version,
                                                   cfg.max_length, cfg.micro_batch * 2)
+        ref_s, t0 = time.perf_counter() - t0, time.perf_counter()
         before = heldout_accuracy(policy, held, serving, cfg)
+        held_s = time.perf_counter() - t0
         policy.reset_train_adapter(serving)
         fit = train_draft(policy, store, train, cfg, round_id, ref_version, progress)
+        t0 = time.perf_counter()
         after = heldout_accuracy(policy, held, TRAIN, cfg)
-        metrics = {"heldout_before": before, "heldout_after": after, **fit}
+        held_s += time.perf_counter() - t0
+        metrics = {"heldout_before": before, "heldout_after": after, **fit,
+                   "reference_seconds": round(ref_s, 2), "heldout_seconds": round(held_s, 2)}
         verdict = gate.compare(before["hits"], after["hits"], cfg.accept_tolerance,
                                cfg.accept_alpha)
         metrics["heldout_test"] = dataclasses.asdict(verdict)
@@ -347,8 +327,8 @@ def run_round(policy, store, cfg: TrainConfig, *, fmt, frame, adapters_dir: Path
                             "answers each)")
             recent = store.recent_voted_prompts(cfg.health_samples * health.MAX_BATCHES,
                                                 counts["max_vote_id"])
-            reason = health.draft_problem(sampler, train, held, serving, cfg, round_id, metrics,
-                                     recent)
+            reason = health.draft_problem(sampler, train, held, serving, cfg, round_id,
+                                          metrics, recent, health_cache)
         if reason:
             store.finish_round(round_id, "rejected", counts=counts, metrics=metrics,
                                error=reason)
@@ -365,6 +345,8 @@ def run_round(policy, store, cfg: TrainConfig, *, fmt, frame, adapters_dir: Path
         store.add_adapter(version, str(path), parent_version=serving, round_id=round_id,
                           status="saved", metrics=metrics)
         policy.swap(version, path)
+        if health_cache is not None:
+            health_cache.promote(version)
         metrics["hotswap_seconds"] = round(time.perf_counter() - t_save, 3)  # save -> serving
         with store.write():  # ready, serving and accepted in one transaction
             store.set_adapter_status(version, "ready")
