@@ -1,7 +1,7 @@
 """Round latency: from the vote that completes a round to the new version serving.
 
     python bench/rounds.py [--rounds 5] [--model gemma-3-270m] [--oracle shorter]
-                           [--json OUT] [SETTINGS...]
+                           [--json OUT] [--no-answer-reuse] [SETTINGS...]
 
 The real loop in one process at the app's defaults (pool, SQLite, the background trainer
 thread, answer-health check, hot-swap): a scripted annotator (``--oracle``, default
@@ -12,10 +12,12 @@ stays) or failed (an error; listed, kept out of the p50 and the target not met).
 round is split into its parts from the round's own metrics: waiting for the trainer to
 notice the votes, training, the answer-health check (and how many of its answers were
 kept from earlier checks), reference log-probs, held-out scoring, and the rest (data,
-save and hot-swap, and pool batches that cut in outside those parts). Reports p50/p95
+save and hot-swap). ``lock_wait_s`` is the part of those during which the round waited
+for the model lock: generation (the pool's batches go first) cutting in. Reports p50/p95
 over the accepted and rejected rounds (with 5 rounds the p95 is the slowest; target p50
 <= 60 s) and writes bench/results/rounds.json. Extra flags are app settings (e.g.
-``--health-samples 8``).
+``--health-samples 8``); ``--no-answer-reuse`` measures the same rounds with every
+check sampling all its versions afresh.
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ def one_round(svc, oracle, votes: int, timeout_s: float) -> dict:
             "other_s": round(max(latency - wait - train - check - ref - held, 0.0), 2),
             "health_batches": m.get("health_batches"),
             "health_reused": m.get("health_reused"), "steps": m.get("steps"),
+            "lock_wait_s": m.get("lock_wait_seconds"),  # inside the parts above
             "hotswap_s": m.get("hotswap_seconds"), "error": rnd.get("error")}
 
 
@@ -116,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--oracle", default="shorter")
     ap.add_argument("--timeout", type=float, default=1800.0, help="Seconds per round.")
     ap.add_argument("--json", default=None, help="Default: bench/results/rounds.json.")
+    ap.add_argument("--no-answer-reuse", dest="reuse", action="store_false",
+                    help="Each answer-health check samples every version afresh (no "
+                         "answers kept between rounds): the comparison for the reuse.")
     args, extra = ap.parse_known_args(argv)
     from app.cli import build_parser, resolve
     from storage.db import Store
@@ -133,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     store.set_state(SEEDED_KEY, True)
     svc = Service(store, work, cfgs["ModelConfig"], cfgs["SamplingConfig"], pool, train,
                   max_prompt_chars=app.max_prompt_chars)
+    if not args.reuse:
+        svc.health_cache = None  # run_round then gives each check a fresh cache
     oracle = checked(load_oracle(args.oracle))
     rows = []
     try:
@@ -151,10 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     res = {"machine": machine(), "settings": {
         "model": args.model, "oracle": args.oracle, "votes_per_round": train.votes_per_round,
         "health_samples": train.health_samples, "ready_pairs": pool.ready_pairs,
-        "extra_flags": extra}, "rounds": rows, "latency_s": s}
+        "answer_reuse": args.reuse, "extra_flags": extra}, "rounds": rows, "latency_s": s}
     print(table(rows, ["round", "status", "rejected_by", "latency_s", "wait_s", "train_s",
                        "check_s", "reference_s", "heldout_s", "other_s", "health_batches",
-                       "health_reused"]))
+                       "health_reused", "lock_wait_s"]))
     fmt = lambda d: "-" if d["p50"] is None else f"p50 {d['p50']:.1f} s, p95 {d['p95']:.1f} s"  # noqa: E731
     print(f"vote -> round finished: {fmt(s['all'])} over {s['all']['n']} rounds "
           f"({s['failed']} failed); accepted "

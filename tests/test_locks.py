@@ -49,3 +49,28 @@ def test_priority_waiter_goes_first():
     for t in (t0, t_low, t_high):
         t.join(5)
     assert order == ["generate", "train"]  # ...but generation is served first
+
+
+def test_each_thread_sees_how_long_it_waited():
+    lock = PriorityLock()
+    held, go = threading.Event(), threading.Event()
+
+    def owner():
+        with lock.hold():
+            held.set()
+            go.wait(5)
+
+    t = threading.Thread(target=owner)
+    t.start()
+    held.wait(5)
+    before = lock.waited_seconds()
+    threading.Timer(0.2, go.set).start()
+    with lock.hold():
+        pass
+    t.join(5)
+    assert lock.waited_seconds() - before >= 0.15
+    seen = []
+    other = threading.Thread(target=lambda: seen.append(lock.waited_seconds()))
+    other.start()
+    other.join(5)
+    assert seen == [0.0]  # another thread's waits are its own

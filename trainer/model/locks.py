@@ -10,6 +10,8 @@ The lock is re-entrant for its owning thread.
 from __future__ import annotations
 
 import threading
+import time
+from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -20,6 +22,7 @@ class PriorityLock:
         self._owner: int | None = None
         self._depth = 0
         self._high_waiting = 0
+        self._waited: defaultdict[int, float] = defaultdict(float)  # thread -> seconds
 
     @contextmanager
     def hold(self, priority: bool = False) -> Iterator[None]:
@@ -31,12 +34,14 @@ class PriorityLock:
             else:
                 if priority:
                     self._high_waiting += 1
+                t0 = time.perf_counter()
                 try:
                     while self._owner is not None or (not priority and self._high_waiting):
                         self._cond.wait()
                 finally:
                     if priority:
                         self._high_waiting -= 1
+                    self._waited[me] += time.perf_counter() - t0
                 self._owner, self._depth = me, 1
         try:
             yield
@@ -46,6 +51,12 @@ class PriorityLock:
                 if self._depth == 0:
                     self._owner = None
                     self._cond.notify_all()
+
+    def waited_seconds(self) -> float:
+        """Seconds the calling thread has spent waiting for the lock so far (a round
+        reads it before and after: the time generation and swaps cut in)."""
+        with self._cond:
+            return self._waited.get(threading.get_ident(), 0.0)
 
     @property
     def high_priority_waiting(self) -> bool:

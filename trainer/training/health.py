@@ -6,12 +6,12 @@ still ramble past its stop string (over-optimisation: docs/learning.md shows it 
 default model). That failure is visible in samples at once: few answers end by
 themselves.
 
-So before a draft serves, the draft and the serving version answer the same prompts
-with the same seed, and the round is rejected when the share of healthy answers (ended
-by a stop string or EOS, and not empty) fell, or the share cut at the token limit or
-the share of empty answers rose, by more than ``health_tolerance``. Sharing prompts and
-seed makes the shares move together, so the check sees the adapter's effect rather than
-sampling noise.
+So before a draft serves, the draft, the serving version and base answer the same
+prompts, and the round is rejected when the share of healthy answers (ended by a stop
+string or EOS, and not empty) fell, or the share cut at the token limit or the share of
+empty answers rose, by more than ``health_tolerance``. Sharing prompts makes the shares
+move together (how long answers run varies more between prompts than between samples
+of one), so the check sees the adapter's effect rather than the prompts'.
 
 A batch of 12 answers is a small sample: at a 61% healthy base, a draft whose answers
 end only 30% of the time shows a drop within 0.25 about half the time. So the check is
@@ -132,17 +132,6 @@ class AnswerCache:
         """The checked draft was saved as ``version``: its answers are that version's."""
         for key in [k for k in self._answers if k[1] == TRAIN]:
             self._answers[(key[0], version, *key[2:])] = self._answers.pop(key)
-
-
-def of(sampler, prompts: list[str], version: str, seed: int) -> AnswerHealth:
-    """One version's answer health on ``prompts`` (see ``answers``)."""
-    return measure(answers(sampler, prompts, version, seed))
-
-
-def compare(sampler, prompts: list[str], serving: str, draft: str,
-            seed: int) -> tuple[AnswerHealth, AnswerHealth]:
-    """(serving's health, draft's health) on the same prompts with the same seed."""
-    return of(sampler, prompts, serving, seed), of(sampler, prompts, draft, seed)
 
 
 MAX_BATCHES = 3

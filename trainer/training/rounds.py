@@ -285,6 +285,7 @@ def run_round(policy, store, cfg: TrainConfig, *, fmt, frame, adapters_dir: Path
     """
     progress = progress or NullProgress()
     serving = policy.serving
+    waited = policy.lock.waited_seconds()  # to tell the time generation cut in
     round_id = store.start_round(config=dataclasses.asdict(cfg), trigger=trigger)
     counts: dict = {}
     version: str | None = None
@@ -329,6 +330,7 @@ def run_round(policy, store, cfg: TrainConfig, *, fmt, frame, adapters_dir: Path
                                                 counts["max_vote_id"])
             reason = health.draft_problem(sampler, train, held, serving, cfg, round_id,
                                           metrics, recent, health_cache)
+        metrics["lock_wait_seconds"] = round(policy.lock.waited_seconds() - waited, 2)
         if reason:
             store.finish_round(round_id, "rejected", counts=counts, metrics=metrics,
                                error=reason)
