@@ -1,6 +1,7 @@
 """Answer health: the sample-based acceptance check (trainer/training/health.py) and its wiring."""
 
 import dataclasses
+import time
 
 import pytest
 import torch
@@ -251,3 +252,33 @@ def test_serving_changed_during_the_round_is_not_served(tmp_path, tiny_model_dir
 ])
 def test_bad_health_settings_are_named(flag, value, msg):
     assert any(msg in p for p in TrainConfig(**{flag: value}).problems())
+
+
+def test_the_pool_gets_the_model_between_the_checks_batches(tmp_path, tiny_model_dir,
+                                                            monkeypatch):
+    """Generation goes first: a pool batch that asks for the model while the draft is
+    checked runs before the check's next version's batch, not after the whole check."""
+    import threading
+
+    svc = voted_service(tmp_path, tiny_model_dir)
+    real, order, threads = svc.sampler.sample, [], []
+
+    def pool_batch():
+        with svc.policy.lock.hold(priority=True):
+            order.append("pool")
+
+    def sample(prompts, version, seed, empty_retries=None):
+        if not threads:  # the first version's batch: a pool batch now queues for the lock
+            threads.append(threading.Thread(target=pool_batch))
+            threads[0].start()
+            deadline = time.monotonic() + 5
+            while not svc.policy.lock.high_priority_waiting and time.monotonic() < deadline:
+                time.sleep(0.01)
+        order.append(version)
+        return real(prompts, version, seed, empty_retries)
+
+    monkeypatch.setattr(svc.sampler, "sample", sample)
+    out = svc.trainer.run_one("test")
+    threads[0].join(5)
+    assert "health_after" in out.metrics, out.error
+    assert order[:3] == [BASE, "pool", TRAIN], order

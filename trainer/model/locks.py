@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -22,7 +21,7 @@ class PriorityLock:
         self._owner: int | None = None
         self._depth = 0
         self._high_waiting = 0
-        self._waited: defaultdict[int, float] = defaultdict(float)  # thread -> seconds
+        self._mine = threading.local()  # .waited: this thread's seconds spent waiting
 
     @contextmanager
     def hold(self, priority: bool = False) -> Iterator[None]:
@@ -41,7 +40,7 @@ class PriorityLock:
                 finally:
                     if priority:
                         self._high_waiting -= 1
-                    self._waited[me] += time.perf_counter() - t0
+                    self._mine.waited = self.waited_seconds() + time.perf_counter() - t0
                 self._owner, self._depth = me, 1
         try:
             yield
@@ -55,8 +54,7 @@ class PriorityLock:
     def waited_seconds(self) -> float:
         """Seconds the calling thread has spent waiting for the lock so far (a round
         reads it before and after: the time generation and swaps cut in)."""
-        with self._cond:
-            return self._waited.get(threading.get_ident(), 0.0)
+        return getattr(self._mine, "waited", 0.0)
 
     @property
     def high_priority_waiting(self) -> bool:

@@ -24,7 +24,9 @@ draft at 30% (20%) passes 9% (1%) of the time, on about 22 answers per version.
 Base and every saved version never change, so their answers are kept (``AnswerCache``)
 and a later round samples only what it has not drawn before: once rounds ask the same
 prompts again, the draft alone. The serving version's answers are the ones its own
-draft gave in the check that accepted it.
+draft gave in the check that accepted it. The check takes the model lock one
+version's batch at a time, queued like a training step, so the pool's batches go first
+and annotators keep getting pairs while a draft is checked.
 """
 
 from __future__ import annotations
@@ -190,28 +192,33 @@ def draft_problem(sampler, train: list, held: list, serving: str, cfg: TrainConf
     asked: Counter = Counter()  # each prompt's answers so far in this check, per version
     reused = 0
     t0 = time.perf_counter()
-    with sampler.policy.lock.hold(priority=True):  # no swap or rollback between batches
-        if sampler.policy.serving != serving:
-            return (f"serving changed from {serving} to {sampler.policy.serving} during the "
-                    f"round (a rollback?); this draft started from {serving}, so it is not "
-                    "served; its votes stay in the next round's data.")
-        for batch in range(1, MAX_BATCHES + 1):
-            seed = cfg.seed + round_id + 7919 * (batch - 1)
-            these = batch_prompts(prompts, batch, cfg.health_samples)
-            ks = []
-            for p in these:
-                ks.append(asked[p])
-                asked[p] += 1
-            for v in versions:
+    lock = sampler.policy.lock
+    for batch in range(1, MAX_BATCHES + 1):
+        seed = cfg.seed + round_id + 7919 * (batch - 1)
+        these = batch_prompts(prompts, batch, cfg.health_samples)
+        ks = []
+        for p in these:
+            ks.append(asked[p])
+            asked[p] += 1
+        for v in versions:
+            # One version's batch per hold, queued like a training step: the pool's
+            # batches go first in between (annotators keep getting pairs), and serving
+            # cannot change within a hold.
+            with lock.hold():
+                if sampler.policy.serving != serving:
+                    return (f"serving changed from {serving} to {sampler.policy.serving} "
+                            f"during the round (a rollback?); this draft started from "
+                            f"{serving}, so it is not served; its votes stay in the next "
+                            "round's data.")
                 got, hits = cache.draw(sampler, these, ks, v, seed)
-                drawn[v] += got
-                reused += hits
-            was, now = measure(drawn[serving]), measure(drawn[TRAIN])
-            base = measure(drawn[BASE]) if serving != BASE else was
-            verdicts = {name: step(drop(ref, now), batch, cfg.health_tolerance)
-                        for ref, name in ((was, serving), (base, BASE))}
-            if "reject" in verdicts.values() or set(verdicts.values()) == {"pass"}:
-                break
+            drawn[v] += got
+            reused += hits
+        was, now = measure(drawn[serving]), measure(drawn[TRAIN])
+        base = measure(drawn[BASE]) if serving != BASE else was
+        verdicts = {name: step(drop(ref, now), batch, cfg.health_tolerance)
+                    for ref, name in ((was, serving), (base, BASE))}
+        if "reject" in verdicts.values() or set(verdicts.values()) == {"pass"}:
+            break
     metrics["health_seconds"] = round(time.perf_counter() - t0, 2)
     metrics["health_batches"] = batch
     metrics["health_reused"] = reused  # answers of serving or base kept from earlier checks
