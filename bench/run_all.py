@@ -96,7 +96,7 @@ def rounds_lines(r: dict) -> list[str]:
             "|---|---|---|---|---|---|---|---|---|",
             *[f"| {x['round']} | {x['status']} | {x['latency_s']:.1f} | {x['wait_s']:.1f} | "
               f"{x['train_s']:.1f} | {x['check_s']:.1f} ({x.get('health_reused', '-')}) | "
-              f"{x.get('reference_s', '-')} | {x.get('heldout_s', '-')} | "
+              f"{x.get('reference_s', 0.0):.1f} | {x.get('heldout_s', 0.0):.1f} | "
               f"{x['other_s']:.1f} |" for x in r["rounds"]], "",
             f"{st['votes_per_round']} votes a round (`{st['oracle']}` oracle), app defaults "
             f"(`python bench/rounds.py`). Finished rounds: {fmt(s['all'])}, "

@@ -36,54 +36,80 @@ def test_base_answers_are_drawn_once_and_the_draft_every_time():
     assert hits == hits2 == 0 and draft1[0].text != draft2[0].text  # never reused
 
 
-def test_a_promoted_draft_answers_as_its_version_and_other_settings_miss():
+def test_the_draft_is_never_kept_and_other_settings_miss():
     sampler, cache = CountingSampler(SamplingConfig(), []), health.AnswerCache()
-    drawn, _ = cache.draw(sampler, ["p", "q"], [0, 0], TRAIN, seed=1)
-    cache.promote("v1")
-    served, hits = cache.draw(sampler, ["p", "q"], [0, 0], "v1", seed=2)
-    assert hits == 2 and served == drawn and len(sampler.calls) == 1
-    cache.forget_draft()  # nothing under TRAIN any more; v1's answers stay
-    assert cache.draw(sampler, ["p"], [0], "v1", seed=3)[1] == 1
+    cache.draw(sampler, ["p", "q"], [0, 0], TRAIN, seed=1)
+    assert len(cache) == 0  # a draft's answers are new every round
+    first, _ = cache.draw(sampler, ["p"], [0], "v1", seed=2)
+    again, hits = cache.draw(sampler, ["p"], [0], "v1", seed=3)
+    assert hits == 1 and again[0].text == first[0].text
+    assert again[0].token_ids is None  # only what the health measure reads is kept
     hotter = CountingSampler(replace(SamplingConfig(), temperature=1.3), sampler.calls)
     _, hits = cache.draw(hotter, ["p"], [0], "v1", seed=4)
     assert hits == 0 and sampler.calls[-1] == ("v1", ["p"])  # a setting changed: sampled
 
 
-def test_the_oldest_answers_go_first_beyond_the_limit():
+def test_answers_drawn_while_the_settings_change_are_not_kept():
+    calls = []
+
+    class EditedMidway(CountingSampler):
+        def sample(self, prompts, version, seed, empty_retries=None):
+            out = super().sample(prompts, version, seed, empty_retries)
+            self.cfg = replace(self.cfg, top_k=5)  # an admin saved new settings meanwhile
+            return out
+
+    sampler, cache = EditedMidway(SamplingConfig(), calls), health.AnswerCache()
+    got, _ = cache.draw(sampler, ["p"], [0], BASE, seed=1)
+    assert len(got) == 1 and len(cache) == 0
+
+
+def test_the_least_recently_used_answers_go_first_beyond_the_limit():
     sampler, cache = CountingSampler(SamplingConfig(), []), health.AnswerCache(limit=3)
     cache.draw(sampler, ["a", "b", "c"], [0, 0, 0], BASE, seed=1)
-    cache.draw(sampler, ["d"], [0], BASE, seed=2)
+    cache.draw(sampler, ["a"], [0], BASE, seed=2)  # a hit: a is now the newest
+    cache.draw(sampler, ["d"], [0], BASE, seed=3)  # b goes
     assert len(cache) == 3
-    _, hits = cache.draw(sampler, ["b", "c", "d"], [0, 0, 0], BASE, seed=3)
+    _, hits = cache.draw(sampler, ["a", "c", "d"], [0, 0, 0], BASE, seed=4)
     assert hits == 3
-    _, hits = cache.draw(sampler, ["a"], [0], BASE, seed=4)
-    assert hits == 0
+    # A full cache still answers a call whose hits and new answers exceed the limit.
+    got, hits = cache.draw(sampler, ["a", "c", "d", "e", "f"], [0] * 5, BASE, seed=5)
+    assert hits == 3 and len(got) == 5 and len(cache) == 3
 
 
-def test_the_next_round_samples_base_and_the_new_version_only_where_it_has_not(
+def test_the_next_rounds_sample_base_and_serving_only_where_they_have_not(
         tmp_path, tiny_model_dir, monkeypatch):
-    """Round 1 (serving base) accepts v1; round 2 (serving v1) finds base's answers and
-    v1's (its draft's, from round 1's check) for the prompts both checks ask."""
+    """Round 1 (serving base) accepts v1; round 2 (serving v1, a draft that answers with
+    nothing: rejected) finds base's answers for the prompts both checks ask and samples
+    v1 afresh; round 3 finds v1's answers too."""
     svc = voted_service(tmp_path, tiny_model_dir, "--health-samples", "6")
-    real, calls = svc.sampler.sample, []
+    real, calls, broken = svc.sampler.sample, [], []
 
     def sample(prompts, version, seed, empty_retries=None):
         calls.append((version, list(prompts)))
+        if broken and version == TRAIN:
+            return [Sample("", 0) for _ in prompts]
         return real(prompts, version, seed, empty_retries)
+
+    def next_round():
+        svc.pool.fill_once(8)
+        vote_all(svc)
+        calls.clear()
+        out = svc.trainer.run_one("test")
+        asked = {v: [p for w, ps in calls if w == v for p in ps] for v in ("v1", TRAIN, BASE)}
+        return out, asked, out.metrics["health_after"]["n"]
 
     monkeypatch.setattr(svc.sampler, "sample", sample)
     first = svc.trainer.run_one("test")
     assert first.status == "accepted" and first.version == "v1", first.error
     assert first.metrics["health_reused"] == 0
     checked = {p for v, ps in calls if v == TRAIN for p in ps}
-    svc.pool.fill_once(8)
-    vote_all(svc)
-    calls.clear()
-    second = svc.trainer.run_one("test")
-    assert second.status in ("accepted", "rejected") and "health_after" in second.metrics
-    asked = {v: [p for w, ps in calls if w == v for p in ps] for v in ("v1", TRAIN, BASE)}
-    n = second.metrics["health_after"]["n"]
-    assert len(asked[TRAIN]) == n  # the draft: every answer sampled
-    assert second.metrics["health_reused"] == 2 * n - len(asked["v1"]) - len(asked[BASE]) > 0
-    assert checked & set(asked[TRAIN])  # the checks share prompts
-    assert len(asked["v1"]) < n and len(asked[BASE]) < n  # v1's answers: its draft's
+    broken.append(True)
+    second, asked, n = next_round()
+    assert second.status == "rejected" and "came out empty" in second.error
+    assert len(asked[TRAIN]) == len(asked["v1"]) == n  # the draft, and v1 the first time
+    assert checked & set(asked[TRAIN]) and len(asked[BASE]) < n  # base: kept answers
+    assert second.metrics["health_reused"] == n - len(asked[BASE]) > 0
+    broken.clear()
+    third, asked, n = next_round()
+    assert len(asked[TRAIN]) == n and len(asked["v1"]) < n  # v1's answers now kept
+    assert third.metrics["health_reused"] == 2 * n - len(asked["v1"]) - len(asked[BASE])

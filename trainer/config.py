@@ -208,8 +208,8 @@ class TrainConfig:
                                       "(--accept-alpha); 1 = never reject on accuracy.")
     accept_alpha: float = setting(0.05, "Significance of the paired sign test on the held-out "
                                   "pairs whose verdict changed (trainer/training/gate.py).")
-    health_samples: int = setting(12, "Prompts the draft and the serving version each answer "
-                                  "per batch before a round is accepted; up to 3 batches "
+    health_samples: int = setting(12, "Prompts the draft, the serving version and base each "
+                                  "answer per batch before a round is accepted; up to 3 batches "
                                   "while the result is borderline (0 = no answer-health "
                                   "check).")
     health_tolerance: float = setting(0.15, "A round is rejected when the draft's share of answers "

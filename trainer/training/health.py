@@ -23,8 +23,9 @@ draft at 30% (20%) passes 9% (1%) of the time, on about 22 answers per version.
 
 Base and every saved version never change, so their answers are kept (``AnswerCache``)
 and a later round samples only what it has not drawn before: once rounds ask the same
-prompts again, the draft alone. The serving version's answers are the ones its own
-draft gave in the check that accepted it. The check takes the model lock one
+prompts again, the draft alone. The kept answers are one fixed sample per version, so
+successive rounds are judged against the same base sample (each round's error rates
+are as modelled; they are not independent between rounds). The check takes the model lock one
 version's batch at a time, queued like a training step, so the pool's batches go first
 and annotators keep getting pairs while a draft is checked.
 """
@@ -97,9 +98,11 @@ class AnswerCache:
     A version's adapter is written once and never rewritten (base has none), so an answer
     it gave to a prompt under one set of sampling settings is as good a sample in a later
     round as a new one. Keys: (sampling settings, version, prompt, k), k counting that
-    prompt's answers within a check. The draft's answers are kept under ``TRAIN`` until
-    the next check; ``promote`` re-labels them when the draft is saved as a version. The
-    oldest answers go first beyond ``limit``.
+    prompt's answers within a check. The draft is never kept: its answers are new every
+    round, and a draft accepted on its own check's answers would be judged later on the
+    very sample that passed it (a flattering one), so a new version is sampled afresh in
+    the first check it serves in. Only what ``measure`` reads is kept (no token ids).
+    Beyond ``limit`` answers, the least recently used go first.
     """
 
     def __init__(self, limit: int = 8192) -> None:
@@ -112,28 +115,24 @@ class AnswerCache:
     def draw(self, sampler, prompts: list[str], ks: list[int], version: str,
              seed: int) -> tuple[list[Sample], int]:
         """(``version``'s answers to ``prompts``, how many came from the cache); what is
-        missing is sampled in one batch (``answers``) and kept. The draft is always
-        sampled."""
-        keys = [(sampler.cfg, version, p, k) for p, k in zip(prompts, ks)]
-        missing = [i for i, key in enumerate(keys)
-                   if version == TRAIN or key not in self._answers]
+        missing is sampled in one batch (``answers``) and kept, unless the sampling
+        settings changed meanwhile (an admin's edit) or it is the draft."""
+        cfg = sampler.cfg
+        keep = version != TRAIN
+        keys = [(cfg, version, p, k) for p, k in zip(prompts, ks)]
+        out: list[Sample | None] = [self._answers.get(key) if keep else None for key in keys]
+        missing = [i for i, got in enumerate(out) if got is None]
         new = answers(sampler, [prompts[i] for i in missing], version, seed) if missing else []
-        for i, s in zip(missing, new):
-            self._answers.pop(keys[i], None)  # re-inserted last: the newest
-            self._answers[keys[i]] = s
+        keep = keep and sampler.cfg is cfg
+        for i, smp in zip(missing, new):
+            out[i] = smp
+        for key, smp in zip(keys, out):
+            if keep or key in self._answers:  # newest last: used ones move to the end
+                self._answers.pop(key, None)
+                self._answers[key] = Sample(smp.text, smp.n_tokens, smp.finished)
         while len(self._answers) > self.limit:
             del self._answers[next(iter(self._answers))]
-        return [self._answers[key] for key in keys], len(keys) - len(missing)
-
-    def forget_draft(self) -> None:
-        """Drop the last draft's answers (a new draft is about to be checked)."""
-        for key in [k for k in self._answers if k[1] == TRAIN]:
-            del self._answers[key]
-
-    def promote(self, version: str) -> None:
-        """The checked draft was saved as ``version``: its answers are that version's."""
-        for key in [k for k in self._answers if k[1] == TRAIN]:
-            self._answers[(key[0], version, *key[2:])] = self._answers.pop(key)
+        return out, len(keys) - len(missing)
 
 
 MAX_BATCHES = 3
@@ -184,12 +183,11 @@ def draft_problem(sampler, train: list, held: list, serving: str, cfg: TrainConf
     how many answers came from ``cache`` (a fresh one, used only by this check, without).
     """
     cache = AnswerCache() if cache is None else cache
-    cache.forget_draft()
     prompts = health_prompts([e.question for e in held], [e.question for e in train],
                                     cfg.health_samples * MAX_BATCHES, recent_prompts)
     versions = [serving, TRAIN] + ([BASE] if serving != BASE else [])
     drawn: dict[str, list] = {v: [] for v in versions}
-    asked: Counter = Counter()  # each prompt's answers so far in this check, per version
+    asked: Counter = Counter()  # answers per prompt so far in this check (every version)
     reused = 0
     t0 = time.perf_counter()
     lock = sampler.policy.lock

@@ -347,8 +347,6 @@ def run_round(policy, store, cfg: TrainConfig, *, fmt, frame, adapters_dir: Path
         store.add_adapter(version, str(path), parent_version=serving, round_id=round_id,
                           status="saved", metrics=metrics)
         policy.swap(version, path)
-        if health_cache is not None:
-            health_cache.promote(version)
         metrics["hotswap_seconds"] = round(time.perf_counter() - t_save, 3)  # save -> serving
         with store.write():  # ready, serving and accepted in one transaction
             store.set_adapter_status(version, "ready")
