@@ -175,3 +175,50 @@ def test_hot_swap_waits_for_the_batch_being_sampled(svc, monkeypatch):
     assert all(p["version_a"] == p["version_b"] == "v1" for p in pairs)
     assert all(p["gen_config"]["reward_a"] is not None for p in pairs)  # scored under v1
     assert all(p["status"] == "expired" for p in pairs)  # retired by the swap to base
+
+
+def test_the_pool_refills_half_a_batch_at_a_time():
+    """Consuming a pair or two does not start a batch of one or two prompts: the
+    producer samples again once half a batch is missing, and tops the queue up."""
+    import threading
+    import time
+
+    from trainer.config import PoolConfig
+    from trainer.pool import PairPool, refill_size
+
+    assert refill_size(PoolConfig(ready_pairs=16, batch_prompts=16)) == 8
+    assert refill_size(PoolConfig(ready_pairs=4, batch_prompts=16)) == 2
+    assert refill_size(PoolConfig(ready_pairs=1, batch_prompts=16)) == 1
+
+    class Store:
+        ready = 16
+
+        def release_stale_assignments(self, after_s):
+            return 0
+
+        def ready_pair_count(self, kind=None):
+            return self.ready
+
+    store, asked, woke = Store(), [], threading.Event()
+    pool = PairPool(None, store, None, PoolConfig(ready_pairs=16, batch_prompts=16),
+                    reference=lambda v: v, beta=0.1, max_length=64)
+
+    def fill_once(k):
+        asked.append(k)
+        store.ready += k
+        woke.set()
+        return list(range(k))
+
+    pool.fill_once = fill_once
+    pool.start()
+    try:
+        for ready in (15, 10, 9):  # 1, 6, 7 missing: not yet
+            store.ready = ready
+            pool.wake()
+            time.sleep(0.3)
+        assert asked == []
+        store.ready = 8  # half a batch missing
+        pool.wake()
+        assert woke.wait(5) and asked == [8] and store.ready == 16
+    finally:
+        pool.stop()

@@ -104,7 +104,9 @@ class SamplingConfig:
 class PoolConfig:
     """The background producer that keeps pairs ready for annotators."""
 
-    ready_pairs: int = setting(16, "How many unserved pairs to keep ready.")
+    ready_pairs: int = setting(16, "How many unserved pairs to keep ready; the pool samples "
+                               "again once half a batch of them is missing (large "
+                               "batches leave training rounds time on a CPU).")
     batch_prompts: int = setting(16, "Prompts per batched sampling call (2 samples each); "
                                  "larger batches make more pairs per minute on a CPU "
                                  "(bench/generation.py).")

@@ -36,6 +36,16 @@ class PlannedPair:
     arena: bool
 
 
+def refill_size(cfg: PoolConfig) -> int:
+    """How many of ``ready_pairs`` must be missing before the pool samples again: half a
+    batch (at least 1). On a CPU a decode step of a few rows costs nearly what one of
+    many rows costs, so topping up pair by pair keeps the model busy with tiny batches
+    (in the capacity benchmark, 1-8 prompts every 15-30 s) and leaves training rounds
+    hardly any of it; refilling half a batch at a time keeps batches large and the
+    queue at least half full."""
+    return max(1, min(cfg.batch_prompts, cfg.ready_pairs) // 2)
+
+
 class PairPool:
     """Producer thread plus the on-demand path for user-typed prompts."""
 
@@ -77,7 +87,7 @@ class PairPool:
                 self.store.release_stale_assignments(self.cfg.release_after_s)
                 need = self.cfg.ready_pairs - self.store.ready_pair_count(
                     kind=self.cfg.vote_mode)
-                if need <= 0:
+                if need < refill_size(self.cfg):
                     self._wake.wait(5.0)
                     self._wake.clear()
                     continue
