@@ -222,3 +222,46 @@ def test_the_pool_refills_half_a_batch_at_a_time():
         assert woke.wait(5) and asked == [8] and store.ready == 16
     finally:
         pool.stop()
+    # A refill goes on up to ready_pairs even when the last batch is under half a batch.
+    store.ready, asked[:] = 0, []
+    pool = PairPool(None, store, None, PoolConfig(ready_pairs=5, batch_prompts=4),
+                    reference=lambda v: v, beta=0.1, max_length=64)
+    pool.fill_once = fill_once
+    pool.start()
+    try:
+        deadline = time.time() + 5
+        while store.ready < 5 and time.time() < deadline:
+            time.sleep(0.05)
+    finally:
+        pool.stop()
+    assert asked == [4, 1] and store.ready == 5
+
+
+def test_after_a_hot_swap_old_pairs_stay_on_offer_until_new_ones_exist(svc):
+    """With the producer running, a new version's first batch is sampled before the old
+    queued pairs expire: an annotator is never left without a pair meanwhile."""
+    import time
+
+    svc.pool.fill_once(4)
+    vote_all(svc)
+    old = svc.pool.fill_once(3)  # queued from base
+    real, seen = svc.pool.fill_once, []
+
+    def fill_once(k):
+        seen.append([svc.store.get_pair(i)["status"] for i in old])  # before the batch
+        return real(k)
+
+    svc.pool.fill_once = fill_once
+    svc.pool.start()
+    try:
+        assert svc.trainer.run_one("test").status == "accepted"  # hot-swap to v1
+        deadline = time.time() + 60
+        while (any(svc.store.get_pair(i)["status"] != "expired" for i in old)
+               and time.time() < deadline):
+            time.sleep(0.1)
+    finally:
+        svc.pool.stop()
+    assert seen and seen[0] == ["queued"] * 3  # still offered while v1's batch was sampled
+    assert all(svc.store.get_pair(i)["status"] == "expired" for i in old)
+    fresh = [p for p in svc.store.query("select version_a from pairs where status = 'queued'")]
+    assert fresh and all(p["version_a"] == "v1" for p in fresh)

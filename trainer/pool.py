@@ -42,7 +42,7 @@ def refill_size(cfg: PoolConfig) -> int:
     many rows costs, so topping up pair by pair keeps the model busy with tiny batches
     (in the capacity benchmark, 1-8 prompts every 15-30 s) and leaves training rounds
     hardly any of it; refilling half a batch at a time keeps batches large and the
-    queue at least half full."""
+    queue at least half full. Once started, a refill goes on up to ``ready_pairs``."""
     return max(1, min(cfg.batch_prompts, cfg.ready_pairs) // 2)
 
 
@@ -58,6 +58,8 @@ class PairPool:
         self._seed = seed
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._replace = False  # a new version serves: sample its pairs, then retire
+        self._filling = False  # topping the queue up to ready_pairs
         self._thread: threading.Thread | None = None
         self.produced = 0
         self.errors = 0
@@ -85,9 +87,17 @@ class PairPool:
         while not self._stop.is_set():
             try:
                 self.store.release_stale_assignments(self.cfg.release_after_s)
+                if self._replace:  # the new version's first batch, then the old pairs go
+                    self.fill_once(self.cfg.batch_prompts)
+                    self._replace = False
+                    self.retire_stale()
+                    continue
                 need = self.cfg.ready_pairs - self.store.ready_pair_count(
                     kind=self.cfg.vote_mode)
-                if need < refill_size(self.cfg):
+                if need >= refill_size(self.cfg):
+                    self._filling = True  # then up to ready_pairs, batch after batch
+                if need <= 0 or not self._filling:
+                    self._filling = False
                     self._wake.wait(5.0)
                     self._wake.clear()
                     continue
@@ -268,6 +278,17 @@ class PairPool:
                 "reward_a": reward_a, "reward_b": reward_b, "beta": self.beta}
 
     # --- after a hot-swap --------------------------------------------------------------
+    def new_version(self) -> None:
+        """The serving version changed: its pairs replace the queued ones. With the
+        producer running, the queued pairs stay on offer until it has sampled a batch
+        from the new version, so annotators are not left without pairs for that batch's
+        time (tens of seconds on a CPU); without it, they expire now."""
+        if self._thread is not None and self._thread.is_alive():
+            self._replace = True
+            self.wake()
+        else:
+            self.retire_stale()
+
     def retire_stale(self) -> int:
         """Expire queued pairs not produced by the serving version (or within staleness)."""
         keep = {self.policy.serving}

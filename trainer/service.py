@@ -242,7 +242,7 @@ class Service:
     def on_new_version(self, version: str) -> None:
         """Called by a round after a hot-swap: refresh the pool, free old adapters."""
         if self.pool:
-            self.pool.retire_stale()
+            self.pool.new_version()
         keep = {version}
         opp = self.pool.opponent() if self.pool else None
         if opp:
