@@ -40,9 +40,9 @@ def refill_size(cfg: PoolConfig) -> int:
     """How many of ``ready_pairs`` must be missing before the pool samples again: half a
     batch (at least 1). On a CPU a decode step of a few rows costs nearly what one of
     many rows costs, so topping up pair by pair keeps the model busy with tiny batches
-    (in the capacity benchmark, 1-8 prompts every 15-30 s) and leaves training rounds
-    hardly any of it; refilling half a batch at a time keeps batches large and the
-    queue at least half full. Once started, a refill goes on up to ``ready_pairs``."""
+    (in the capacity benchmark, 1-8 prompts every 15-30 s), time training rounds then
+    wait for; refilling half a batch at a time keeps batches large and the queue at
+    least half full. Once started, a refill goes on up to ``ready_pairs``."""
     return max(1, min(cfg.batch_prompts, cfg.ready_pairs) // 2)
 
 
