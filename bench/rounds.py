@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     svc = Service(store, work, cfgs["ModelConfig"], cfgs["SamplingConfig"], pool, train,
                   max_prompt_chars=app.max_prompt_chars)
     if not args.reuse:
-        svc.health_cache = None  # run_round then gives each check a fresh cache
+        svc.health_cache = None  # health.draft_problem then gives each check a fresh one
     oracle = checked(load_oracle(args.oracle))
     rows = []
     try:

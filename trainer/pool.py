@@ -94,10 +94,9 @@ class PairPool:
                     continue
                 need = self.cfg.ready_pairs - self.store.ready_pair_count(
                     kind=self.cfg.vote_mode)
-                if need >= refill_size(self.cfg):
-                    self._filling = True  # then up to ready_pairs, batch after batch
-                if need <= 0 or not self._filling:
-                    self._filling = False
+                # Start at half a batch missing, then go on up to ready_pairs.
+                self._filling = need > 0 and (self._filling or need >= refill_size(self.cfg))
+                if not self._filling:
                     self._wake.wait(5.0)
                     self._wake.clear()
                     continue
