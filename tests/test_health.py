@@ -245,6 +245,30 @@ def test_serving_changed_during_the_round_is_not_served(tmp_path, tiny_model_dir
     assert svc.store.list_adapters() == []
 
 
+def test_a_rollback_after_the_check_is_not_overridden_by_the_hot_swap(
+        tmp_path, tiny_model_dir, monkeypatch):
+    """An admin rolls back v1 -> base after the draft's last check batch, before its swap:
+    base keeps serving (model and database agree) and the draft is recorded as rejected."""
+    svc = voted_service(tmp_path, tiny_model_dir, "--health-tolerance", "1")
+    assert svc.trainer.run_one("test").version == "v1"
+    svc.pool.fill_once(8)
+    vote_all(svc)
+    real = health.draft_problem
+
+    def check_then_rollback(*a, **k):
+        reason = real(*a, **k)
+        svc.rollback("base")
+        return reason
+
+    monkeypatch.setattr(health, "draft_problem", check_then_rollback)
+    out = svc.trainer.run_one("test")
+    assert out.status == "rejected" and "serving changed from v1 to base" in out.error
+    assert svc.policy.serving == BASE and svc.store.serving_adapter() == BASE
+    assert {a["version"]: a["status"] for a in svc.store.list_adapters()} == {
+        "v1": "ready", "v2": "rejected"}
+    assert svc.store.get_round(out.round_id)["status"] == "rejected"
+
+
 @pytest.mark.parametrize(("flag", "value", "msg"), [
     ("health_samples", -1, "health_samples=-1: must be in 0..64"),
     ("health_samples", 65, "health_samples=65: must be in 0..64 (0 = off)"),

@@ -252,6 +252,7 @@ class Service:
     def rollback(self, version: str) -> str:
         """Serve an earlier version (or 'base'); later rounds branch from it."""
         self.require_ready()
+        path = None
         if version != BASE:
             row = self.store.get_adapter(version)
             if not row or row["status"] != "ready" or not adapters.is_complete(Path(row["path"])):
@@ -259,10 +260,10 @@ class Service:
                                   if a["status"] == "ready") or "none"
                 raise ValueError(f"Cannot roll back to {version!r}: not a complete accepted "
                                  f"version. Choose 'base' or one of: {known}.")
-            self.policy.swap(version, row["path"])
-        else:
-            self.policy.swap(BASE)
-        self.store.set_serving_adapter(version)
+            path = row["path"]
+        with self.policy.switching:  # a round cannot swap in between (rounds.py)
+            self.policy.swap(version, path)
+            self.store.set_serving_adapter(version)
         self.on_new_version(version)
         return version
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -96,6 +97,10 @@ class Policy:
         self.cfg = cfg
         self.placement = placement
         self.lock = PriorityLock()
+        # Held while the serving version changes AND that change is recorded (a round's
+        # hot-swap, an admin's rollback), so the two can never interleave: the model and
+        # the database always agree on what serves. Taken before ``lock``, never inside.
+        self.switching = threading.RLock()
         self.serving = BASE
         self._paths: dict[str, str] = {}  # loaded version -> adapter dir
 

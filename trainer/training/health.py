@@ -51,6 +51,13 @@ class AnswerHealth:
     n: int
 
 
+def serving_changed(started_from: str, now: str) -> str:
+    """Why a draft is not served when an admin changed the serving version meanwhile."""
+    return (f"serving changed from {started_from} to {now} during the round (a rollback?); "
+            f"this draft started from {started_from}, so it is not served; its votes stay "
+            "in the next round's data.")
+
+
 def measure(samples: list[Sample]) -> AnswerHealth:
     """Shares of finished, unfinished and empty answers among ``samples``."""
     n = len(samples)
@@ -118,16 +125,17 @@ class AnswerCache:
         missing is sampled in one batch (``answers``) and kept, unless the sampling
         settings changed meanwhile (an admin's edit) or it is the draft."""
         cfg = sampler.cfg
-        keep = version != TRAIN
+        cacheable = version != TRAIN
         keys = [(cfg, version, p, k) for p, k in zip(prompts, ks)]
-        out: list[Sample | None] = [self._answers.get(key) if keep else None for key in keys]
+        out: list[Sample | None] = [self._answers.get(key) if cacheable else None
+                                    for key in keys]
         missing = [i for i, got in enumerate(out) if got is None]
         new = answers(sampler, [prompts[i] for i in missing], version, seed) if missing else []
-        keep = keep and sampler.cfg is cfg
+        store = cacheable and sampler.cfg is cfg  # settings unchanged while sampling
         for i, smp in zip(missing, new):
             out[i] = smp
         for key, smp in zip(keys, out):
-            if keep or key in self._answers:  # newest last: used ones move to the end
+            if store or key in self._answers:  # newest last: used ones move to the end
                 self._answers.pop(key, None)
                 self._answers[key] = Sample(smp.text, smp.n_tokens, smp.finished)
         while len(self._answers) > self.limit:
@@ -204,10 +212,7 @@ def draft_problem(sampler, train: list, held: list, serving: str, cfg: TrainConf
             # cannot change within a hold.
             with lock.hold():
                 if sampler.policy.serving != serving:
-                    return (f"serving changed from {serving} to {sampler.policy.serving} "
-                            f"during the round (a rollback?); this draft started from "
-                            f"{serving}, so it is not served; its votes stay in the next "
-                            "round's data.")
+                    return serving_changed(serving, sampler.policy.serving)
                 got, hits = cache.draw(sampler, these, ks, v, seed)
             drawn[v] += got
             reused += hits

@@ -346,13 +346,21 @@ def run_round(policy, store, cfg: TrainConfig, *, fmt, frame, adapters_dir: Path
         # 'saved' until it serves: a failed swap never leaves a 'ready' version behind.
         store.add_adapter(version, str(path), parent_version=serving, round_id=round_id,
                           status="saved", metrics=metrics)
-        policy.swap(version, path)
-        metrics["hotswap_seconds"] = round(time.perf_counter() - t_save, 3)  # save -> serving
-        with store.write():  # ready, serving and accepted in one transaction
-            store.set_adapter_status(version, "ready")
-            store.set_serving_adapter(version)
-            store.finish_round(round_id, "accepted", counts=counts, metrics=metrics,
-                               adapter_version=version)
+        with policy.switching:  # an admin's rollback cannot slip in between
+            if policy.serving != serving:
+                reason = health.serving_changed(serving, policy.serving)
+                with store.write():
+                    store.set_adapter_status(version, "rejected")
+                    store.finish_round(round_id, "rejected", counts=counts,
+                                       metrics=metrics, error=reason)
+                return RoundOutcome(round_id, "rejected", None, metrics, reason)
+            policy.swap(version, path)
+            metrics["hotswap_seconds"] = round(time.perf_counter() - t_save, 3)  # save -> serving
+            with store.write():  # ready, serving and accepted in one transaction
+                store.set_adapter_status(version, "ready")
+                store.set_serving_adapter(version)
+                store.finish_round(round_id, "accepted", counts=counts, metrics=metrics,
+                                   adapter_version=version)
     except SamplingAborted:
         raise  # the service is stopping: like a kill, the next start marks it interrupted
     except Exception as e:  # noqa: BLE001 - any failure is recorded; serving stays
