@@ -238,6 +238,17 @@ def test_ending_anchor_is_the_mean_hinge_over_answers_that_ended():
     assert none.item() == 0.0 and none.requires_grad
 
 
+def test_empty_guard_is_the_mean_hinge_on_immediate_endings_above_the_reference():
+    from trainer.training.losses import empty_guard
+    pol = torch.tensor([-3.0, -1.0, -6.0], requires_grad=True)
+    ref = torch.tensor([-2.0, -2.0, -4.0])
+    # gaps max(0, pol - ref): 0 (less likely than the reference: free), 1, 0
+    out = empty_guard(pol, ref)
+    assert out.item() == pytest.approx(1 / 3)
+    out.backward()
+    assert pol.grad.tolist() == pytest.approx([0.0, 1 / 3, 0.0])  # only the likelier one
+
+
 def test_chosen_nll_is_the_mean_per_token_negative_log_likelihood():
     from trainer.training.losses import chosen_nll
     logps = torch.tensor([-4.0, -9.0, 0.0])

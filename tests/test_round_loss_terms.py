@@ -1,5 +1,6 @@
 """The loss terms a round adds to its preference loss, seen inside real rounds: R-DPO's
-length term, the common / content answer spans, the ending anchor and RPO's NLL term."""
+length term, the common / content answer spans, the ending anchor, the empty-answer
+guard and RPO's NLL term."""
 
 import math
 
@@ -10,7 +11,8 @@ from tests.svc_fixtures import tiny_service, voted_service
 from trainer.config import TrainConfig
 from trainer.model.generate import PLAIN_STOPS
 from trainer.model.policy import BASE
-from trainer.training import rounds
+from trainer.model.scoring import score
+from trainer.training import endings, rounds
 
 
 def test_length_alpha_round_passes_each_answers_length_to_the_loss(tmp_path, tiny_model_dir,
@@ -112,6 +114,41 @@ def test_end_anchor_scores_each_ended_answer_against_its_reference_ending(
     assert torch.allclose(first_pol[has_end], first_ref[has_end], atol=1e-4)
     steps = svc.store.train_steps(out.round_id)
     assert steps and all(math.isfinite(s["metrics"]["end_anchor"]) for s in steps)
+
+
+def test_empty_guard_scores_each_prompt_with_its_answers_ending_right_after_it(
+        tmp_path, tiny_model_dir, monkeypatch):
+    """--empty-guard: each pair's ended answer gives one row, its prompt followed at once
+    by that answer's stop string; the reference value is that sequence's log-prob under
+    base, and the hinge is in the loss of every step."""
+    svc = _ended_pairs_svc(tmp_path, tiny_model_dir, "--empty-guard", "1", "--window", "0",
+                           "--heldout-fraction", "0", "--lr", "1e-2")
+    tok = svc.policy.tokenizer
+    stop = tuple(tok(PLAIN_STOPS[0], add_special_tokens=False)["input_ids"])
+    train, _, _ = rounds.load_examples(svc.store, svc.train_cfg, svc.sampler.format,
+                                       svc.sampler.scored,
+                                       lambda ids: tok.decode(ids, skip_special_tokens=True))
+    rows = endings.empty_answers(train)
+    assert len(rows) == len(train) == 8 and all(end == stop for _, end in rows)
+    _, ref = endings.empty_inputs(svc.policy, train[:2], BASE, svc.train_cfg.max_length)
+    want, _ = score(svc.policy, [e.prompt for e in train[:2]], [stop, stop], BASE,
+                    svc.train_cfg.max_length)
+    assert ref.tolist() == pytest.approx(want, abs=1e-4)
+    seen = []
+    real = rounds.empty_guard
+
+    def spy(pol, ref):
+        seen.append((pol.detach().clone(), ref.clone()))
+        return real(pol, ref)
+
+    monkeypatch.setattr(rounds, "empty_guard", spy)
+    out = svc.trainer.run_one("test")
+    assert out.status == "accepted", out.error
+    assert len(seen) == 8 and all(len(p) == 2 for p, _ in seen)  # 8 pairs / 2, 2 epochs
+    first_pol, first_ref = seen[0]  # the draft starts as base: no gap yet
+    assert torch.allclose(first_pol, first_ref, atol=1e-4)
+    steps = svc.store.train_steps(out.round_id)
+    assert steps and all(s["metrics"]["empty_guard"] >= 0 for s in steps)
 
 
 def test_sft_weight_adds_the_chosen_answers_nll_to_each_step(tmp_path, tiny_model_dir):

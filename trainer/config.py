@@ -181,6 +181,12 @@ class TrainConfig:
                                 "answer's own ending less likely than under the reference, "
                                 "so votes for longer answers do not teach rambling (paired "
                                 "losses; 0 = off).")
+    empty_guard: float = setting(0.0, "Weight of the empty-answer guard (trainer/"
+                                 "training/endings.py): a round may not make an ending "
+                                 "right after the prompt (an empty answer) likelier than "
+                                 "under the reference; no vote judges empty answers, "
+                                 "which are sampled again before anyone sees them "
+                                 "(paired losses; 0 = off).")
     sft_weight: float = setting(0.0, "RPO's NLL term alpha (arXiv 2404.19733): + alpha "
                                 "times the chosen answer's negative log-likelihood per "
                                 "token, so a round raises the preferred answers instead of "
@@ -236,6 +242,9 @@ class TrainConfig:
                        "0.01)")
         if not 0.0 <= self.end_anchor <= 100.0:
             out.append(f"end_anchor={self.end_anchor}: must be in [0, 100] (0 = off; try 1)")
+        if not 0.0 <= self.empty_guard <= 100.0:
+            out.append(f"empty_guard={self.empty_guard}: must be in [0, 100] (0 = off; try "
+                       "1)")
         if not 0.0 <= self.sft_weight <= 100.0:
             out.append(f"sft_weight={self.sft_weight}: must be in [0, 100] (0 = off; try 1)")
         if not 0 < self.lr < 1:
@@ -337,7 +346,7 @@ def help_of(cls: type, name: str) -> str:
 # Settings an admin may change at run time, by area.
 EDITABLE = {"train": ("method", "loss", "beta", "lr", "epochs", "min_steps", "votes_per_round",
                       "reference", "label_smoothing", "length_alpha", "answer_span", "end_anchor",
-                      "sft_weight", "disagreement",
+                      "empty_guard", "sft_weight", "disagreement",
                       "window",
                       "micro_batch", "grad_accum"),
             "pool": ("vote_mode", "rank_size", "arena_fraction", "arena_opponent",

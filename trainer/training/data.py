@@ -31,6 +31,7 @@ class Example:
     group: str = ""  # rows that share answers (one rank set) share it: held out together
     endings: dict[Seq, int] = field(default_factory=dict)  # answer -> its ending's tokens
     ref_end: dict[Seq, float] = field(default_factory=dict)  # answer -> ref log p(ending)
+    ref_empty: dict[Seq, float] = field(default_factory=dict)  # ending -> ref log p(it at once)
 
 
 def is_heldout(key: str, fraction: float) -> bool:

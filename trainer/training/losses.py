@@ -171,6 +171,20 @@ def ending_anchor(policy_end_logps: Tensor, ref_end_logps: Tensor, has_end: Tens
     return gap[has_end].mean()
 
 
+def empty_guard(policy_empty_logps: Tensor, ref_empty_logps: Tensor) -> Tensor:
+    """Hinge that keeps answers from coming out empty: the mean over rows of
+    max(0, log pi_theta(e | x) - log pi_ref(e | x)), where e is an ending the model
+    sampled for prompt x (stop string, end-of-sequence token, a chat turn's tail) placed
+    right after the prompt, and *_logps (R,) are its summed log-probs.
+
+    DPO-Positive's hinge (Pal et al. 2024, arXiv 2402.13228, Eq. 3) turned the other
+    way: a round may make an empty answer less likely than under the reference, never
+    more. Votes never judge empty answers (they are sampled again before anyone sees
+    them), so a round has no evidence to move them by.
+    """
+    return torch.relu(policy_empty_logps - ref_empty_logps).mean()
+
+
 def chosen_nll(policy_chosen_logps: Tensor, chosen_lengths: Tensor) -> Tensor:
     """RPO's NLL term (Pang et al. 2024, "Iterative Reasoning Preference Optimization",
     arXiv 2404.19733, Eq. 1-3: L = L_DPO + alpha L_NLL): the mean over the batch of the

@@ -28,11 +28,11 @@ from storage.failpoints import failpoint
 from trainer.config import TrainConfig
 from trainer.model import adapters
 from trainer.model.decode import SamplingAborted
-from trainer.model.logprobs import build_batch, ending_mask, sequence_logps
+from trainer.model.logprobs import build_batch, sequence_logps
 from trainer.model.policy import BASE, TRAIN
 from trainer.model.scoring import score
 from trainer.progress import NullProgress, Progress
-from trainer.training import gate, health, span
+from trainer.training import endings, gate, health, span
 from trainer.training.data import (
     Example,
     attach_reference,
@@ -43,6 +43,7 @@ from trainer.training.data import (
 from trainer.training.heldout import heldout_accuracy
 from trainer.training.losses import (
     chosen_nll,
+    empty_guard,
     ending_anchor,
     kto_kl_estimate,
     kto_loss,
@@ -90,8 +91,10 @@ def _micro_step(policy, batch: list[Example], cfg: TrainConfig, ref_version: str
     texts = [e.chosen for e in batch] + [e.rejected for e in batch]
     enc = {k: v.to(policy.device) for k, v in
            build_batch(tok, prompts, texts, cfg.max_length, tok.pad_token_id).items()}
-    end_mask, ref_end = (_anchor_mask(enc, batch, texts, ref_version, policy)
+    end_mask, ref_end = (endings.anchor_mask(enc, batch, texts, ref_version, policy)
                          if cfg.end_anchor else (None, None))
+    empty = (endings.empty_inputs(policy, batch, ref_version, cfg.max_length)
+             if cfg.empty_guard else None)
     with policy.lock.hold(), policy.active(TRAIN, train=True):
         sums, n, *end = sequence_logps(policy.model, enc["input_ids"], enc["attention_mask"],
                                        enc["response_mask"], end_mask=end_mask)  # (2B,) each
@@ -108,6 +111,13 @@ def _micro_step(policy, batch: list[Example], cfg: TrainConfig, ref_version: str
         anchor = (ending_anchor(end[0], ref_end, end_mask.any(-1)) if end
                   else torch.zeros((), device=loss.device))
         loss = loss + cfg.end_anchor * anchor
+        guard = torch.zeros((), device=loss.device)
+        if empty is not None:
+            e_enc, ref_empty = empty
+            empty_logps, _ = sequence_logps(policy.model, e_enc["input_ids"],
+                                            e_enc["attention_mask"], e_enc["response_mask"])
+            guard = empty_guard(empty_logps, ref_empty)
+        loss = loss + cfg.empty_guard * guard
         nll = chosen_nll(chosen_sums, n[:b].float())
         loss = loss + cfg.sft_weight * nll
         if not torch.isfinite(loss):
@@ -118,7 +128,7 @@ def _micro_step(policy, batch: list[Example], cfg: TrainConfig, ref_version: str
              "rewards/rejected": rr.mean().item(), "rewards/margins": (cr - rr).mean().item(),
              "rewards/accuracies": (cr > rr).float().mean().item(),
              "logps/chosen": sums[:b].mean().item(), "logps/rejected": sums[b:].mean().item(),
-             "end_anchor": anchor.item(), "nll/chosen": nll.item(),
+             "end_anchor": anchor.item(), "empty_guard": guard.item(), "nll/chosen": nll.item(),
              "tokens": int(enc["attention_mask"].sum())}
     return loss, stats
 
@@ -205,37 +215,6 @@ def _mean_stats(stats: list[dict]) -> dict:
                 sum(s[k] for s in stats) / len(stats)) for k in keys}
 
 
-def mark_endings(rows: list[dict], examples: list[Example], decode: span.Decode) -> None:
-    """Record each sampled answer's ending length on its example (``--end-anchor``);
-    answers scored as text, and answers cut at the token limit, have none. ``rows`` are
-    the training rows the examples were made from (matched by key)."""
-    by_key = {r["key"]: r for r in rows}
-    for e in examples:
-        r = by_key[e.key]
-        for side, seq in (("chosen", e.chosen), ("rejected", e.rejected)):
-            if isinstance(seq, tuple):
-                e.endings[seq] = span.ending_tokens(seq, r[side], r.get(f"{side}_end"),
-                                                    decode)
-
-
-def _anchor_mask(enc: dict, batch: list[Example], texts: list, ref_version: str, policy
-                 ) -> tuple:
-    """(ending mask (2B, T), reference log p of each ending (2B,)) for ``--end-anchor``;
-    reference values are computed once per answer and kept on its example."""
-    lengths = [len(t) if isinstance(t, tuple) else -1 for t in texts]
-    mask = ending_mask(enc["response_mask"], lengths,
-                       [e.endings.get(t, 0) for t, e in zip(texts, batch * 2)])
-    pairs = list(zip(texts, batch * 2))
-    if any(m and t not in e.ref_end for m, (t, e) in zip(mask.any(-1).tolist(), pairs)):
-        with policy.lock.hold(), policy.active(ref_version), torch.no_grad():
-            _, _, ref = sequence_logps(policy.model, enc["input_ids"], enc["attention_mask"],
-                                       enc["response_mask"], end_mask=mask)  # (2B,)
-        for (t, e), value in zip(pairs, ref.tolist()):
-            e.ref_end.setdefault(t, value)
-    ref_end = torch.tensor([e.ref_end.get(t, 0.0) for t, e in pairs], device=mask.device)
-    return mask, ref_end
-
-
 def load_examples(store, cfg: TrainConfig, fmt, frame, decode: span.Decode | None = None
                   ) -> tuple[list[Example], list[Example], dict]:
     """(train, held-out, counts) from the votes stored so far (see ``paired_examples``).
@@ -252,15 +231,16 @@ def load_examples(store, cfg: TrainConfig, fmt, frame, decode: span.Decode | Non
     rows = method_rows(store.training_pairs(max_vote_id=max_vote,
                                             disagreement=cfg.disagreement), cfg.method)
     needs = ([f"--answer-span {cfg.answer_span}"] if cfg.answer_span != "full" else []) + (
-        [f"--end-anchor {cfg.end_anchor}"] if cfg.end_anchor else [])
+        [f"--end-anchor {cfg.end_anchor}"] if cfg.end_anchor else []) + (
+        [f"--empty-guard {cfg.empty_guard}"] if cfg.empty_guard else [])
     if needs and decode is None:
         raise ValueError(f"{' and '.join(needs)} need the tokenizer's decode")
     rows = span.span_rows(rows, cfg.answer_span, decode)
     paired = paired_examples(rows, fmt, frame)
     train, held = split(paired, cfg.heldout_fraction)
     train = train[-cfg.window:] if cfg.window else train  # pair order: oldest first
-    if cfg.end_anchor:  # only the pairs this round trains on: the anchor is a training term
-        mark_endings(rows, train, decode)
+    if cfg.end_anchor or cfg.empty_guard:  # training terms: only the pairs trained on
+        endings.mark_endings(rows, train, decode)
     held = held[-HELDOUT_MAX:]
     if cfg.loss == "kto":
         held_pairs = {e.pair_id for e in held}
