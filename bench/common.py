@@ -128,6 +128,20 @@ def _fmt(v) -> str:
     return "-" if v is None else str(v)
 
 
+def git_commit() -> str | None:
+    """The checkout's commit (with "+changes" when files differ from it), or None."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                              capture_output=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=ROOT, text=True, capture_output=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+changes" if dirty else "")
+
+
 def write_json(name: str, data: dict) -> Path:
     path = RESULTS / name
     atomic_write_json(path, data)

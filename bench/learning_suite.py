@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import RESULTS, ROOT, machine, write_json
+from bench.common import RESULTS, ROOT, git_commit, machine, write_json
 from storage.files import atomic_write, atomic_write_json
 
 SHIPPED = {"shorter": ["--oracle", "shorter"],
@@ -175,6 +175,7 @@ def main(args, extra: list[str], model: str, name: str) -> None:
     png = Path(args.plot) if args.plot else ROOT / "docs" / "learning-suite.png"
     runs = []
     modes = parse_modes(args.modes)
+    commit = git_commit()  # the code this suite's new runs import (kept ones keep theirs)
     for oracle, mode, seed in ((o, m, s) for o in oracles for m in modes for s in seeds):
         label = f"{oracle} {mode[0]}:{mode[1]} seed {seed}"
         kept = kept_path(name, oracle, seed, mode)
@@ -182,7 +183,7 @@ def main(args, extra: list[str], model: str, name: str) -> None:
             runs.append(kept_run(kept, args, mode))
             print(f"{label}: kept from {kept}", flush=True)
             continue
-        run = simulate(model, oracle, seed, mode, args, extra)
+        run = {**simulate(model, oracle, seed, mode, args, extra), "commit": commit}
         if not args.json:  # the real suite keeps each run; smoke runs write only --json
             write_json(str(kept.relative_to(RESULTS)), run)
         runs.append(run)
