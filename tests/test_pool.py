@@ -63,7 +63,9 @@ def test_pairs_record_how_each_answer_ended(svc, monkeypatch):
     assert (pair["end_a"], pair["end_b"]) == ("<eos>", "")
     svc.store.record_vote(pid, "ann", "a")
     train, held, _ = load_examples(svc.store, svc.train_cfg, svc.sampler.format,
-                                   svc.sampler.scored)
+                                   svc.sampler.scored,
+                                   lambda ids: svc.policy.tokenizer.decode(
+                                       ids, skip_special_tokens=True))
     (ex,) = train + held
     assert ex.chosen == " it ends.<eos>"  # ended with EOS, not the usual "\nQuestion:"
     assert ex.rejected == " it runs on and on"  # cut: no end the model never wrote

@@ -55,7 +55,7 @@ def test_common_answer_span_trains_each_pair_on_equal_lengths(tmp_path, tiny_mod
         svc.store, svc.train_cfg, svc.sampler.format, svc.sampler.scored,
         lambda ids: tok.decode(ids, skip_special_tokens=True))
     whole, _, _ = rounds.load_examples(svc.store, TrainConfig(window=0), svc.sampler.format,
-                                       svc.sampler.scored)
+                                       svc.sampler.scored, tok.decode)
     sampled = [e for e in train + held if isinstance(e.chosen, tuple)]
     assert sampled and all(len(e.chosen) == len(e.rejected) for e in sampled)
     assert sum(len(e.chosen) for e in train) < sum(len(e.chosen) for e in whole)
@@ -118,10 +118,10 @@ def test_end_anchor_scores_each_ended_answer_against_its_reference_ending(
 
 def test_empty_guard_scores_each_prompt_with_its_answers_ending_right_after_it(
         tmp_path, tiny_model_dir, monkeypatch):
-    """--empty-guard: each pair's ended answer gives one row, its prompt followed at once
+    """--empty-guard (default 1): each pair's ended answer gives one row, its prompt followed at once
     by that answer's stop string; the reference value is that sequence's log-prob under
     base, and the hinge is in the loss of every step."""
-    svc = _ended_pairs_svc(tmp_path, tiny_model_dir, "--empty-guard", "1", "--window", "0",
+    svc = _ended_pairs_svc(tmp_path, tiny_model_dir, "--window", "0",
                            "--heldout-fraction", "0", "--lr", "1e-2")
     tok = svc.policy.tokenizer
     stop = tuple(tok(PLAIN_STOPS[0], add_special_tokens=False)["input_ids"])
@@ -167,8 +167,8 @@ def test_sft_weight_adds_the_chosen_answers_nll_to_each_step(tmp_path, tiny_mode
     assert first["2"]["loss"] - first["0"]["loss"] == pytest.approx(2 * nll, rel=1e-3)
 
 
-def test_end_anchor_off_marks_nothing(tmp_path, tiny_model_dir):
-    svc = _ended_pairs_svc(tmp_path, tiny_model_dir)
+def test_end_anchor_and_empty_guard_off_mark_nothing(tmp_path, tiny_model_dir):
+    svc = _ended_pairs_svc(tmp_path, tiny_model_dir, "--empty-guard", "0")
     train, _, _ = rounds.load_examples(svc.store, svc.train_cfg, svc.sampler.format,
                                        svc.sampler.scored, lambda ids: "")
     assert train and all(not e.endings for e in train)

@@ -111,7 +111,8 @@ def test_held_out_votes_accumulate_across_rounds(tmp_path, tiny_model_dir):
     """--window keeps the latest training pairs; the gate sees every held-out vote."""
     svc = voted_service(tmp_path, tiny_model_dir, "--window", "2", "--heldout-fraction", "0.3")
     fmt, frame = svc.sampler.format, svc.sampler.scored
-    train, held, counts = rounds.load_examples(svc.store, svc.train_cfg, fmt, frame)
+    decode = lambda ids: svc.policy.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+    train, held, counts = rounds.load_examples(svc.store, svc.train_cfg, fmt, frame, decode)
     every = svc.store.training_pairs()
     assert len(train) == 2 and counts["pairs"] == len(every) and len(held) > 2
     not_held = [r["key"] for r in every if not data.is_heldout(r["key"], 0.3)]

@@ -181,12 +181,12 @@ class TrainConfig:
                                 "answer's own ending less likely than under the reference, "
                                 "so votes for longer answers do not teach rambling (paired "
                                 "losses; 0 = off).")
-    empty_guard: float = setting(0.0, "Weight of the empty-answer guard (trainer/"
+    empty_guard: float = setting(1.0, "Weight of the empty-answer guard (trainer/"
                                  "training/endings.py): a round may not make an ending "
                                  "right after the prompt (an empty answer) likelier than "
                                  "under the reference; no vote judges empty answers, "
                                  "which are sampled again before anyone sees them "
-                                 "(paired losses; 0 = off).")
+                                 "(paired losses; 0 = off; docs/learning.md).")
     sft_weight: float = setting(0.0, "RPO's NLL term alpha (arXiv 2404.19733): + alpha "
                                 "times the chosen answer's negative log-likelihood per "
                                 "token, so a round raises the preferred answers instead of "
