@@ -45,7 +45,8 @@ TARGET = 0.70
 MODES = "pair:dpo,rank:dno"
 RANK_SIZE = 4  # the app's default --rank-size
 ROUND_KEYS = ("round", "win_rate", "answers_read", "kl_per_token", "ended", "ended_base",
-              "serving", "round_status", "mean_chars", "oracle_measure")
+              "serving", "round_status", "round_error", "round_check", "mean_chars",
+              "oracle_measure")
 
 
 def parse_modes(text: str) -> list[tuple[str, str]]:

@@ -116,6 +116,18 @@ def cast_vote(svc, oracle, item: dict) -> int:
     return len(answers)
 
 
+CHECK_KEYS = ("steps", "train_seconds", "health_before", "health_after", "health_base",
+              "health_batches", "health_seconds")
+
+
+def round_check(rnd: dict) -> dict:
+    """What a round trained and what its answer-health check saw (draft, serving, base:
+    shares that ended, were cut, came out empty), from the round's stored metrics."""
+    metrics = rnd.get("metrics") or {}
+    return {k: metrics[k] for k in CHECK_KEYS if k in metrics} | {
+        "train_pairs": (rnd.get("counts") or {}).get("train")}
+
+
 def vote_until_round(svc, oracle, votes: int, timeout_s: float, on_vote=None) -> dict:
     """Vote on ``votes`` pairs or rank sets (``vote_mode``), then wait for the trainer
     thread's round to finish. ``on_vote(cast)`` is called after each vote (a progress
@@ -201,7 +213,7 @@ def run(svc, oracle, *, rounds: int, pairs_per_round: int, eval_prompts: list[st
                "elapsed_s": round(time.time() - t0, 1)}
         if r > 0:
             row.update({"round_id": rnd["id"], "round_status": rnd["status"],
-                        "round_error": rnd.get("error")})
+                        "round_error": rnd.get("error"), "round_check": round_check(rnd)})
         history.append(row)
         answers += [{"round": r, "serving_version": row["serving"], **a} for a in ev.answers]
         log.info("simulate: %s", {k: v for k, v in row.items() if k != "examples"})
