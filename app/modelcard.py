@@ -17,7 +17,8 @@ from app.leaderboard import wilson_interval
 
 _SETTINGS = ("method", "loss", "beta", "reference", "lr", "epochs", "window",
              "votes_per_round", "length_alpha", "answer_span", "end_anchor",
-             "empty_guard", "sft_weight", "label_smoothing")
+             "empty_guard", "sft_weight", "credit_weight", "credit_alpha",
+             "label_smoothing")
 
 
 def lineage(store, version: str) -> list[str]:

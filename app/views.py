@@ -310,11 +310,20 @@ def rounds_frame(rounds: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
                      "ended before": _healthy(m, "health_before"),
                      "ended after": _healthy(m, "health_after"),
                      "steps": m.get("steps"), "seconds": m.get("train_seconds"),
+                     "credited words": credited_words(c.get("credited")),
                      "error": r.get("error") or ""})
     return pd.DataFrame(data, columns=["round", "status", "trigger", "version", "train",
                                        "held out", "acc before", "acc after",
                                        "ended before", "ended after", "steps", "seconds",
-                                       "error"])
+                                       "credited words", "error"])
+
+
+def credited_words(credits: Iterable[Mapping[str, Any]] | None) -> str:
+    """The words a round's votes credited (``--credit-weight``), with the pairs behind
+    each (chosen only : rejected only): 'because (9:0), -sorry (0:6)'."""
+    return ", ".join(f"{'' if c.get('favoured') else '-'}{c.get('word')} "
+                     f"({c.get('chosen_only')}:{c.get('rejected_only')})"
+                     for c in credits or [])
 
 
 # --------------------------------------------------------------------------- data tab

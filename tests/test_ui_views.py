@@ -92,7 +92,10 @@ def test_heldout_and_rounds_frames():
                "error": "fell"},
               {"id": 4, "status": "rejected", "error": "answers stopped ending",
                "metrics": {"health_before": {"healthy": 0.9}, "health_after": {"healthy": 0.1}}},
-              {"id": 1, "status": "accepted", "adapter_version": "v1", "counts": {"train": 5},
+              {"id": 1, "status": "accepted", "adapter_version": "v1",
+               "counts": {"train": 5, "credited": [
+                   {"word": "because", "favoured": True, "chosen_only": 9, "rejected_only": 0},
+                   {"word": "sorry", "favoured": False, "chosen_only": 0, "rejected_only": 6}]},
                "metrics": {"heldout_after": {"accuracy": 0.6}}},
               {"id": 3, "status": "failed", "metrics": {}, "error": "boom"}]
     held = views.heldout_frame(rounds)
@@ -101,6 +104,8 @@ def test_heldout_and_rounds_frames():
     assert list(table["round"]) == [2, 4, 1, 3] and table.iloc[3]["error"] == "boom"
     assert (table.iloc[1]["ended before"], table.iloc[1]["ended after"]) == (0.9, 0.1)
     assert table.iloc[0][["ended before", "ended after"]].isna().all()  # no check recorded
+    assert table.iloc[2]["credited words"] == "because (9:0), -sorry (0:6)"
+    assert table.iloc[0]["credited words"] == ""
 
 
 def test_reveal_markdown_cases():

@@ -192,6 +192,16 @@ class TrainConfig:
                                 "token, so a round raises the preferred answers instead of "
                                 "only pushing the rejected ones down (paired losses; 0 = "
                                 "off; the paper uses 1).")
+    credit_weight: float = setting(0.0, "Tokens of the words the training votes credit "
+                                   "(trainer/training/credit.py: a word found in the chosen "
+                                   "answer only far more often than chance allows, or in the "
+                                   "rejected one only) count 1 + this many times in each "
+                                   "answer's DPO log-ratio, so a preference about wording is "
+                                   "learnt from a few votes instead of drowning in the "
+                                   "answers' other differences (paired losses; 0 = off).")
+    credit_alpha: float = setting(0.05, "Family-wise error rate of the test that credits "
+                                  "words (--credit-weight): at most this chance that a round "
+                                  "credits any word by luck.")
     disagreement: str = setting("drop", "An A/B pair whose annotators disagree, until an "
                                 "admin decides it (Team tab): drop = not trained on; "
                                 "majority = trained on the majority's choice.",
@@ -245,6 +255,11 @@ class TrainConfig:
         if not 0.0 <= self.empty_guard <= 100.0:
             out.append(f"empty_guard={self.empty_guard}: must be in [0, 100] (0 = off; try "
                        "1)")
+        if not 0.0 <= self.credit_weight <= 100.0:
+            out.append(f"credit_weight={self.credit_weight}: must be in [0, 100] (0 = off; try "
+                       "4)")
+        if not 0.0 < self.credit_alpha < 1.0:
+            out.append(f"credit_alpha={self.credit_alpha}: must be in (0, 1) (try 0.05)")
         if not 0.0 <= self.sft_weight <= 100.0:
             out.append(f"sft_weight={self.sft_weight}: must be in [0, 100] (0 = off; try 1)")
         if not 0 < self.lr < 1:
@@ -346,7 +361,8 @@ def help_of(cls: type, name: str) -> str:
 # Settings an admin may change at run time, by area.
 EDITABLE = {"train": ("method", "loss", "beta", "lr", "epochs", "min_steps", "votes_per_round",
                       "reference", "label_smoothing", "length_alpha", "answer_span", "end_anchor",
-                      "empty_guard", "sft_weight", "disagreement",
+                      "empty_guard", "sft_weight", "credit_weight", "credit_alpha",
+                      "disagreement",
                       "window",
                       "micro_batch", "grad_accum"),
             "pool": ("vote_mode", "rank_size", "arena_fraction", "arena_opponent",

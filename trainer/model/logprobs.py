@@ -12,6 +12,8 @@ reference pass) nothing is kept.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
@@ -240,7 +242,7 @@ def _token_logps(head, h: Tensor, targets: Tensor, softcap: float | None,
 
 
 def sequence_logps(model, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor,
-                   chunk_size: int = 1024, end_mask: Tensor | None = None
+                   chunk_size: int = 1024, masks: Sequence[Tensor] = ()
                    ) -> tuple[Tensor, ...]:
     """Summed log p(response tokens | prefix) per row, and the number of tokens scored.
 
@@ -252,9 +254,10 @@ def sequence_logps(model, input_ids: Tensor, attention_mask: Tensor, response_ma
     buffer: 1 GB at V = 262,144 and the default 1024 rows, which holds a typical
     micro-batch's response tokens in one chunk (on 2 CPU cores, 600 rows: chunks of 256
     took ~15% longer with under half the peak; lower it when memory is tight).
-    Returns (B,) fp32 sums (differentiable unless under no_grad) and (B,) long counts;
-    with ``end_mask`` (B, T) bool (a subset of the response positions, e.g. an answer's
-    ending: ``ending_mask``) also the (B,) sums over just those tokens, from the same pass.
+    Returns (B,) fp32 sums (differentiable unless under no_grad) and (B,) long counts,
+    then for each of ``masks`` ((B, T) bool or float weights over response positions,
+    e.g. an answer's ending, ``ending_mask``, or its credited words) the (B,) sums of
+    the token log-probs times the mask, from the same pass.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size}: must be >= 1")
@@ -267,11 +270,9 @@ def sequence_logps(model, input_ids: Tensor, attention_mask: Tensor, response_ma
     targets = input_ids[rows, cols + 1]  # (R,)
     token_logps = _token_logps(head, h, targets, softcap, chunk_size)  # (R,)
     sums = token_logps.new_zeros(input_ids.shape[0]).index_add(0, rows, token_logps)  # (B,)
-    if end_mask is None:
-        return sums, predicts.sum(-1)
-    picked = token_logps * end_mask[rows, cols + 1].to(token_logps.dtype)  # (R,)
-    return sums, predicts.sum(-1), token_logps.new_zeros(input_ids.shape[0]).index_add(
-        0, rows, picked)
+    masked = [token_logps.new_zeros(input_ids.shape[0]).index_add(
+        0, rows, token_logps * m[rows, cols + 1].to(token_logps.dtype)) for m in masks]  # (B,)
+    return sums, predicts.sum(-1), *masked
 
 
 def ending_mask(response_mask: Tensor, lengths: list[int], endings: list[int]) -> Tensor:

@@ -87,3 +87,18 @@ def mean_token_kl(policy, prompts: list[str], responses: list[str], version: str
         total += float(kl.sum())
         count += int(kl.numel())
     return total / max(count, 1), count
+
+
+def masked_reference(policy, enc: dict, mask: torch.Tensor, cache: list[tuple[Seq, dict]],
+                     version: str) -> torch.Tensor:
+    """(B,) log-prob sums of the tokens ``mask`` (B, T) marks, under ``version``, per row
+    of the encoded batch ``enc``. ``cache`` gives each row's (answer, dict answer -> value):
+    values found there are reused, and one no-grad pass fills in the rows that marked
+    tokens but have none yet (a reference value depends only on the answer)."""
+    if any(m and t not in store for m, (t, store) in zip(mask.any(-1).tolist(), cache)):
+        with policy.lock.hold(), policy.active(version), torch.no_grad():
+            _, _, ref = sequence_logps(policy.model, enc["input_ids"], enc["attention_mask"],
+                                       enc["response_mask"], masks=(mask,))  # (B,)
+        for (t, store), value in zip(cache, ref.tolist()):
+            store.setdefault(t, value)
+    return torch.tensor([store.get(t, 0.0) for t, store in cache], device=mask.device)

@@ -121,11 +121,14 @@ CHECK_KEYS = ("steps", "train_seconds", "health_before", "health_after", "health
 
 
 def round_check(rnd: dict) -> dict:
-    """What a round trained and what its answer-health check saw (draft, serving, base:
-    shares that ended, were cut, came out empty), from the round's stored metrics."""
-    metrics = rnd.get("metrics") or {}
+    """What a round trained (pairs, steps, the words its votes credit) and what its
+    answer-health check saw (draft, serving, base: shares that ended, were cut, came out
+    empty), from the round's stored metrics."""
+    metrics, counts = rnd.get("metrics") or {}, rnd.get("counts") or {}
     return {k: metrics[k] for k in CHECK_KEYS if k in metrics} | {
-        "train_pairs": (rnd.get("counts") or {}).get("train")}
+        "train_pairs": counts.get("train"),
+        "credited": [c["word"] if c["favoured"] else "-" + c["word"]
+                     for c in counts.get("credited") or []]}
 
 
 def vote_until_round(svc, oracle, votes: int, timeout_s: float, on_vote=None) -> dict:

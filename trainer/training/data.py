@@ -32,6 +32,8 @@ class Example:
     endings: dict[Seq, int] = field(default_factory=dict)  # answer -> its ending's tokens
     ref_end: dict[Seq, float] = field(default_factory=dict)  # answer -> ref log p(ending)
     ref_empty: dict[Seq, float] = field(default_factory=dict)  # ending -> ref log p(it at once)
+    credit: dict[Seq, tuple[float, ...]] = field(default_factory=dict)  # answer -> credited tokens
+    ref_credit: dict[Seq, float] = field(default_factory=dict)  # answer -> ref log p(them)
 
 
 def is_heldout(key: str, fraction: float) -> bool:

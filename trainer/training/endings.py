@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from trainer.model.logprobs import build_batch, ending_mask, sequence_logps
+from trainer.model.scoring import masked_reference
 from trainer.training import span
 from trainer.training.data import Example
 
@@ -41,15 +42,8 @@ def anchor_mask(enc: dict, batch: list[Example], texts: list, ref_version: str, 
     lengths = [len(t) if isinstance(t, tuple) else -1 for t in texts]
     mask = ending_mask(enc["response_mask"], lengths,
                        [e.endings.get(t, 0) for t, e in zip(texts, batch * 2)])
-    pairs = list(zip(texts, batch * 2))
-    if any(m and t not in e.ref_end for m, (t, e) in zip(mask.any(-1).tolist(), pairs)):
-        with policy.lock.hold(), policy.active(ref_version), torch.no_grad():
-            _, _, ref = sequence_logps(policy.model, enc["input_ids"], enc["attention_mask"],
-                                       enc["response_mask"], end_mask=mask)  # (2B,)
-        for (t, e), value in zip(pairs, ref.tolist()):
-            e.ref_end.setdefault(t, value)
-    ref_end = torch.tensor([e.ref_end.get(t, 0.0) for t, e in pairs], device=mask.device)
-    return mask, ref_end
+    cache = [(t, e.ref_end) for t, e in zip(texts, batch * 2)]
+    return mask, masked_reference(policy, enc, mask, cache, ref_version)
 
 
 def empty_answers(batch: list[Example]) -> list[tuple[Example, tuple[int, ...]]]:

@@ -30,9 +30,9 @@ from trainer.model import adapters
 from trainer.model.decode import SamplingAborted
 from trainer.model.logprobs import build_batch, sequence_logps
 from trainer.model.policy import BASE, TRAIN
-from trainer.model.scoring import score
+from trainer.model.scoring import masked_reference, score
 from trainer.progress import NullProgress, Progress
-from trainer.training import endings, gate, health, span
+from trainer.training import credit, endings, gate, health, span
 from trainer.training.data import (
     Example,
     attach_reference,
@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 MIN_TRAIN_EXAMPLES = 2
 READING_THROUGH = "round_reads_through_vote"  # the newest vote the running round has read
 HELDOUT_MAX = 128  # the most recent held-out pairs: scored twice a round, so round time stays flat
+CREDITS_SHOWN = 20  # credited words a round records (strongest first)
 
 
 class RoundError(RuntimeError):
@@ -93,15 +94,25 @@ def _micro_step(policy, batch: list[Example], cfg: TrainConfig, ref_version: str
            build_batch(tok, prompts, texts, cfg.max_length, tok.pad_token_id).items()}
     end_mask, ref_end = (endings.anchor_mask(enc, batch, texts, ref_version, policy)
                          if cfg.end_anchor else (None, None))
+    credited = (credit.credit_weights(enc["response_mask"], batch, texts)
+                if cfg.credit_weight else None)  # (2B, T)
+    ref_credit = (masked_reference(policy, enc, credited,
+                                   [(t, e.ref_credit) for t, e in zip(texts, batch * 2)],
+                                   ref_version) if credited is not None else None)
     empty = (endings.empty_inputs(policy, batch, ref_version, cfg.max_length)
              if cfg.empty_guard else None)
+    masks = tuple(m for m in (end_mask, credited) if m is not None)
     with policy.lock.hold(), policy.active(TRAIN, train=True):
-        sums, n, *end = sequence_logps(policy.model, enc["input_ids"], enc["attention_mask"],
-                                       enc["response_mask"], end_mask=end_mask)  # (2B,) each
+        sums, n, *masked = sequence_logps(policy.model, enc["input_ids"], enc["attention_mask"],
+                                          enc["response_mask"], masks=masks)  # (2B,) each
+        end = masked[:1] if end_mask is not None else []
         ref = torch.tensor([e.ref[t][0] for t, e in zip(texts, batch * 2)], device=sums.device)
         ref_n = torch.tensor([e.ref[t][1] for t, e in zip(texts, batch * 2)], device=sums.device)
         b = len(batch)
-        chosen_sums = sums[:b]  # summed log-probs, for the NLL term
+        logps = sums  # summed log-probs, for the NLL term and the stats
+        if credited is not None:  # credited tokens count 1 + weight times (credit.py)
+            sums = sums + cfg.credit_weight * masked[-1]
+            ref = ref + cfg.credit_weight * ref_credit
         if needs_length_normalisation(cfg.loss):
             sums, ref = sums / n.clamp(min=1), ref / ref_n.clamp(min=1)
         losses, cr, rr = preference_loss(cfg.loss, sums[:b], sums[b:], ref[:b], ref[b:],
@@ -118,7 +129,7 @@ def _micro_step(policy, batch: list[Example], cfg: TrainConfig, ref_version: str
                                             e_enc["attention_mask"], e_enc["response_mask"])
             guard = empty_guard(empty_logps, ref_empty)
         loss = loss + cfg.empty_guard * guard
-        nll = chosen_nll(chosen_sums, n[:b].float())
+        nll = chosen_nll(logps[:b], n[:b].float())
         loss = loss + cfg.sft_weight * nll
         if not torch.isfinite(loss):
             raise RoundError(f"non-finite loss ({loss.item()}); the round is aborted. Lower "
@@ -127,8 +138,9 @@ def _micro_step(policy, batch: list[Example], cfg: TrainConfig, ref_version: str
     stats = {"loss": loss.item(), "rewards/chosen": cr.mean().item(),
              "rewards/rejected": rr.mean().item(), "rewards/margins": (cr - rr).mean().item(),
              "rewards/accuracies": (cr > rr).float().mean().item(),
-             "logps/chosen": sums[:b].mean().item(), "logps/rejected": sums[b:].mean().item(),
+             "logps/chosen": logps[:b].mean().item(), "logps/rejected": logps[b:].mean().item(),
              "end_anchor": anchor.item(), "empty_guard": guard.item(), "nll/chosen": nll.item(),
+             "credited_tokens": float(credited.sum()) if credited is not None else 0.0,
              "tokens": int(enc["attention_mask"].sum())}
     return loss, stats
 
@@ -232,7 +244,8 @@ def load_examples(store, cfg: TrainConfig, fmt, frame, decode: span.Decode | Non
                                             disagreement=cfg.disagreement), cfg.method)
     needs = ([f"--answer-span {cfg.answer_span}"] if cfg.answer_span != "full" else []) + (
         [f"--end-anchor {cfg.end_anchor}"] if cfg.end_anchor else []) + (
-        [f"--empty-guard {cfg.empty_guard}"] if cfg.empty_guard else [])
+        [f"--empty-guard {cfg.empty_guard}"] if cfg.empty_guard else []) + (
+        [f"--credit-weight {cfg.credit_weight}"] if cfg.credit_weight else [])
     if needs and decode is None:
         raise ValueError(f"{' and '.join(needs)} need the tokenizer's decode")
     rows = span.span_rows(rows, cfg.answer_span, decode)
@@ -241,6 +254,12 @@ def load_examples(store, cfg: TrainConfig, fmt, frame, decode: span.Decode | Non
     train = train[-cfg.window:] if cfg.window else train  # pair order: oldest first
     if cfg.end_anchor or cfg.empty_guard:  # training terms: only the pairs trained on
         endings.mark_endings(rows, train, decode)
+    credits = []
+    if cfg.credit_weight and cfg.loss != "kto":  # what the training votes say in words
+        keys = {e.key for e in train}
+        credits = credit.credited_words(
+            credit.vote_pairs([r for r in rows if r["key"] in keys]), cfg.credit_alpha)
+        credit.mark_credit(rows, train, {c.word for c in credits}, decode)
     held = held[-HELDOUT_MAX:]
     if cfg.loss == "kto":
         held_pairs = {e.pair_id for e in held}
@@ -248,7 +267,10 @@ def load_examples(store, cfg: TrainConfig, fmt, frame, decode: span.Decode | Non
                 if r.get("pair_id") is None or r["pair_id"] not in held_pairs]
         train = unpaired_examples(rows, fmt, frame)
     counts = {"max_vote_id": max_vote, "train": len(train), "heldout": len(held),
-              "pairs": len(paired)}
+              "pairs": len(paired),
+              "credited": [{"word": c.word, "favoured": c.favoured, "chosen_only": c.chosen_only,
+                            "rejected_only": c.rejected_only, "p": c.p_value}
+                           for c in credits[:CREDITS_SHOWN]]}
     return train, held, counts
 
 

@@ -1,0 +1,173 @@
+"""Credited words (trainer/training/credit.py) and the token-weighted log-ratio a round
+trains with them (``--credit-weight``)."""
+
+import random
+
+import pytest
+
+from tests.svc_fixtures import tiny_service
+from trainer.model.policy import BASE
+from trainer.training import credit, rounds
+
+FILLER = ("sun rain river stone cloud paper glass music garden window bread market "
+          "engine forest candle mirror").split()
+
+
+def _sentence(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(FILLER) for _ in range(n))
+
+
+def test_poisson_binomial_tail_by_hand():
+    assert credit.poisson_binomial_tail([0.5, 0.5], 2) == pytest.approx(0.25)
+    assert credit.poisson_binomial_tail([0.5, 0.5], 0) == pytest.approx(1.0)
+    assert credit.poisson_binomial_tail([0.2, 0.6], 1) == pytest.approx(1 - 0.8 * 0.4)
+    assert credit.poisson_binomial_tail([0.2, 0.6], 2) == pytest.approx(0.2 * 0.6)
+    assert credit.poisson_binomial_tail([], 0) == 1.0
+
+
+def test_words_are_lower_cased_whole_words():
+    assert credit.words("Because it's raining, BECAUSE-2x!") == [
+        "because", "it's", "raining", "because", "2x"]
+
+
+def test_a_word_on_the_chosen_side_of_every_decisive_pair_is_credited():
+    rng = random.Random(0)
+    pairs = [(_sentence(rng, 8) + " because " + _sentence(rng, 4), _sentence(rng, 12))
+             for _ in range(12)]
+    got = credit.credited_words(pairs)
+    assert [c.word for c in got] == ["because"]
+    assert got[0].favoured and got[0].chosen_only == 12 and got[0].rejected_only == 0
+    assert got[0].p_value < 0.05 / 10
+
+
+def test_a_word_on_the_rejected_side_is_credited_as_disfavoured():
+    rng = random.Random(1)
+    pairs = [(_sentence(rng, 10), "sorry " + _sentence(rng, 9)) for _ in range(12)]
+    got = credit.credited_words(pairs)
+    assert [(c.word, c.favoured) for c in got] == [("sorry", False)]
+
+
+def test_length_alone_credits_nothing():
+    """The chosen answers are 4x longer, so most words are on the chosen side only: the
+    test expects them there (a common word is in a long answer almost surely) and credits
+    none, even over 150 votes."""
+    rng = random.Random(2)
+    pairs = [(_sentence(rng, 40), _sentence(rng, 10)) for _ in range(150)]
+    assert credit.credited_words(pairs) == []
+
+
+def test_random_votes_credit_a_word_rarely():
+    """Votes that ignore the words credit one in fewer than alpha of the rounds."""
+    rng = random.Random(4)
+    rounds_with_credit = 0
+    for _ in range(200):
+        pairs = [(_sentence(rng, rng.randint(3, 12)), _sentence(rng, rng.randint(3, 12)))
+                 for _ in range(30)]
+        rounds_with_credit += bool(credit.credited_words(pairs, alpha=0.2))
+    assert rounds_with_credit / 200 < 0.2
+
+
+def test_too_few_pairs_credit_nothing():
+    pairs = [("yes because", "no")] * 3  # (1/3)^3: two-sided 0.07, not below 0.05
+    assert credit.credited_words(pairs) == []
+
+
+def test_one_pair_per_vote():
+    rows = [{"key": "1", "group": "r1", "extreme": False, "chosen": "b", "rejected": "c"},
+            {"key": "2", "group": "r1", "extreme": True, "chosen": "best", "rejected": "worst"},
+            {"key": "3", "pair_id": 7, "chosen": "mine", "rejected": "a"},
+            {"key": "4", "pair_id": 7, "chosen": "mine", "rejected": "b"},
+            {"key": "5", "pair_id": 8, "chosen": "x", "rejected": "y"}]
+    assert credit.vote_pairs(rows) == [("best", "worst"), ("mine", "a"), ("x", "y")]
+
+
+def test_token_mask_marks_every_token_of_a_credited_word():
+    pieces = {1: "It", 2: " rains", 3: " be", 4: "cause", 5: " clouds", 6: "."}
+
+    def decode(ids):
+        return "".join(pieces[i] for i in ids)
+
+    assert credit.token_mask((1, 2, 3, 4, 5, 6), {"because"}, decode) == (
+        0.0, 0.0, 1.0, 1.0, 0.0, 0.0)
+    assert credit.token_mask((1, 2, 3, 4, 5, 6), {"rains", "clouds"}, decode) == (
+        0.0, 1.0, 0.0, 0.0, 1.0, 0.0)
+    assert credit.token_mask((1, 2), set(), decode) == (0.0, 0.0)
+    assert credit.token_mask((), {"because"}, decode) == ()
+
+
+def _keyword_pairs_svc(tmp_path, tiny_model_dir, *flags):
+    """A service with 12 voted pairs whose answers kept their ids; the chosen answer says
+    'because', the rejected one does not."""
+    svc = tiny_service(tmp_path / "data", tiny_model_dir, "--accept-tolerance", "1",
+                       "--window", "0", "--heldout-fraction", "0", *flags)
+    tok = svc.policy.tokenizer
+    rng = random.Random(3)
+    for i in range(12):
+        prompt = f"question number {i}"
+        pid = svc.store.add_prompt(prompt)
+        a = f"{_sentence(rng, 3)} because {_sentence(rng, 2)}"
+        b = _sentence(rng, 6)
+        ids_a = tok(" " + a, add_special_tokens=False)["input_ids"]
+        ids_b = tok(" " + b, add_special_tokens=False)["input_ids"]
+        p_ids = tok(svc.sampler.format(prompt))["input_ids"]
+        pair = svc.store.record_pair(pid, a, b, BASE, BASE, {}, seed=i, end_a="", end_b="",
+                                     prompt_ids=p_ids, ids_a=ids_a, ids_b=ids_b)
+        svc.store.record_vote(pair, "alice", "a")
+    return svc
+
+
+def _decode(svc):
+    tok = svc.policy.tokenizer
+    return lambda ids: tok.decode(ids, skip_special_tokens=True)
+
+
+def test_a_round_credits_the_voted_word_and_marks_its_tokens(tmp_path, tiny_model_dir):
+    svc = _keyword_pairs_svc(tmp_path, tiny_model_dir, "--credit-weight", "4")
+    train, _, counts = rounds.load_examples(svc.store, svc.train_cfg, svc.sampler.format,
+                                            svc.sampler.scored, _decode(svc))
+    assert [c["word"] for c in counts["credited"]] == ["because"]
+    assert counts["credited"][0]["favoured"] and counts["credited"][0]["chosen_only"] == 12
+    tok = svc.policy.tokenizer
+    for e in train:
+        marked = [t for t, m in zip(e.chosen, e.credit[e.chosen]) if m]
+        assert marked and "because" in tok.decode(marked)
+        assert not any(e.credit[e.rejected])
+    out = svc.trainer.run_one("test")
+    assert out.status == "accepted", out.error
+    steps = svc.store.train_steps(out.round_id)
+    assert steps and all(s["metrics"]["credited_tokens"] > 0 for s in steps)
+    assert svc.store.get_round(out.round_id)["counts"]["credited"][0]["word"] == "because"
+
+
+def test_credit_weight_scores_credited_tokens_one_plus_weight_times(tmp_path, tiny_model_dir,
+                                                                   monkeypatch):
+    """The same first step with weight 0 and 4 (the draft starts as base): the chosen
+    log-probs differ by 4x the credited tokens' log-probs, the same amount as the reference
+    log-probs, and the rejected ones (no credited word) not at all."""
+    first = {}
+    real = rounds.preference_loss
+    for weight in ("0", "4"):
+        svc = _keyword_pairs_svc(tmp_path / weight, tiny_model_dir, "--credit-weight", weight)
+        seen = []
+
+        def spy(*a, seen=seen, **k):
+            seen.append([x.detach().clone() for x in a[1:5]])
+            return real(*a, **k)
+
+        monkeypatch.setattr(rounds, "preference_loss", spy)
+        out = svc.trainer.run_one("test")
+        assert out.status == "accepted", out.error
+        first[weight] = seen[0]
+    pc0, pr0, rc0, rr0 = first["0"]
+    pc4, pr4, rc4, rr4 = first["4"]
+    assert (pc4 < pc0 - 1e-3).all()  # log-probs are negative: 4 more times a credited token
+    assert (pc4 - pc0).tolist() == pytest.approx((rc4 - rc0).tolist(), abs=1e-3)
+    assert pr4.tolist() == pytest.approx(pr0.tolist(), abs=1e-4)
+    assert rr4.tolist() == pytest.approx(rr0.tolist(), abs=1e-4)
+
+
+def test_credit_weight_off_credits_nothing(tmp_path, tiny_model_dir):
+    svc = _keyword_pairs_svc(tmp_path, tiny_model_dir, "--credit-weight", "0")
+    train, _, counts = rounds.load_examples(svc.store, svc.train_cfg, svc.sampler.format,
+                                            svc.sampler.scored, _decode(svc))
+    assert counts["credited"] == [] and all(not e.credit for e in train)

@@ -1,0 +1,178 @@
+"""Which words the votes credit, and which tokens of an answer they cover (``--credit-weight``).
+
+A preference a person holds about wording ("explain why", "give numbers", "no
+jargon") shows in the votes as words that turn up in the chosen answer and not in the
+rejected one far more often than chance allows. DPO's implicit reward is a sum over an
+answer's tokens (paper Eq. 5): from a handful of decisive votes, the few tokens that
+decided them are one or two of ~100 per answer, their gradient is drowned by the
+answers' other differences, and what the policy learns instead is what every chosen
+answer shares, often its length.
+
+The test, per word: over the training votes whose two answers differ in it (it is in
+exactly one of them), count the votes where it is on the chosen side. If the word had
+nothing to do with the vote, each answer of n words would hold it with probability
+1 - (1 - f)^n, f its frequency among all the answers' words, so given that exactly one
+answer holds it, it is on the chosen side with probability
+q_i = P_c (1 - P_r) / (P_c (1 - P_r) + P_r (1 - P_c)): a longer answer holds more
+words, a common word almost surely. The count then follows a Poisson-binomial law; the
+word is credited when its two-sided tail probability is below ``alpha / m``, with m the
+number of words that could reach that level at all (Bonferroni). Length alone thus
+credits nothing: the words of a longer chosen answer are expected on its side.
+
+A round then scores the tokens inside credited words ``1 + weight`` times in each
+answer's log-ratio (``trainer/training/rounds.py``): token-weighted DPO, in the family of
+TIS-DPO (Liu et al. 2024, arXiv 2410.04350) and SePO (Yang et al. 2024, arXiv
+2408.13518), with the weights taken from the votes' own evidence.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")  # letters/digits, with inner apostrophes
+
+Decode = Callable[[Sequence[int]], str]  # token ids -> text, special tokens skipped
+
+
+@dataclass(frozen=True)
+class Credit:
+    word: str
+    favoured: bool  # True: on the chosen side more than chance allows; False: rejected
+    chosen_only: int  # pairs where the word is in the chosen answer only
+    rejected_only: int  # pairs where it is in the rejected answer only
+    p_value: float  # one-sided Poisson-binomial tail, in the direction of ``favoured``
+
+
+def words(text: str) -> list[str]:
+    """The words of ``text``, lower-cased, in order."""
+    return [w.lower() for w in WORD.findall(text)]
+
+
+def poisson_binomial_tail(probs: Sequence[float], k: int) -> float:
+    """P(X >= k) for X the number of successes of independent Bernoulli(probs[i])."""
+    dist = [1.0]  # dist[j] = P(j successes so far)
+    for q in probs:
+        nxt = [0.0] * (len(dist) + 1)
+        for j, pj in enumerate(dist):
+            nxt[j] += pj * (1 - q)
+            nxt[j + 1] += pj * q
+        dist = nxt
+    return min(1.0, sum(dist[max(k, 0):]))
+
+
+def presence_odds(freq: float, n_chosen: int, n_rejected: int) -> float:
+    """The chance that a word of frequency ``freq`` is on the chosen side of a pair whose
+    answers have ``n_chosen`` and ``n_rejected`` words, given that exactly one holds it
+    and it has nothing to do with the vote."""
+    p_c = 1 - (1 - freq) ** max(n_chosen, 1)
+    p_r = 1 - (1 - freq) ** max(n_rejected, 1)
+    one_side = p_c * (1 - p_r) + p_r * (1 - p_c)
+    return p_c * (1 - p_r) / one_side if one_side > 0 else 0.5
+
+
+def credited_words(pairs: Sequence[tuple[str, str]], alpha: float = 0.05) -> list[Credit]:
+    """The words the (chosen, rejected) text ``pairs`` credit, strongest first; give one
+    pair per vote (the pairs one vote implies share answers, and are not independent).
+
+    A word present in both answers of a pair, or in neither, says nothing there. The
+    family-wise error rate over all words is at most ``alpha`` (two-sided tests,
+    Bonferroni over the words that could reach ``alpha`` with every pair on one side);
+    ``Credit.p_value`` is a word's two-sided p before that correction."""
+    split = [(words(c), words(r)) for c, r in pairs]
+    total = sum(len(wc) + len(wr) for wc, wr in split)
+    freq: dict[str, int] = {}
+    for wc, wr in split:
+        for w in wc + wr:
+            freq[w] = freq.get(w, 0) + 1
+    sides: dict[str, list[tuple[bool, float]]] = {}  # word -> [(on chosen side, q_i)]
+    for wc, wr in split:
+        set_c, set_r = set(wc), set(wr)
+        for w in set_c ^ set_r:
+            q = presence_odds(freq[w] / max(total, 1), len(wc), len(wr))
+            sides.setdefault(w, []).append((w in set_c, q))
+    tests = []
+    for w, seen in sides.items():
+        qs = [q for _, q in seen]
+        up = sum(on_chosen for on_chosen, _ in seen)
+        best = min(math.prod(qs), math.prod(1 - q for q in qs))  # all on one side
+        if 2 * best < alpha:  # testable: it could be significant
+            tests.append((w, qs, up))
+    out = []
+    for w, qs, up in tests:
+        p_up = poisson_binomial_tail(qs, up)
+        p_down = poisson_binomial_tail([1 - q for q in qs], len(qs) - up)
+        p = min(1.0, 2 * min(p_up, p_down))
+        if p < alpha / len(tests):
+            out.append(Credit(w, p_up < p_down, up, len(qs) - up, p))
+    return sorted(out, key=lambda c: (c.p_value, c.word))
+
+
+def vote_pairs(rows: Sequence[dict]) -> list[tuple[str, str]]:
+    """One (chosen, rejected) text pair per vote from a round's training rows: a rank
+    vote's (best, worst) row, an A/B vote's row, a written answer's first row."""
+    seen, out = set(), []
+    for r in rows:
+        vote = r.get("group") or r.get("pair_id") or r["key"]
+        if r.get("extreme", True) and vote not in seen:
+            seen.add(vote)
+            out.append((r["chosen"], r["rejected"]))
+    return out
+
+
+def token_mask(ids: Sequence[int], credited: set[str], decode: Decode) -> tuple[float, ...]:
+    """1.0 for each of an answer's tokens that lies inside a credited word, else 0.0.
+
+    Token i covers the characters that ``decode(ids[:i + 1])`` adds to
+    ``decode(ids[:i])``, so the words are found in the same text the tokens decode to
+    (a word split over several tokens marks all of them)."""
+    if not credited or not ids or not credited & set(words(decode(ids))):
+        return (0.0,) * len(ids)
+    ends, text = [], ""
+    for i in range(len(ids)):
+        text = decode(ids[:i + 1])
+        ends.append(len(text))
+    spans = [m.span() for m in WORD.finditer(text) if m.group().lower() in credited]
+    out, start = [], 0
+    for end in ends:
+        end = max(end, start)
+        out.append(1.0 if any(a < end and b > start for a, b in spans) else 0.0)
+        start = end
+    return tuple(out)
+
+
+def mark_credit(rows: list[dict], examples: list, credited: set[str], decode: Decode) -> int:
+    """Record on each example the credited-token mask of each answer kept as sampled ids
+    (answers scored as text get none); ``rows`` are the training rows the examples were
+    made from (matched by key). Returns how many tokens were marked."""
+    by_key = {r["key"]: r for r in rows}
+    marked = 0
+    for e in examples:
+        if e.key not in by_key:
+            continue
+        for seq in (e.chosen, e.rejected):
+            if isinstance(seq, tuple) and seq not in e.credit:
+                e.credit[seq] = token_mask(seq, credited, decode)
+                marked += int(sum(e.credit[seq]))
+    return marked
+
+
+def credit_weights(response_mask, batch: list, texts: list):
+    """(2B, T) float: 1.0 at the response positions of the credited tokens of each row
+    (``texts`` are the batch's chosen then rejected answers); a response cut by
+    ``max_length`` keeps the marks of the tokens it kept."""
+    import torch
+
+    weights = torch.zeros(response_mask.shape, dtype=torch.float32,
+                          device=response_mask.device)  # (2B, T)
+    for i, (t, e) in enumerate(zip(texts, batch * 2)):
+        marks = e.credit.get(t)
+        if not marks or not any(marks):
+            continue
+        pos = response_mask[i].nonzero(as_tuple=True)[0]  # (n_i,)
+        n = min(len(pos), len(marks))
+        weights[i, pos[:n]] = torch.tensor(marks[:n], dtype=torch.float32,
+                                           device=response_mask.device)
+    return weights
