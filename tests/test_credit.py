@@ -4,6 +4,7 @@ trains with them (``--credit-weight``)."""
 import random
 
 import pytest
+import torch
 
 from tests.svc_fixtures import tiny_service
 from trainer.model.policy import BASE
@@ -93,6 +94,18 @@ def test_token_mask_marks_every_token_of_a_credited_word():
         0.0, 1.0, 0.0, 0.0, 1.0, 0.0)
     assert credit.token_mask((1, 2), set(), decode) == (0.0, 0.0)
     assert credit.token_mask((), {"because"}, decode) == ()
+
+
+def test_credit_weights_sit_on_the_response_positions_of_the_marked_tokens():
+    """Row 0's response starts at position 2; row 1's was cut by max_length to 2 of its
+    4 tokens and keeps the marks of those two."""
+    from trainer.training.data import Example
+
+    response = torch.tensor([[0, 0, 1, 1, 1, 0], [0, 1, 1, 0, 0, 0]], dtype=torch.bool)
+    e = Example(key="k", pair_id=1, prompt=(1,), chosen=(5, 6, 7), rejected=(8, 9, 10, 11))
+    e.credit = {(5, 6, 7): (0.0, 1.0, 0.0), (8, 9, 10, 11): (1.0, 0.0, 1.0, 1.0)}
+    got = credit.credit_weights(response, [e], [e.chosen, e.rejected])
+    assert got.tolist() == [[0, 0, 0, 1, 0, 0], [0, 1, 0, 0, 0, 0]]
 
 
 def _keyword_pairs_svc(tmp_path, tiny_model_dir, *flags):

@@ -140,6 +140,27 @@ def test_chunked_equals_full_log_softmax(model, tok, chunk):
     torch.testing.assert_close(mean_logps(s, n), ws / wn)
 
 
+def test_masks_give_weighted_sums_of_the_same_token_logps(model, tok):
+    """Each mask's sum is the token log-probs times its weights at the response
+    positions, from the same pass (checked against the full-logits oracle)."""
+    b = batch(tok)
+    weights = torch.zeros(b["response_mask"].shape)
+    weights[b["response_mask"]] = torch.linspace(0.0, 2.0, int(b["response_mask"].sum()))
+    ends = torch.zeros_like(b["response_mask"])
+    ends[0, b["response_mask"][0].nonzero()[-1]] = True  # row 0's last token
+    with torch.no_grad():
+        s, n, w_sum, end_sum = sequence_logps(model, **b, chunk_size=3, masks=(weights, ends))
+        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        per_token = torch.log_softmax(logits[:, :-1].float(), -1).gather(
+            -1, b["input_ids"][:, 1:, None]).squeeze(-1)  # (B, T-1)
+    scored = b["response_mask"][:, 1:] & b["attention_mask"][:, :-1].bool()
+    want = (per_token * weights[:, 1:] * scored).sum(-1)
+    torch.testing.assert_close(w_sum, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(end_sum, (per_token * ends[:, 1:] * scored).sum(-1),
+                               atol=1e-5, rtol=1e-5)
+    assert end_sum[1] == 0 and end_sum[0] < 0
+
+
 def test_padding_does_not_change_a_rows_logp(model, tok):
     with torch.no_grad():
         alone, _ = sequence_logps(model, **batch(tok, PROMPTS[:1], RESPONSES[:1]))

@@ -89,16 +89,23 @@ def mean_token_kl(policy, prompts: list[str], responses: list[str], version: str
     return total / max(count, 1), count
 
 
-def masked_reference(policy, enc: dict, mask: torch.Tensor, cache: list[tuple[Seq, dict]],
-                     version: str) -> torch.Tensor:
-    """(B,) log-prob sums of the tokens ``mask`` (B, T) marks, under ``version``, per row
-    of the encoded batch ``enc``. ``cache`` gives each row's (answer, dict answer -> value):
-    values found there are reused, and one no-grad pass fills in the rows that marked
-    tokens but have none yet (a reference value depends only on the answer)."""
-    if any(m and t not in store for m, (t, store) in zip(mask.any(-1).tolist(), cache)):
+def masked_reference(policy, enc: dict, wanted: list[tuple[torch.Tensor, list]], version: str
+                     ) -> list[torch.Tensor]:
+    """For each (mask (B, T), cache) of ``wanted``: the (B,) log-prob sums of the tokens
+    the mask marks, under ``version``, per row of the encoded batch ``enc``. A cache gives
+    each row's (answer, dict answer -> value): values found there are reused, and one
+    no-grad pass fills in every row that marked tokens but has no value yet (a reference
+    value depends only on the answer)."""
+    def missing(mask, cache):
+        return any(m and t not in store for m, (t, store) in zip(mask.any(-1).tolist(), cache))
+
+    if any(missing(mask, cache) for mask, cache in wanted):
         with policy.lock.hold(), policy.active(version), torch.no_grad():
-            _, _, ref = sequence_logps(policy.model, enc["input_ids"], enc["attention_mask"],
-                                       enc["response_mask"], masks=(mask,))  # (B,)
-        for (t, store), value in zip(cache, ref.tolist()):
-            store.setdefault(t, value)
-    return torch.tensor([store.get(t, 0.0) for t, store in cache], device=mask.device)
+            _, _, *refs = sequence_logps(policy.model, enc["input_ids"], enc["attention_mask"],
+                                         enc["response_mask"],
+                                         masks=[mask for mask, _ in wanted])  # (B,) each
+        for (_, cache), ref in zip(wanted, refs):
+            for (t, store), value in zip(cache, ref.tolist()):
+                store.setdefault(t, value)
+    return [torch.tensor([store.get(t, 0.0) for t, store in cache], device=mask.device)
+            for mask, cache in wanted]

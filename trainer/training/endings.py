@@ -18,7 +18,6 @@ from __future__ import annotations
 import torch
 
 from trainer.model.logprobs import build_batch, ending_mask, sequence_logps
-from trainer.model.scoring import masked_reference
 from trainer.training import span
 from trainer.training.data import Example
 
@@ -36,14 +35,12 @@ def mark_endings(rows: list[dict], examples: list[Example], decode: span.Decode)
                                                     decode)
 
 
-def anchor_mask(enc: dict, batch: list[Example], texts: list, ref_version: str, policy
-                ) -> tuple:
-    """(ending mask (2B, T), reference log p of each ending (2B,)) for ``--end-anchor``."""
+def anchor_mask(enc: dict, batch: list[Example], texts: list) -> torch.Tensor:
+    """(2B, T) bool: the ending tokens of each answer of the batch, for ``--end-anchor``
+    (its reference values: ``scoring.masked_reference`` with ``Example.ref_end``)."""
     lengths = [len(t) if isinstance(t, tuple) else -1 for t in texts]
-    mask = ending_mask(enc["response_mask"], lengths,
+    return ending_mask(enc["response_mask"], lengths,
                        [e.endings.get(t, 0) for t, e in zip(texts, batch * 2)])
-    cache = [(t, e.ref_end) for t, e in zip(texts, batch * 2)]
-    return mask, masked_reference(policy, enc, mask, cache, ref_version)
 
 
 def empty_answers(batch: list[Example]) -> list[tuple[Example, tuple[int, ...]]]:

@@ -92,22 +92,24 @@ def _micro_step(policy, batch: list[Example], cfg: TrainConfig, ref_version: str
     texts = [e.chosen for e in batch] + [e.rejected for e in batch]
     enc = {k: v.to(policy.device) for k, v in
            build_batch(tok, prompts, texts, cfg.max_length, tok.pad_token_id).items()}
-    end_mask, ref_end = (endings.anchor_mask(enc, batch, texts, ref_version, policy)
-                         if cfg.end_anchor else (None, None))
+    rows = list(zip(texts, batch * 2))
+    end_mask = endings.anchor_mask(enc, batch, texts) if cfg.end_anchor else None  # (2B, T)
     credited = (credit.credit_weights(enc["response_mask"], batch, texts)
                 if cfg.credit_weight else None)  # (2B, T)
-    ref_credit = (masked_reference(policy, enc, credited,
-                                   [(t, e.ref_credit) for t, e in zip(texts, batch * 2)],
-                                   ref_version) if credited is not None else None)
+    wanted = [(m, [(t, getattr(e, cache)) for t, e in rows])
+              for m, cache in ((end_mask, "ref_end"), (credited, "ref_credit")) if m is not None]
+    ref_masked = masked_reference(policy, enc, wanted, ref_version)  # one pass for both
+    ref_end = ref_masked[0] if end_mask is not None else None
+    ref_credit = ref_masked[-1] if credited is not None else None
     empty = (endings.empty_inputs(policy, batch, ref_version, cfg.max_length)
              if cfg.empty_guard else None)
-    masks = tuple(m for m in (end_mask, credited) if m is not None)
+    masks = [m for m, _ in wanted]
     with policy.lock.hold(), policy.active(TRAIN, train=True):
         sums, n, *masked = sequence_logps(policy.model, enc["input_ids"], enc["attention_mask"],
                                           enc["response_mask"], masks=masks)  # (2B,) each
         end = masked[:1] if end_mask is not None else []
-        ref = torch.tensor([e.ref[t][0] for t, e in zip(texts, batch * 2)], device=sums.device)
-        ref_n = torch.tensor([e.ref[t][1] for t, e in zip(texts, batch * 2)], device=sums.device)
+        ref = torch.tensor([e.ref[t][0] for t, e in rows], device=sums.device)
+        ref_n = torch.tensor([e.ref[t][1] for t, e in rows], device=sums.device)
         b = len(batch)
         logps = sums  # summed log-probs, for the NLL term and the stats
         if credited is not None:  # credited tokens count 1 + weight times (credit.py)
