@@ -192,7 +192,8 @@ def run(svc, oracle, *, rounds: int, pairs_per_round: int, eval_prompts: list[st
                 "rank_size": svc.pool_cfg.rank_size, "answer_span": svc.train_cfg.answer_span,
                 "length_alpha": svc.train_cfg.length_alpha, "window": svc.train_cfg.window,
                 "end_anchor": svc.train_cfg.end_anchor, "empty_guard": svc.train_cfg.empty_guard,
-                "sft_weight": svc.train_cfg.sft_weight, "model": svc.model_cfg.model,
+                "sft_weight": svc.train_cfg.sft_weight,
+                "credit_weight": svc.train_cfg.credit_weight, "model": svc.model_cfg.model,
                 "seed": seed}
     base_answers = svc.sampler.sample([p for p in eval_prompts for _ in range(samples)],
                                       BASE, seed + 1)

@@ -1,0 +1,91 @@
+"""Which words does ``--credit-weight``'s test credit, after how many votes, per oracle?
+
+    python bench/credit.py                 # reads bench/results/credit-base-answers.jsonl
+    python bench/credit.py --sample        # samples it first: 4 base answers per default prompt
+
+The answers are Gemma 3 270M base's, 4 per default prompt at the app's sampling settings
+(about 13 minutes on 2 cores to sample). Each prompt's answers make two A/B pairs, each
+oracle votes on them, and the decisive votes, shuffled (5 seeds), are fed to
+``credit.credited_words`` K at a time: a preference about a word should be credited
+within a few of its votes, a preference about length or a scattered vocabulary never.
+Prints a table; writes bench/results/credit.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+
+from bench.common import RESULTS, table, write_json
+from storage.files import atomic_write, jsonl_text
+from trainer.sim.oracles import load_oracle
+from trainer.training.credit import credited_words
+
+ANSWERS = RESULTS / "credit-base-answers.jsonl"
+ORACLES = ("keyword", "positive", "shorter")
+VOTES = (6, 12, 24, 48, 96)
+SEEDS = 5
+
+
+def sample(per_prompt: int = 4, seed: int = 1234) -> None:
+    """Write ANSWERS: ``per_prompt`` base answers to each default prompt."""
+    from storage.seed import DEFAULT_PROMPTS
+    from trainer.config import ModelConfig, SamplingConfig
+    from trainer.model.generate import Sampler
+    from trainer.model.policy import BASE, Policy
+
+    prompts = [t.strip() for t in DEFAULT_PROMPTS.read_text().split("\n") if t.strip()]
+    sampler = Sampler(Policy.load(ModelConfig()), SamplingConfig())
+    rows = []
+    for i in range(0, len(prompts), 16):
+        batch = [p for p in prompts[i:i + 16] for _ in range(per_prompt)]
+        for p, s in zip(batch, sampler.sample(batch, BASE, seed + i)):
+            rows.append({"prompt": p, "text": s.text, "ended": s.finished})
+        print(f"sampled {len(rows)} answers", file=sys.stderr, flush=True)
+    atomic_write(ANSWERS, jsonl_text(rows))
+
+
+def decisive_votes(oracle, rows: list[dict]) -> list[tuple[str, str]]:
+    """(chosen, rejected) of every decisive A/B vote on consecutive answers of a prompt."""
+    by_prompt: dict[str, list[str]] = {}
+    for r in rows:
+        by_prompt.setdefault(r["prompt"], []).append(r["text"])
+    out = []
+    for prompt, texts in by_prompt.items():
+        for a, b in zip(texts[::2], texts[1::2]):
+            verdict = oracle(prompt, a, b)
+            if verdict in ("a", "b"):
+                out.append((a, b) if verdict == "a" else (b, a))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sample", action="store_true", help="Sample the base answers first.")
+    args = ap.parse_args()
+    if args.sample or not ANSWERS.exists():
+        sample()
+    rows = [json.loads(line) for line in ANSWERS.read_text(encoding="utf-8").split("\n") if line]
+    results = []
+    for name in ORACLES:
+        votes = decisive_votes(load_oracle(name, keyword="because", tiebreak="tie"), rows)
+        for k in VOTES:
+            if k > len(votes):
+                continue
+            found = []
+            for seed in range(SEEDS):
+                shuffled = votes[:]
+                random.Random(seed).shuffle(shuffled)
+                found.append([c.word if c.favoured else "-" + c.word
+                              for c in credited_words(shuffled[:k])])
+            results.append({"oracle": name, "decisive": len(votes), "votes": k,
+                            "seeds_crediting": sum(bool(f) for f in found),
+                            "credited": sorted({w for f in found for w in f})})
+    print(table(results, ["oracle", "decisive", "votes", "seeds_crediting", "credited"]))
+    write_json("credit.json", {"answers": len(rows), "seeds": SEEDS, "results": results})
+
+
+if __name__ == "__main__":
+    main()
