@@ -319,8 +319,7 @@ def rounds_frame(rounds: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
 
 
 def credited_words(credits: Iterable[Mapping[str, Any]] | None) -> str:
-    """The words a round's votes credited (``--credit-weight``), with the pairs behind
-    each (chosen only : rejected only): 'because (9:0), -sorry (0:6)'."""
+    """A round's credited words (``--credit-weight``): 'because (9:0), -sorry (0:6)'."""
     return ", ".join(f"{'' if c.get('favoured') else '-'}{c.get('word')} "
                      f"({c.get('chosen_only')}:{c.get('rejected_only')})"
                      for c in credits or [])

@@ -22,19 +22,22 @@ credits nothing: the words of a longer chosen answer are expected on its side.
 A round then scores the tokens inside credited words ``1 + weight`` times in each
 answer's log-ratio (``trainer/training/rounds.py``): token-weighted DPO, in the family of
 TIS-DPO (Liu et al. 2024, arXiv 2410.04350) and SePO (Yang et al. 2024, arXiv
-2408.13518), with the weights taken from the votes' own evidence.
+2408.13518), with the weights taken from the votes' own evidence. (With ``--loss ipo``
+the weighted sums are still divided by the answer's token count.) The held-out gate
+judges the unweighted implicit reward.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from trainer.training.span import Decode
 
 WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")  # letters/digits, with inner apostrophes
 
-Decode = Callable[[Sequence[int]], str]  # token ids -> text, special tokens skipped
 
 
 @dataclass(frozen=True)
@@ -127,7 +130,9 @@ def token_mask(ids: Sequence[int], credited: set[str], decode: Decode) -> tuple[
 
     Token i covers the characters that ``decode(ids[:i + 1])`` adds to
     ``decode(ids[:i])``, so the words are found in the same text the tokens decode to
-    (a word split over several tokens marks all of them)."""
+    (a word split over several tokens marks all of them; a token whose prefix decodes
+    shorter than the one before, as a half of a multi-byte character can, covers
+    nothing)."""
     if not credited or not ids or not credited & set(words(decode(ids))):
         return (0.0,) * len(ids)
     ends, text = [], ""
@@ -143,20 +148,13 @@ def token_mask(ids: Sequence[int], credited: set[str], decode: Decode) -> tuple[
     return tuple(out)
 
 
-def mark_credit(rows: list[dict], examples: list, credited: set[str], decode: Decode) -> int:
+def mark_credit(examples: list, credited: set[str], decode: Decode) -> None:
     """Record on each example the credited-token mask of each answer kept as sampled ids
-    (answers scored as text get none); ``rows`` are the training rows the examples were
-    made from (matched by key). Returns how many tokens were marked."""
-    by_key = {r["key"]: r for r in rows}
-    marked = 0
+    (answers scored as text get none)."""
     for e in examples:
-        if e.key not in by_key:
-            continue
         for seq in (e.chosen, e.rejected):
-            if isinstance(seq, tuple) and seq not in e.credit:
+            if isinstance(seq, tuple):
                 e.credit[seq] = token_mask(seq, credited, decode)
-                marked += int(sum(e.credit[seq]))
-    return marked
 
 
 def credit_weights(response_mask, batch: list, texts: list):

@@ -261,7 +261,7 @@ def load_examples(store, cfg: TrainConfig, fmt, frame, decode: span.Decode | Non
         keys = {e.key for e in train}
         credits = credit.credited_words(
             credit.vote_pairs([r for r in rows if r["key"] in keys]), cfg.credit_alpha)
-        credit.mark_credit(rows, train, {c.word for c in credits}, decode)
+        credit.mark_credit(train, {c.word for c in credits}, decode)
     held = held[-HELDOUT_MAX:]
     if cfg.loss == "kto":
         held_pairs = {e.pair_id for e in held}
