@@ -66,7 +66,7 @@ def render(res: dict) -> str:
         "| variant | pairs/s | peak RSS (MB) | % of training roofline |", "|---|---|---|---|",
         *[f"| {v} | {t[v]['pairs_per_s']:.3f} | {t[v]['peak_rss_mb']:.0f} | "
           f"{t[v].get('pct_of_roofline', t[v]['pct_of_matmul_roofline']):.1f} |"
-          for v in ("naive", "ours", "trl")
+          for v in ("naive", "ours", "ours_ckpt", "trl")
           if isinstance(t.get(v), dict)], "",
         f"Ours / naive pairs/s: **{t['speedup_pairs_per_s']:.2f}x** (target >= 3); peak RSS "
         f"ratio **{t['peak_rss_ratio']:.2f}** (target <= 0.33). "
@@ -74,7 +74,11 @@ def render(res: dict) -> str:
            f"{'met' if t['vs_trl']['speedup_pairs_per_s'] >= 3 else 'not met'}); peak RSS "
            f"ratio **{t['vs_trl']['peak_rss_ratio']:.2f}** (target <= 0.7, "
            f"{'met' if t['vs_trl']['peak_rss_ratio'] <= 0.7 else 'not met'}); "
-           if t.get("vs_trl") else "") + f"{t.get('trl_note', t.get('trl'))}.", "",
+           if t.get("vs_trl") else "")
+        + (f"With `--checkpointing on` (ours_ckpt): "
+           f"**{t['ckpt_vs_trl']['speedup_pairs_per_s']:.2f}x** TRL's pairs/s, peak RSS ratio "
+           f"**{t['ckpt_vs_trl']['peak_rss_ratio']:.2f}**; " if t.get("ckpt_vs_trl") else "")
+        + f"{t.get('trl_note', t.get('trl'))}.", "",
         "## Serving (through the real API, warm pool)", "",
         f"Vote -> next pair: p50 {s['vote_to_next_pair_ms']['p50']:.0f} ms, p95 "
         f"{s['vote_to_next_pair_ms']['p95']:.0f} ms (target p95 < 300 ms). Hot-swap (adapter "

@@ -5,6 +5,8 @@
   (b) ours: response-only chunked log-probs (trainer/model/logprobs.py), reference log-probs
       computed once and reused across epochs (the app caches them in the DB), dynamic
       padding to the longest row of each micro-batch.
+  (b') ours-ckpt: (b) with activation checkpointing (``--checkpointing on``): each layer's
+      activations are recomputed in backward, for less peak memory;
   (c) trl: TRL's DPOTrainer (when ``trl`` is installed: ``pip install trl==1.16.0``, a
       dev dependency) on the same rows, the same LoRA, micro-batch, grad-accum, epochs,
       lr, beta and max length; everything else at TRL's defaults on CPU (its reference
@@ -103,7 +105,8 @@ def child(variant: str, n: int, epochs: int, max_length: int, micro: int, accum:
     from trainer.model.policy import BASE, TRAIN, Policy
     from trainer.training.losses import preference_loss
 
-    policy = Policy.load(ModelConfig(cache_dir=cache_dir))
+    policy = Policy.load(ModelConfig(cache_dir=cache_dir,
+                                     checkpointing="on" if variant == "ours-ckpt" else "off"))
     tok, model = policy.tokenizer, policy.model
     rows = make_pairs(n)
     params = policy.train_parameters()
@@ -144,6 +147,7 @@ def child(variant: str, n: int, epochs: int, max_length: int, micro: int, accum:
             opt.step()
             opt.zero_grad()
     dt = time.perf_counter() - t0
+    peak = peak_rss_mb()  # before the GEMM probe below, which allocates head-sized buffers
     base = model.get_base_model()
     p_head = base.get_output_embeddings().weight.numel()
     p_body = sum(p.numel() for p in base.model.parameters()) - p_head  # tied embeddings
@@ -151,7 +155,7 @@ def child(variant: str, n: int, epochs: int, max_length: int, micro: int, accum:
     gemm = None if naive else gemm_pass(round(sum(widths) / len(widths)), linear_shapes(base))
     return {"variant": variant, "chunk_size": None if naive else chunk_size, "pairs": n,
             "epochs": epochs, "seconds": dt, "gemm_at_shapes": gemm,
-            "pairs_per_s": n * epochs / dt, "tokens": tokens, "peak_rss_mb": peak_rss_mb(),
+            "pairs_per_s": n * epochs / dt, "tokens": tokens, "peak_rss_mb": peak,
             "p_body": p_body, "p_head": p_head}
 
 
@@ -182,6 +186,7 @@ def main() -> None:
               str(args.grad_accum), "--chunk-size", str(args.chunk_size), "--cache-dir", cache]
     naive = run_child(me, "naive", *common)
     ours = run_child(me, "ours", *common)
+    ckpt = run_child(me, "ours-ckpt", *common)
     trl = None
     if not args.no_trl and importlib.util.find_spec("trl") is not None:
         trl = run_child(me, "trl", *common)
@@ -190,7 +195,7 @@ def main() -> None:
         trl_note = ("TRL not installed (pip install trl==1.16.0): no third column"
                     if not args.no_trl else "--no-trl: no third column")
     gflops = matmul_gflops()
-    rows = [naive, ours] + ([trl] if trl else [])
+    rows = [naive, ours, ckpt] + ([trl] if trl else [])
     shapes_rate = ours["gemm_at_shapes"]["gflops"]  # GEMM speed at a micro-batch's shapes
     for r in rows:
         # useful work: policy forward + input-grad backward (4 x body params per token),
@@ -208,14 +213,17 @@ def main() -> None:
           f"(target <= 0.33); training roofline: {shapes_rate:.0f} GFLOP/s, the GEMM rate at a "
           f"micro-batch's shapes (square 2048: {gflops:.0f}); ours reaches "
           f"{ours['pct_of_roofline']:.0f}% (target >= 50%)\n{trl_note}")
-    vs_trl = None
+    vs_trl = ckpt_vs_trl = None
     if trl:
-        vs_trl = {"speedup_pairs_per_s": ours["pairs_per_s"] / trl["pairs_per_s"],
-                  "peak_rss_ratio": ours["peak_rss_mb"] / trl["peak_rss_mb"]}
-        print(f"ours / TRL pairs/s: {vs_trl['speedup_pairs_per_s']:.2f}x (target >= 3); "
-              f"peak RSS ratio {vs_trl['peak_rss_ratio']:.2f} (target <= 0.7)")
+        vs_trl, ckpt_vs_trl = (
+            {"speedup_pairs_per_s": r["pairs_per_s"] / trl["pairs_per_s"],
+             "peak_rss_ratio": r["peak_rss_mb"] / trl["peak_rss_mb"]} for r in (ours, ckpt))
+        for name, v in (("ours", vs_trl), ("ours-ckpt", ckpt_vs_trl)):
+            print(f"{name} / TRL pairs/s: {v['speedup_pairs_per_s']:.2f}x (target >= 3); "
+                  f"peak RSS ratio {v['peak_rss_ratio']:.2f} (target <= 0.7)")
     path = write_json("training.json", {"machine": machine(), "settings": vars(args),
-                                        "naive": naive, "ours": ours, "trl": trl,
+                                        "naive": naive, "ours": ours, "ours_ckpt": ckpt,
+                                        "ckpt_vs_trl": ckpt_vs_trl, "trl": trl,
                                         "speedup_pairs_per_s": speed, "peak_rss_ratio": mem,
                                         "vs_trl": vs_trl, "matmul_gflops": gflops,
                                         "roofline_gflops": shapes_rate,

@@ -125,3 +125,36 @@ def test_chat_models_get_room_to_finish_their_answers(tmp_path, tiny_model_dir):
     assert sampling("--model", "smollm2-135m-instruct",
                     "--max-new-tokens", "64").max_new_tokens == 64  # the user's value wins
     assert sampling().max_new_tokens == 96
+
+
+def _draft_grads_and_layer_calls(model_dir, checkpointing):
+    """Gradients of the draft adapter for one sequence_logps loss, and how many times
+    the first decoder layer's MLP ran (forward, plus any recompute in backward; the
+    layer's own hooks stay outside the checkpoint)."""
+    from trainer.model.logprobs import sequence_logps
+
+    policy = Policy.load(ModelConfig(model=str(model_dir), checkpointing=checkpointing))
+    _randomise_draft(policy)
+    calls = []
+    mlp = policy.model.get_base_model().model.layers[0].mlp
+    mlp.register_forward_hook(lambda *a: calls.append(1))
+    ids = torch.tensor([[2, 5, 6, 7, 8, 9, 10], [2, 11, 12, 13, 14, 0, 0]])
+    attn = (ids != 0).long()
+    resp = torch.zeros_like(ids, dtype=torch.bool)
+    resp[:, 3:] = True
+    with policy.active(TRAIN, train=True):
+        sums, _ = sequence_logps(policy.model, ids, attn, resp & attn.bool())
+        sums.sum().backward()
+    grads = [p.grad.clone() for p in policy.train_parameters()]
+    return grads, len(calls)
+
+
+def test_activation_checkpointing_recomputes_and_keeps_gradients(tiny_model_dir):
+    """--checkpointing on recomputes each layer in backward (two forward runs of a layer
+    per step instead of one) and gives the same adapter gradients."""
+    plain, plain_calls = _draft_grads_and_layer_calls(tiny_model_dir, "off")
+    ckpt, ckpt_calls = _draft_grads_and_layer_calls(tiny_model_dir, "on")
+    assert (plain_calls, ckpt_calls) == (1, 2)
+    for a, b in zip(plain, ckpt):
+        torch.testing.assert_close(a, b)
+    assert any(g.abs().sum() > 0 for g in plain)

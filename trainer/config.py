@@ -47,6 +47,12 @@ class ModelConfig:
     lora_r: int = setting(16, "LoRA rank r.")
     lora_alpha: int = setting(32, "LoRA scaling alpha (effective scale alpha / r).")
     lora_dropout: float = setting(0.0, "Dropout on the LoRA branch.")
+    checkpointing: str = setting("auto", "Activation checkpointing while training: each "
+                                 "layer's activations are recomputed in backward instead "
+                                 "of kept (about 0.5 GB less peak memory per 500 tokens "
+                                 "of a micro-batch on the default model, about 20% slower; "
+                                 "bench/training.py). auto = on for 4-bit CUDA, off "
+                                 "elsewhere.", ("auto", "on", "off"))
     lora_targets: str = setting("all-linear", "Comma-separated module names LoRA wraps, or "
                            "'all-linear' for every linear projection except the LM head.")
 

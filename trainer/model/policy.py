@@ -42,6 +42,13 @@ class Placement:
     dtype: torch.dtype  # compute dtype: fp32 on CPU (no fast bf16 here), bf16 on CUDA
 
 
+def uses_checkpointing(cfg: ModelConfig, placement: Placement) -> bool:
+    """Whether training recomputes activations (``--checkpointing``; auto: 4-bit CUDA)."""
+    if cfg.checkpointing == "auto":
+        return placement.quantize == "4bit" and placement.device == "cuda"
+    return cfg.checkpointing == "on"
+
+
 def resolve_placement(cfg: ModelConfig) -> Placement:
     has_cuda = torch.cuda.is_available()
     if cfg.device == "cuda" and not has_cuda:
@@ -110,9 +117,13 @@ class Policy:
 
         placement = resolve_placement(cfg)
         tokenizer, base = load_base(cfg, placement, progress)
+        checkpointing = uses_checkpointing(cfg, placement)
         if placement.quantize == "4bit":
             base = prepare_model_for_kbit_training(
-                base, use_gradient_checkpointing=placement.device == "cuda")
+                base, use_gradient_checkpointing=checkpointing)
+        elif checkpointing:  # only layers in train mode recompute: sampling is untouched
+            base.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False})
         torch.manual_seed(0)
         model = get_peft_model(base, _lora_config(cfg), adapter_name=TRAIN)
         model.eval()
