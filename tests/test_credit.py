@@ -73,13 +73,39 @@ def test_too_few_pairs_credit_nothing():
     assert credit.credited_words(pairs) == []
 
 
-def test_one_pair_per_vote():
-    rows = [{"key": "1", "group": "r1", "extreme": False, "chosen": "b", "rejected": "c"},
-            {"key": "2", "group": "r1", "extreme": True, "chosen": "best", "rejected": "worst"},
-            {"key": "3", "pair_id": 7, "chosen": "mine", "rejected": "a"},
-            {"key": "4", "pair_id": 7, "chosen": "mine", "rejected": "b"},
-            {"key": "5", "pair_id": 8, "chosen": "x", "rejected": "y"}]
-    assert credit.vote_pairs(rows) == [("best", "worst"), ("mine", "a"), ("x", "y")]
+def test_one_text_pair_per_vote_its_two_sides():
+    rows = [{"key": "1", "group": "r1", "chosen": "best", "rejected": "worst"},
+            {"key": "2", "group": "r1", "chosen": "best", "rejected": "mid"},
+            {"key": "3", "group": "r1", "chosen": "mid", "rejected": "worst"},
+            {"key": "4", "group": "r2", "chosen": "top", "rejected": "p"},
+            {"key": "5", "group": "r2", "chosen": "top", "rejected": "q"},
+            {"key": "6", "group": "r3", "chosen": "u", "rejected": "low"},
+            {"key": "7", "group": "r3", "chosen": "v", "rejected": "low"},
+            {"key": "8", "pair_id": 7, "chosen": "mine", "rejected": "a"},
+            {"key": "9", "pair_id": 7, "chosen": "mine", "rejected": "b"},
+            {"key": "10", "pair_id": 8, "chosen": "x", "rejected": "y"}]
+    assert credit.vote_sides(rows) == [
+        ("best", "worst"),  # best and worst marked: the middle answer is on neither side
+        ("top", "p\nq"),  # best alone: against every other answer of the set
+        ("u\nv", "low"),  # worst alone
+        ("mine", "a\nb"),  # a written answer against the two it beats
+        ("x", "y")]
+
+
+def test_a_rank_vote_is_stronger_evidence_than_an_ab_vote():
+    """The word in the best of four answers and in none of the other three: its chance
+    by luck is about 1/4, not 1/2, so fewer votes credit it."""
+    filler = "the answer is here and it says what it says about the thing"
+    def rank_vote(i):
+        return [{"key": f"{i}:{j}", "group": f"r{i}", "chosen": f"because {filler} {i}",
+                 "rejected": f"{filler} {i} {j}"} for j in range(3)]
+    def ab_vote(i):
+        return [{"key": f"{i}", "pair_id": i, "chosen": f"because {filler} {i}",
+                 "rejected": f"{filler} {i} 0"}]
+    rank = [r for i in range(5) for r in rank_vote(i)]
+    ab = [r for i in range(5) for r in ab_vote(i)]
+    assert [c.word for c in credit.credited_words(credit.vote_sides(rank))] == ["because"]
+    assert credit.credited_words(credit.vote_sides(ab)) == []
 
 
 def test_token_mask_marks_every_token_of_a_credited_word():
@@ -184,3 +210,29 @@ def test_credit_weight_off_credits_nothing(tmp_path, tiny_model_dir):
     train, _, counts = rounds.load_examples(svc.store, svc.train_cfg, svc.sampler.format,
                                             svc.sampler.scored, _decode(svc))
     assert counts["credited"] == [] and all(not e.credit for e in train)
+
+
+def test_dno_credits_from_every_answer_of_a_rank_vote(tmp_path, tiny_model_dir):
+    """Five rank-of-4 votes mark only their best answer, the one saying 'because'. DNO
+    trains on one pair per vote, but the test reads each vote's best against its three
+    other answers (chance about 1/4 a vote): five votes credit the word, where five A/B
+    votes could not (``test_a_rank_vote_is_stronger_evidence_than_an_ab_vote``)."""
+    svc = tiny_service(tmp_path / "data", tiny_model_dir, "--accept-tolerance", "1",
+                       "--window", "0", "--heldout-fraction", "0", "--method", "dno",
+                       "--vote-mode", "rank", "--credit-weight", "4")
+    tok = svc.policy.tokenizer
+    rng = random.Random(5)
+    for i in range(5):
+        pid = svc.store.add_prompt(f"question number {i}")
+        texts = [f"{_sentence(rng, 3)} because {_sentence(rng, 2)}"] + [
+            _sentence(rng, 6) for _ in range(3)]
+        answers = [{"text": t, "version": BASE, "end": "",
+                    "ids": tok(" " + t, add_special_tokens=False)["input_ids"]} for t in texts]
+        sid = svc.store.record_rank_set(pid, answers, {"rank_size": 4}, i,
+                                        prompt_ids=tok(svc.sampler.format(f"q {i}"))["input_ids"])
+        svc.store.record_rank_vote(sid, "alice", "rank", best=0, worst=None)
+    train, _, counts = rounds.load_examples(svc.store, svc.train_cfg, svc.sampler.format,
+                                            svc.sampler.scored, _decode(svc))
+    assert len(train) == 5  # one (best, other) pair per vote
+    assert [c["word"] for c in counts["credited"]] == ["because"]
+    assert counts["credited"][0]["chosen_only"] == 5

@@ -8,11 +8,12 @@ decided them are one or two of ~100 per answer, their gradient is drowned by the
 answers' other differences, and what the policy learns instead is what every chosen
 answer shares, often its length.
 
-The test, per word: over the training votes whose two answers differ in it (it is in
-exactly one of them), count the votes where it is on the chosen side. If the word had
-nothing to do with the vote, each answer of n words would hold it with probability
+The test, per word: over the training votes whose two sides differ in it (it is on
+exactly one of them; a side is the answers a vote put above the others, or below them,
+``vote_sides``), count the votes where it is on the chosen side. If the word had
+nothing to do with the vote, a side of n words would hold it with probability
 1 - (1 - f)^n, f its frequency among all the answers' words, so given that exactly one
-answer holds it, it is on the chosen side with probability
+side holds it, it is on the chosen side with probability
 q_i = P_c (1 - P_r) / (P_c (1 - P_r) + P_r (1 - P_c)): a longer answer holds more
 words, a common word almost surely. The count then follows a Poisson-binomial law; the
 word is credited when its two-sided tail probability is below ``alpha / m``, with m the
@@ -78,7 +79,8 @@ def presence_odds(freq: float, n_chosen: int, n_rejected: int) -> float:
 
 def credited_words(pairs: Sequence[tuple[str, str]], alpha: float = 0.05) -> list[Credit]:
     """The words the (chosen, rejected) text ``pairs`` credit, strongest first; give one
-    pair per vote (the pairs one vote implies share answers, and are not independent).
+    pair per vote (the pairs one vote implies share answers, and are not independent):
+    an A/B pair, or the two sides of a vote (``vote_sides``).
 
     A word present in both answers of a pair, or in neither, says nothing there. The
     family-wise error rate over all words is at most ``alpha`` (two-sided tests,
@@ -113,15 +115,35 @@ def credited_words(pairs: Sequence[tuple[str, str]], alpha: float = 0.05) -> lis
     return sorted(out, key=lambda c: (c.p_value, c.word))
 
 
-def vote_pairs(rows: Sequence[dict]) -> list[tuple[str, str]]:
-    """One (chosen, rejected) text pair per vote from a round's training rows: a rank
-    vote's (best, worst) row, an A/B vote's row, a written answer's first row."""
-    seen, out = set(), []
+def vote_of(row: dict) -> object:
+    """The vote a training row comes from: its rank set, else its pair, else itself."""
+    return row.get("group") or row.get("pair_id") or row["key"]
+
+
+def vote_sides(rows: Sequence[dict]) -> list[tuple[str, str]]:
+    """One (chosen side, rejected side) text pair per vote, from the rows it implies.
+
+    A vote's chosen side holds the answers it put above another and below none, its
+    rejected side those it put below another and above none: an A/B vote's two answers,
+    a written answer against the answers it beats, a rank vote's best against the other
+    answers of its set (best marked alone), all but the worst against it (worst alone),
+    or its best against its worst (both marked: the middle ones are on neither side).
+    Each side's answers are joined with newlines, so a word is on a side when any of
+    its answers holds it, and the side's chance of holding it by luck grows with all of
+    its words (``presence_odds``): a word in the best of four answers and in none of the
+    other three is about twice the evidence of a word in one answer of an A/B pair."""
+    votes: dict[object, tuple[list[str], list[str]]] = {}
     for r in rows:
-        vote = r.get("group") or r.get("pair_id") or r["key"]
-        if r.get("extreme", True) and vote not in seen:
-            seen.add(vote)
-            out.append((r["chosen"], r["rejected"]))
+        up, down = votes.setdefault(vote_of(r), ([], []))
+        for side, text in ((up, r["chosen"]), (down, r["rejected"])):
+            if text not in side:
+                side.append(text)
+    out = []
+    for up, down in votes.values():
+        chosen = [t for t in up if t not in down]
+        rejected = [t for t in down if t not in up]
+        if chosen and rejected:
+            out.append(("\n".join(chosen), "\n".join(rejected)))
     return out
 
 

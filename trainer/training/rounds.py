@@ -242,8 +242,8 @@ def load_examples(store, cfg: TrainConfig, fmt, frame, decode: span.Decode | Non
     than full cuts what is scored of a pair (``span.span_rows``, which needs ``decode``:
     the tokenizer's ids -> text)."""
     max_vote = store.last_vote_id()
-    rows = method_rows(store.training_pairs(max_vote_id=max_vote,
-                                            disagreement=cfg.disagreement), cfg.method)
+    voted = store.training_pairs(max_vote_id=max_vote, disagreement=cfg.disagreement)
+    rows = method_rows(voted, cfg.method)
     needs = ([f"--answer-span {cfg.answer_span}"] if cfg.answer_span != "full" else []) + (
         [f"--end-anchor {cfg.end_anchor}"] if cfg.end_anchor else []) + (
         [f"--empty-guard {cfg.empty_guard}"] if cfg.empty_guard else []) + (
@@ -258,9 +258,10 @@ def load_examples(store, cfg: TrainConfig, fmt, frame, decode: span.Decode | Non
         endings.mark_endings(rows, train, decode)
     credits = []
     if cfg.credit_weight and cfg.loss != "kto":  # what the training votes say in words
-        keys = {e.key for e in train}
-        credits = credit.credited_words(
-            credit.vote_pairs([r for r in rows if r["key"] in keys]), cfg.credit_alpha)
+        keys = {e.key for e in train}  # all rows of those votes (as read), DNO's too
+        votes = {credit.vote_of(r) for r in rows if r["key"] in keys}
+        credits = credit.credited_words(credit.vote_sides(
+            [r for r in voted if credit.vote_of(r) in votes]), cfg.credit_alpha)
         credit.mark_credit(train, {c.word for c in credits}, decode)
     held = held[-HELDOUT_MAX:]
     if cfg.loss == "kto":
