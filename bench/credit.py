@@ -4,10 +4,12 @@
     python bench/credit.py --sample        # samples it first: 4 base answers per default prompt
 
 The answers are Gemma 3 270M base's, 4 per default prompt at the app's sampling settings
-(about 13 minutes on 2 cores to sample). Each prompt's answers make two A/B pairs, each
-oracle votes on them, and the decisive votes, shuffled (5 seeds), are fed to
-``credit.credited_words`` K at a time: a preference about a word should be credited
-within a few of its votes, a preference about length or a scattered vocabulary never.
+(about 13 minutes on 2 cores to sample). In pair mode each prompt's answers make two A/B
+pairs; in rank mode they make one rank-of-4 set, marked as ``simulate`` marks it
+(``oracles.rank_vote``). Each oracle votes, and its decisive votes, shuffled (5 seeds),
+are fed to ``credit.credited_words`` K at a time, each as its two sides
+(``credit.vote_sides``): a preference about a word should be credited within a few of
+its votes, a preference about length or a scattered vocabulary never.
 Prints a table; writes bench/results/credit.json.
 """
 
@@ -20,11 +22,13 @@ import sys
 
 from bench.common import RESULTS, table, write_json
 from storage.files import atomic_write, jsonl_text
-from trainer.sim.oracles import load_oracle
-from trainer.training.credit import credited_words
+from storage.ranking import implied_pairs, tiers_of
+from trainer.sim.oracles import load_oracle, rank_vote
+from trainer.training.credit import credited_words, vote_sides
 
 ANSWERS = RESULTS / "credit-base-answers.jsonl"
 ORACLES = ("keyword", "positive", "shorter")
+MODES = ("pair", "rank")
 VOTES = (6, 12, 24, 48, 96)
 SEEDS = 5
 
@@ -47,17 +51,36 @@ def sample(per_prompt: int = 4, seed: int = 1234) -> None:
     atomic_write(ANSWERS, jsonl_text(rows))
 
 
+def by_prompt(rows: list[dict]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for r in rows:
+        out.setdefault(r["prompt"], []).append(r["text"])
+    return out
+
+
 def decisive_votes(oracle, rows: list[dict]) -> list[tuple[str, str]]:
     """(chosen, rejected) of every decisive A/B vote on consecutive answers of a prompt."""
-    by_prompt: dict[str, list[str]] = {}
-    for r in rows:
-        by_prompt.setdefault(r["prompt"], []).append(r["text"])
     out = []
-    for prompt, texts in by_prompt.items():
+    for prompt, texts in by_prompt(rows).items():
         for a, b in zip(texts[::2], texts[1::2]):
             verdict = oracle(prompt, a, b)
             if verdict in ("a", "b"):
                 out.append((a, b) if verdict == "a" else (b, a))
+    return out
+
+
+def decisive_rank_votes(oracle, rows: list[dict]) -> list[tuple[str, str]]:
+    """The two sides (``vote_sides``) of every decisive rank vote on a prompt's answers."""
+    out = []
+    for prompt, texts in by_prompt(rows).items():
+        choice, best, worst = rank_vote(oracle, prompt, texts)
+        if choice != "rank":
+            continue
+        implied = [{"key": f"{prompt}:{k}", "group": prompt, "chosen": texts[r["chosen"]],
+                    "rejected": texts[r["rejected"]]}
+                   for k, r in enumerate(implied_pairs([tiers_of(best, worst, len(texts))],
+                                                       len(texts)))]
+        out += vote_sides(implied)
     return out
 
 
@@ -69,8 +92,9 @@ def main() -> None:
         sample()
     rows = [json.loads(line) for line in ANSWERS.read_text(encoding="utf-8").split("\n") if line]
     results = []
-    for name in ORACLES:
-        votes = decisive_votes(load_oracle(name, keyword="because", tiebreak="tie"), rows)
+    for mode, name in ((m, o) for m in MODES for o in ORACLES):
+        oracle = load_oracle(name, keyword="because", tiebreak="tie")
+        votes = (decisive_votes if mode == "pair" else decisive_rank_votes)(oracle, rows)
         for k in VOTES:
             if k > len(votes):
                 continue
@@ -80,10 +104,10 @@ def main() -> None:
                 random.Random(seed).shuffle(shuffled)
                 found.append([c.word if c.favoured else "-" + c.word
                               for c in credited_words(shuffled[:k])])
-            results.append({"oracle": name, "decisive": len(votes), "votes": k,
+            results.append({"mode": mode, "oracle": name, "decisive": len(votes), "votes": k,
                             "seeds_crediting": sum(bool(f) for f in found),
                             "credited": sorted({w for f in found for w in f})})
-    print(table(results, ["oracle", "decisive", "votes", "seeds_crediting", "credited"]))
+    print(table(results, ["mode", "oracle", "decisive", "votes", "seeds_crediting", "credited"]))
     write_json("credit.json", {"answers": len(rows), "seeds": SEEDS, "results": results})
 
 
