@@ -178,11 +178,13 @@ def test_a_round_credits_the_voted_word_and_marks_its_tokens(tmp_path, tiny_mode
     assert svc.store.get_round(out.round_id)["counts"]["credited"][0]["word"] == "because"
 
 
-def test_credit_weight_scores_credited_tokens_one_plus_weight_times(tmp_path, tiny_model_dir,
-                                                                   monkeypatch):
-    """The same first step with weight 0 and 4 (the draft starts as base): the chosen
-    log-probs differ by 4x the credited tokens' log-probs, the same amount as the reference
-    log-probs, and the rejected ones (no credited word) not at all."""
+def test_credit_weight_scores_other_tokens_of_a_credited_pair_less(tmp_path, tiny_model_dir,
+                                                                    monkeypatch):
+    """The same first step with weight 0 and 4 (the draft starts as base): every pair holds
+    the credited word, so with weight 4 the rejected answers (no credited token) score
+    1/5 of their log-probs, and the chosen ones their credited tokens in full plus 1/5 of
+    the rest: the credited part (5 * weighted - full) / 4 is the same under the policy
+    and the reference, non-zero, and a small part of the answer."""
     first = {}
     real = rounds.preference_loss
     for weight in ("0", "4"):
@@ -199,10 +201,20 @@ def test_credit_weight_scores_credited_tokens_one_plus_weight_times(tmp_path, ti
         first[weight] = seen[0]
     pc0, pr0, rc0, rr0 = first["0"]
     pc4, pr4, rc4, rr4 = first["4"]
-    assert (pc4 < pc0 - 1e-3).all()  # log-probs are negative: 4 more times a credited token
-    assert (pc4 - pc0).tolist() == pytest.approx((rc4 - rc0).tolist(), abs=1e-3)
-    assert pr4.tolist() == pytest.approx(pr0.tolist(), abs=1e-4)
-    assert rr4.tolist() == pytest.approx(rr0.tolist(), abs=1e-4)
+    assert pr4.tolist() == pytest.approx((pr0 / 5).tolist(), abs=1e-4)
+    assert rr4.tolist() == pytest.approx((rr0 / 5).tolist(), abs=1e-4)
+    credited_policy, credited_ref = (5 * pc4 - pc0) / 4, (5 * rc4 - rc0) / 4
+    assert credited_policy.tolist() == pytest.approx(credited_ref.tolist(), abs=1e-3)
+    assert (credited_policy < -1e-3).all() and (credited_policy > pc0 / 2).all()
+
+
+def test_focused_scores_only_pairs_holding_a_credited_token():
+    weights = torch.tensor([[0, 1, 0], [0, 0, 0], [0, 0, 0], [0, 0, 0]], dtype=torch.float32)
+    has = credit.pair_has_credit(weights)  # rows 0, 1 chosen; 2, 3 rejected
+    assert has.tolist() == [True, False, True, False]
+    total = torch.tensor([-10.0, -10.0, -8.0, -8.0])
+    cred = torch.tensor([-2.0, 0.0, 0.0, 0.0])
+    assert credit.focused(total, cred, has, 3.0).tolist() == [-4.0, -10.0, -2.0, -8.0]
 
 
 def test_credit_weight_off_credits_nothing(tmp_path, tiny_model_dir):

@@ -20,10 +20,11 @@ word is credited when its two-sided tail probability is below ``alpha / m``, wit
 number of words that could reach that level at all (Bonferroni). Length alone thus
 credits nothing: the words of a longer chosen answer are expected on its side.
 
-A round then scores the tokens inside credited words ``1 + weight`` times in each
-answer's log-ratio (``trainer/training/rounds.py``): token-weighted DPO, in the family of
-TIS-DPO (Liu et al. 2024, arXiv 2410.04350) and SePO (Yang et al. 2024, arXiv
-2408.13518), with the weights taken from the votes' own evidence. (With ``--loss ipo``
+In a pair that holds a credited word, a round then scores the tokens inside credited
+words in full and the pair's other tokens ``1 / (1 + weight)`` times in each answer's
+log-ratio (``focused``, used by ``trainer/training/rounds.py``): token-weighted DPO, in
+the family of TIS-DPO (Liu et al. 2024, arXiv 2410.04350) and SePO (Yang et al. 2024,
+arXiv 2408.13518), with the weights taken from the votes' own evidence. (With ``--loss ipo``
 the weighted sums are still divided by the answer's token count.) The held-out gate
 judges the unweighted implicit reward.
 """
@@ -196,3 +197,27 @@ def credit_weights(response_mask, batch: list, texts: list):
         weights[i, pos[:n]] = torch.tensor(marks[:n], dtype=torch.float32,
                                            device=response_mask.device)
     return weights
+
+
+def pair_has_credit(weights):
+    """(2B,) bool from ``credit_weights``' (2B, T): whether a row's PAIR (row i and row
+    i +- B) holds a credited token in either answer."""
+    import torch
+
+    has = weights.sum(-1) > 0  # (2B,)
+    b = has.shape[0] // 2
+    either = has[:b] | has[b:]  # (B,)
+    return torch.cat([either, either])
+
+
+def focused(total, credited, has_credit, weight: float):
+    """Each answer's summed log-prob (or reference log-prob) as a round scores it,
+    ``--credit-weight γ``: in a pair holding a credited token, the credited tokens count
+    in full and every other token 1 / (1 + γ); other pairs are unchanged. (2B,) each.
+
+    The implicit reward of DPO's Eq. 5 then rests on the tokens the votes' evidence points
+    to, at the same β per credited token, instead of on everything else the two answers
+    also differ in (their lengths, above all); with γ large only those tokens count."""
+    import torch
+
+    return torch.where(has_credit, credited + (total - credited) / (1.0 + weight), total)

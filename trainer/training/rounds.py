@@ -112,9 +112,10 @@ def _micro_step(policy, batch: list[Example], cfg: TrainConfig, ref_version: str
         ref_n = torch.tensor([e.ref[t][1] for t, e in rows], device=sums.device)
         b = len(batch)
         logps = sums  # summed log-probs, for the NLL term and the stats
-        if credited is not None:  # credited tokens count 1 + weight times (credit.py)
-            sums = sums + cfg.credit_weight * masked[-1]
-            ref = ref + cfg.credit_weight * ref_credit
+        if credited is not None:  # other tokens of a credited pair count less (credit.py)
+            has = credit.pair_has_credit(credited)
+            sums = credit.focused(sums, masked[-1], has, cfg.credit_weight)
+            ref = credit.focused(ref, ref_credit, has, cfg.credit_weight)
         if needs_length_normalisation(cfg.loss):
             sums, ref = sums / n.clamp(min=1), ref / ref_n.clamp(min=1)
         losses, cr, rr = preference_loss(cfg.loss, sums[:b], sums[b:], ref[:b], ref[b:],
