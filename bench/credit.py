@@ -34,7 +34,8 @@ SEEDS = 5
 
 
 def sample(per_prompt: int = 4, seed: int = 1234) -> None:
-    """Write ANSWERS: ``per_prompt`` base answers to each default prompt."""
+    """Write ANSWERS: ``per_prompt`` base answers to each default prompt, with their
+    sampled token ids (bench/focus.py trains on them)."""
     from storage.seed import DEFAULT_PROMPTS
     from trainer.config import ModelConfig, SamplingConfig
     from trainer.model.generate import Sampler
@@ -46,7 +47,8 @@ def sample(per_prompt: int = 4, seed: int = 1234) -> None:
     for i in range(0, len(prompts), 16):
         batch = [p for p in prompts[i:i + 16] for _ in range(per_prompt)]
         for p, s in zip(batch, sampler.sample(batch, BASE, seed + i)):
-            rows.append({"prompt": p, "text": s.text, "ended": s.finished})
+            rows.append({"prompt": p, "text": s.text, "ended": s.finished, "end": s.end,
+                         "ids": list(s.token_ids or []), "prompt_ids": list(s.prompt_ids)})
         print(f"sampled {len(rows)} answers", file=sys.stderr, flush=True)
     atomic_write(ANSWERS, jsonl_text(rows))
 

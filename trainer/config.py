@@ -263,9 +263,9 @@ class TrainConfig:
         if not 0.0 <= self.empty_guard <= 100.0:
             out.append(f"empty_guard={self.empty_guard}: must be in [0, 100] (0 = off; try "
                        "1)")
-        if not 0.0 <= self.credit_weight <= 100.0:
-            out.append(f"credit_weight={self.credit_weight}: must be in [0, 100] (0 = off; try "
-                       "4)")
+        if not 0.0 <= self.credit_weight <= 1000.0:
+            out.append(f"credit_weight={self.credit_weight}: must be in [0, 1000] (0 = off; "
+                       "try 20)")
         if not 0.0 < self.credit_alpha < 1.0:
             out.append(f"credit_alpha={self.credit_alpha}: must be in (0, 1) (try 0.05)")
         if not 0.0 <= self.sft_weight <= 100.0:
