@@ -94,6 +94,8 @@ def examples_of(pairs, cfg, decode) -> tuple[list, list[str]]:
 def run_config(policy, sampler, oracle, settings: dict, pairs, eval_prompts, base_rows,
                per_prompt: int) -> dict:
     """Train one draft from base with ``settings`` and measure it on the held-out prompts."""
+    import torch
+
     from trainer.config import TrainConfig
     from trainer.model.policy import BASE, TRAIN
     from trainer.progress import NullProgress
@@ -107,6 +109,7 @@ def run_config(policy, sampler, oracle, settings: dict, pairs, eval_prompts, bas
         ids, skip_special_tokens=True))
     t0 = time.perf_counter()
     attach_reference(examples, policy, _NoCache(), BASE, cfg.max_length, cfg.micro_batch * 2)
+    torch.manual_seed(cfg.seed)  # every draft starts from the same LoRA initialisation
     policy.reset_train_adapter(BASE)
     fit = train_draft(policy, _NoCache(), examples, cfg, 1, BASE, NullProgress())
     train_s = time.perf_counter() - t0
@@ -161,6 +164,7 @@ def main() -> None:
     fn = oracle.measure[1]
     base_measure = sum(fn(r["text"]) for r in base_rows) / len(base_rows)
     base_ended = sum(bool(r["ended"] and r["text"]) for r in base_rows) / len(base_rows)
+    base_chars = sum(len(r["text"]) for r in base_rows) / len(base_rows)
     model_cfg = ModelConfig(**({"model": args.model} if args.model else {}))
     policy = Policy.load(model_cfg)
     sampler = Sampler(policy, SamplingConfig())
@@ -174,11 +178,11 @@ def main() -> None:
     print(table([{**r, "settings": json.dumps(r["settings"])} for r in results],
                 ["settings", "steps", "credited", "win_rate", "measure", "ended", "chars",
                  "train_s"]))
-    print(f"base: measure {base_measure:.3f}, ended {base_ended:.3f}")
+    print(f"base: measure {base_measure:.3f}, ended {base_ended:.3f}, chars {base_chars:.0f}")
     out = {"machine": machine(), "oracle": args.oracle, "keyword": args.keyword,
            "votes": len(pairs), "decisive": decisive, "seed": args.seed,
            "eval_prompts": len(eval_prompts), "samples_per_prompt": args.samples_per_prompt,
-           "base": {"measure": base_measure, "ended": base_ended}, "results": results}
+           "base": {"measure": base_measure, "ended": base_ended, "chars": base_chars}, "results": results}
     if args.json:
         atomic_write_json(args.json, out)
         print(f"wrote {args.json}")

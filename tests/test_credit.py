@@ -248,3 +248,50 @@ def test_dno_credits_from_every_answer_of_a_rank_vote(tmp_path, tiny_model_dir):
     assert len(train) == 5  # one (best, other) pair per vote
     assert [c["word"] for c in counts["credited"]] == ["because"]
     assert counts["credited"][0]["chosen_only"] == 5
+
+
+def test_credited_pairs_are_marked_only_on_words_one_answer_holds():
+    pieces = {1: " it", 2: " rains", 3: " because", 4: " clouds", 5: " sun"}
+
+    def decode(ids):
+        return "".join(pieces[i] for i in ids)
+
+    from trainer.training.data import Example
+
+    both = Example(key="1", pair_id=1, prompt=(9,), chosen=(1, 3, 4), rejected=(1, 3, 5))
+    one = Example(key="2", pair_id=2, prompt=(9,), chosen=(1, 3, 4), rejected=(1, 2, 5))
+    credit.mark_credit([both, one], {"because"}, decode)
+    assert not any(both.credit[both.chosen]) and not any(both.credit[both.rejected])
+    assert one.credit[one.chosen] == (0.0, 1.0, 0.0) and not any(one.credit[one.rejected])
+
+
+def test_vote_sides_skip_equal_texts_and_leave_the_ab_winner_of_a_written_answer_out():
+    rows = [{"key": "1:ab", "pair_id": 1, "chosen": "a", "rejected": "b"},
+            {"key": "1:better:u:a", "pair_id": 1, "chosen": "W", "rejected": "a"},
+            {"key": "1:better:u:b", "pair_id": 1, "chosen": "W", "rejected": "b"},
+            {"key": "2:0", "group": "r2", "chosen": "Sydney", "rejected": "Sydney"}]
+    assert credit.vote_sides(rows) == [("W", "b")]
+
+
+def test_the_credit_test_never_reads_held_out_rows(tmp_path, tiny_model_dir, monkeypatch):
+    """A written better answer gives a pair three rows whose keys are split one by one:
+    the rows the test reads are all on the training side."""
+    from trainer.training.data import is_heldout
+
+    svc = tiny_service(tmp_path / "data", tiny_model_dir, "--heldout-fraction", "0.5",
+                       "--credit-weight", "4")
+    rng = random.Random(2)
+    for i in range(12):
+        pid = svc.store.add_prompt(f"question number {i}")
+        pair = svc.store.record_pair(pid, _sentence(rng, 4), _sentence(rng, 4), BASE, BASE,
+                                     {}, seed=i)
+        svc.store.record_vote(pair, "alice", "a",
+                              better_answer=f"{_sentence(rng, 3)} because {_sentence(rng, 2)}")
+    seen = []
+    real = credit.vote_sides
+    monkeypatch.setattr(credit, "vote_sides", lambda rows: seen.extend(rows) or real(rows))
+    rounds.load_examples(svc.store, svc.train_cfg, svc.sampler.format, svc.sampler.scored,
+                         _decode(svc))
+    every = svc.store.training_pairs()
+    assert any(is_heldout(r["key"], 0.5) for r in every)  # some rows are held out
+    assert seen and not any(is_heldout(r.get("group") or r["key"], 0.5) for r in seen)

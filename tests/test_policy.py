@@ -158,3 +158,15 @@ def test_activation_checkpointing_recomputes_and_keeps_gradients(tiny_model_dir)
     for a, b in zip(plain, ckpt):
         torch.testing.assert_close(a, b)
     assert any(g.abs().sum() > 0 for g in plain)
+
+
+def test_checkpointing_auto_is_on_for_4bit_cuda_only():
+    from trainer.model.policy import Placement, uses_checkpointing
+
+    def on(setting, device, quantize):
+        return uses_checkpointing(ModelConfig(checkpointing=setting),
+                                  Placement(device, quantize, torch.float32))
+
+    assert on("auto", "cuda", "4bit") and not on("auto", "cuda", "none")
+    assert not on("auto", "cpu", "4bit") and not on("auto", "cpu", "none")
+    assert on("on", "cpu", "none") and not on("off", "cuda", "4bit")

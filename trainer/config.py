@@ -201,12 +201,13 @@ class TrainConfig:
     credit_weight: float = setting(0.0, "Tokens of the words the training votes credit "
                                    "(trainer/training/credit.py: a word found in the chosen "
                                    "answer only far more often than chance allows, or in the "
-                                   "rejected one only) count 1 + this many times as much as "
-                                   "the other tokens of their pair in its DPO log-ratios "
-                                   "(those count 1 / (1 + this)), so a preference about "
-                                   "wording is learnt from a few votes instead of drowning "
-                                   "in the answers' other differences (paired losses; 0 = "
-                                   "off).")
+                                   "rejected one only): in a pair where one answer holds "
+                                   "such a word and the other does not, its tokens count in "
+                                   "full in the DPO log-ratios and the pair's other tokens "
+                                   "1 / (1 + this); other pairs are unchanged. A preference "
+                                   "about wording is then learnt from a few votes instead of "
+                                   "drowning in the answers' other differences (paired "
+                                   "losses; 0 = off).")
     credit_alpha: float = setting(0.05, "Family-wise error rate of the test that credits "
                                   "words (--credit-weight): at most this chance that a round "
                                   "credits any word by luck.")

@@ -129,12 +129,16 @@ def vote_sides(rows: Sequence[dict]) -> list[tuple[str, str]]:
     a written answer against the answers it beats, a rank vote's best against the other
     answers of its set (best marked alone), all but the worst against it (worst alone),
     or its best against its worst (both marked: the middle ones are on neither side).
+    A pair with both an A/B vote and a written better answer W gives (W, the A/B loser):
+    the A/B winner is beaten by W and beats the loser, so it is on neither side.
     Each side's answers are joined with newlines, so a word is on a side when any of
     its answers holds it, and the side's chance of holding it by luck grows with all of
     its words (``presence_odds``): a word in the best of four answers and in none of the
     other three is about twice the evidence of a word in one answer of an A/B pair."""
     votes: dict[object, tuple[list[str], list[str]]] = {}
     for r in rows:
+        if r["chosen"] == r["rejected"]:  # two answers that read the same: no evidence
+            continue
         up, down = votes.setdefault(vote_of(r), ([], []))
         for side, text in ((up, r["chosen"]), (down, r["rejected"])):
             if text not in side:
@@ -173,11 +177,16 @@ def token_mask(ids: Sequence[int], credited: set[str], decode: Decode) -> tuple[
 
 def mark_credit(examples: list, credited: set[str], decode: Decode) -> None:
     """Record on each example the credited-token mask of each answer kept as sampled ids
-    (answers scored as text get none)."""
+    (answers scored as text get none). Only the credited words that are in one of the
+    pair's answers and not in the other are marked: a word both answers hold does not
+    tell them apart, and the pair is scored as usual."""
     for e in examples:
-        for seq in (e.chosen, e.rejected):
+        seqs = (e.chosen, e.rejected)
+        held = [set(words(decode(s) if isinstance(s, tuple) else s)) for s in seqs]
+        apart = credited & (held[0] ^ held[1])
+        for seq in seqs:
             if isinstance(seq, tuple):
-                e.credit[seq] = token_mask(seq, credited, decode)
+                e.credit[seq] = token_mask(seq, apart, decode)
 
 
 def credit_weights(response_mask, batch: list, texts: list):
@@ -201,7 +210,8 @@ def credit_weights(response_mask, batch: list, texts: list):
 
 def pair_has_credit(weights):
     """(2B,) bool from ``credit_weights``' (2B, T): whether a row's PAIR (row i and row
-    i +- B) holds a credited token in either answer."""
+    i +- B) has a marked token in either answer (``mark_credit`` marks only the words one
+    answer holds and the other does not)."""
     import torch
 
     has = weights.sum(-1) > 0  # (2B,)

@@ -36,6 +36,7 @@ from trainer.training import credit, endings, gate, health, span
 from trainer.training.data import (
     Example,
     attach_reference,
+    is_heldout,
     paired_examples,
     split,
     unpaired_examples,
@@ -259,10 +260,12 @@ def load_examples(store, cfg: TrainConfig, fmt, frame, decode: span.Decode | Non
         endings.mark_endings(rows, train, decode)
     credits = []
     if cfg.credit_weight and cfg.loss != "kto":  # what the training votes say in words
-        keys = {e.key for e in train}  # all rows of those votes (as read), DNO's too
-        votes = {credit.vote_of(r) for r in rows if r["key"] in keys}
+        keys = {e.key for e in train}  # all rows of those votes (as read), DNO's too,
+        votes = {credit.vote_of(r) for r in rows if r["key"] in keys}  # none held out
         credits = credit.credited_words(credit.vote_sides(
-            [r for r in voted if credit.vote_of(r) in votes]), cfg.credit_alpha)
+            [r for r in voted if credit.vote_of(r) in votes
+             and not is_heldout(r.get("group") or r["key"], cfg.heldout_fraction)]),
+            cfg.credit_alpha)
         credit.mark_credit(train, {c.word for c in credits}, decode)
     held = held[-HELDOUT_MAX:]
     if cfg.loss == "kto":
