@@ -53,22 +53,36 @@ def sample(per_prompt: int = 4, seed: int = 1234) -> None:
     atomic_write(ANSWERS, jsonl_text(rows))
 
 
-def by_prompt(rows: list[dict]) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
+def rows_by_prompt(rows: list[dict]) -> dict[str, list[dict]]:
+    """Answer rows by prompt, in file order."""
+    out: dict[str, list[dict]] = {}
     for r in rows:
-        out.setdefault(r["prompt"], []).append(r["text"])
+        out.setdefault(r["prompt"], []).append(r)
+    return out
+
+
+def by_prompt(rows: list[dict]) -> dict[str, list[str]]:
+    """Answer texts by prompt, in file order."""
+    return {p: [r["text"] for r in rs] for p, rs in rows_by_prompt(rows).items()}
+
+
+def decisive_ab_pairs(oracle, answers: dict[str, list[dict]], prompts: list[str] | None = None
+                      ) -> list[tuple[str, dict, dict]]:
+    """(prompt, chosen row, rejected row) of every decisive A/B vote, the answers of a
+    prompt paired in order (1st with 2nd, 3rd with 4th, ...); ``prompts``: only those."""
+    out = []
+    for p in (answers if prompts is None else prompts):
+        rows = answers[p]
+        for a, b in zip(rows[::2], rows[1::2]):
+            verdict = oracle(p, a["text"], b["text"])
+            if verdict in ("a", "b"):
+                out.append((p, a, b) if verdict == "a" else (p, b, a))
     return out
 
 
 def decisive_votes(oracle, rows: list[dict]) -> list[tuple[str, str]]:
-    """(chosen, rejected) of every decisive A/B vote on consecutive answers of a prompt."""
-    out = []
-    for prompt, texts in by_prompt(rows).items():
-        for a, b in zip(texts[::2], texts[1::2]):
-            verdict = oracle(prompt, a, b)
-            if verdict in ("a", "b"):
-                out.append((a, b) if verdict == "a" else (b, a))
-    return out
+    """(chosen, rejected) texts of every decisive A/B vote (``decisive_ab_pairs``)."""
+    return [(c["text"], r["text"]) for _, c, r in decisive_ab_pairs(oracle, rows_by_prompt(rows))]
 
 
 def decisive_rank_votes(oracle, rows: list[dict]) -> list[tuple[str, str]]:

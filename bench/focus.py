@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from bench.common import RESULTS, machine, table, write_json
+from bench.credit import decisive_ab_pairs, rows_by_prompt
 from storage.files import atomic_write_json
 
 ANSWERS = RESULTS / "credit-base-answers.jsonl"
@@ -50,23 +51,7 @@ def load_answers(path: Path) -> dict[str, list[dict]]:
     if rows and "ids" not in rows[0]:
         raise SystemExit(f"{path} has no token ids: draw it again with "
                          "`python bench/credit.py --sample`")
-    out: dict[str, list[dict]] = {}
-    for r in rows:
-        out.setdefault(r["prompt"], []).append(r)
-    return out
-
-
-def decisive_pairs(oracle, answers: dict[str, list[dict]], prompts: list[str]
-                   ) -> list[tuple[str, dict, dict]]:
-    """(prompt, chosen, rejected) of every decisive A/B vote on consecutive answers."""
-    out = []
-    for p in prompts:
-        rows = answers[p]
-        for a, b in zip(rows[::2], rows[1::2]):
-            verdict = oracle(p, a["text"], b["text"])
-            if verdict in ("a", "b"):
-                out.append((p, a, b) if verdict == "a" else (p, b, a))
-    return out
+    return rows_by_prompt(rows)
 
 
 def examples_of(pairs, cfg, decode) -> tuple[list, list[str]]:
@@ -153,7 +138,7 @@ def main() -> None:
     oracle = load_oracle(args.oracle, keyword=args.keyword, tiebreak=args.keyword_tiebreak)
     answers = load_answers(args.answers)
     eval_prompts, voted = split_prompts(list(answers), args.eval_prompts)
-    pairs = decisive_pairs(oracle, answers, voted)
+    pairs = decisive_ab_pairs(oracle, answers, voted)
     decisive = len(pairs)
     random.Random(args.seed).shuffle(pairs)
     pairs = pairs[:args.votes]
