@@ -127,13 +127,14 @@ def test_chat_models_get_room_to_finish_their_answers(tmp_path, tiny_model_dir):
     assert sampling().max_new_tokens == 96
 
 
-def _draft_grads_and_layer_calls(model_dir, checkpointing):
+def _draft_grads_and_layer_calls(model_dir, checkpointing, quantize="none"):
     """Gradients of the draft adapter for one sequence_logps loss, and how many times
     the first decoder layer's MLP ran (forward, plus any recompute in backward; the
     layer's own hooks stay outside the checkpoint)."""
     from trainer.model.logprobs import sequence_logps
 
-    policy = Policy.load(ModelConfig(model=str(model_dir), checkpointing=checkpointing))
+    policy = Policy.load(ModelConfig(model=str(model_dir), checkpointing=checkpointing,
+                                     quantize=quantize))
     _randomise_draft(policy)
     calls = []
     mlp = policy.model.get_base_model().model.layers[0].mlp
@@ -149,11 +150,13 @@ def _draft_grads_and_layer_calls(model_dir, checkpointing):
     return grads, len(calls)
 
 
-def test_activation_checkpointing_recomputes_and_keeps_gradients(tiny_model_dir):
+@pytest.mark.parametrize("quantize", ["none", "4bit"])
+def test_activation_checkpointing_recomputes_and_keeps_gradients(tiny_model_dir, quantize):
     """--checkpointing on recomputes each layer in backward (two forward runs of a layer
-    per step instead of one) and gives the same adapter gradients."""
-    plain, plain_calls = _draft_grads_and_layer_calls(tiny_model_dir, "off")
-    ckpt, ckpt_calls = _draft_grads_and_layer_calls(tiny_model_dir, "on")
+    per step instead of one) and gives the same adapter gradients, in fp32 and in 4-bit
+    NF4 (QLoRA: bitsandbytes runs it on the CPU too)."""
+    plain, plain_calls = _draft_grads_and_layer_calls(tiny_model_dir, "off", quantize)
+    ckpt, ckpt_calls = _draft_grads_and_layer_calls(tiny_model_dir, "on", quantize)
     assert (plain_calls, ckpt_calls) == (1, 2)
     for a, b in zip(plain, ckpt):
         torch.testing.assert_close(a, b)

@@ -118,12 +118,15 @@ class Policy:
         placement = resolve_placement(cfg)
         tokenizer, base = load_base(cfg, placement, progress)
         checkpointing = uses_checkpointing(cfg, placement)
+        # Non-reentrant checkpointing: gradients reach the adapter without making the
+        # inputs require grad, and only layers in train mode recompute (sampling is untouched).
+        reentrant = {"use_reentrant": False}
         if placement.quantize == "4bit":
             base = prepare_model_for_kbit_training(
-                base, use_gradient_checkpointing=checkpointing)
-        elif checkpointing:  # only layers in train mode recompute: sampling is untouched
-            base.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False})
+                base, use_gradient_checkpointing=checkpointing,
+                gradient_checkpointing_kwargs=reentrant)
+        elif checkpointing:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=reentrant)
         torch.manual_seed(0)
         model = get_peft_model(base, _lora_config(cfg), adapter_name=TRAIN)
         model.eval()
