@@ -167,7 +167,8 @@ def main() -> None:
     out = {"machine": machine(), "oracle": args.oracle, "keyword": args.keyword,
            "votes": len(pairs), "decisive": decisive, "seed": args.seed,
            "eval_prompts": len(eval_prompts), "samples_per_prompt": args.samples_per_prompt,
-           "base": {"measure": base_measure, "ended": base_ended, "chars": base_chars}, "results": results}
+           "base": {"measure": base_measure, "ended": base_ended, "chars": base_chars},
+           "results": results}
     if args.json:
         atomic_write_json(args.json, out)
         print(f"wrote {args.json}")
