@@ -168,7 +168,7 @@ def test_sft_weight_adds_the_chosen_answers_nll_to_each_step(tmp_path, tiny_mode
 
 
 def test_end_anchor_and_empty_guard_off_mark_nothing(tmp_path, tiny_model_dir):
-    svc = _ended_pairs_svc(tmp_path, tiny_model_dir, "--empty-guard", "0")
+    svc = _ended_pairs_svc(tmp_path, tiny_model_dir, "--empty-guard", "0", "--end-anchor", "0")
     train, _, _ = rounds.load_examples(svc.store, svc.train_cfg, svc.sampler.format,
                                        svc.sampler.scored, lambda ids: "")
     assert train and all(not e.endings for e in train)

@@ -182,11 +182,12 @@ class TrainConfig:
                                "never score the chosen answer's ending "
                                "(trainer/training/span.py).",
                                ("full", "observed", "common", "content"))
-    end_anchor: float = setting(0.0, "Weight of the ending anchor (trainer/training/"
+    end_anchor: float = setting(0.005, "Weight of the ending anchor (trainer/training/"
                                 "losses.py ending_anchor): a round may not make a sampled "
                                 "answer's own ending less likely than under the reference, "
                                 "so votes for longer answers do not teach rambling (paired "
-                                "losses; 0 = off).")
+                                "losses; 0 = off; above about 0.02 it makes answers short: "
+                                "docs/learning.md).")
     empty_guard: float = setting(1.0, "Weight of the empty-answer guard (trainer/"
                                  "training/endings.py): a round may not make an ending "
                                  "right after the prompt (an empty answer) likelier than "
@@ -198,7 +199,7 @@ class TrainConfig:
                                 "token, so a round raises the preferred answers instead of "
                                 "only pushing the rejected ones down (paired losses; 0 = "
                                 "off; the paper uses 1).")
-    credit_weight: float = setting(0.0, "Tokens of the words the training votes credit "
+    credit_weight: float = setting(1000.0, "Tokens of the words the training votes credit "
                                    "(trainer/training/credit.py: a word found in the chosen "
                                    "answer only far more often than chance allows, or in the "
                                    "rejected one only): in a pair where one answer holds "
@@ -207,7 +208,8 @@ class TrainConfig:
                                    "1 / (1 + this); other pairs are unchanged. A preference "
                                    "about wording is then learnt from a few votes instead of "
                                    "drowning in the answers' other differences (paired "
-                                   "losses; 0 = off).")
+                                   "losses; 0 = off; the default 1000 scores a credited pair "
+                                   "on its credited words alone).")
     credit_alpha: float = setting(0.05, "Family-wise error rate of the test that credits "
                                   "words (--credit-weight): at most this chance that a round "
                                   "credits any word by luck.")
