@@ -43,7 +43,7 @@ def test_focus_bench_on_the_tiny_model(tiny_model_dir, tmp_path):
     _answers(tiny_model_dir, answers)
     cmd = [sys.executable, "bench/focus.py", "--model", str(tiny_model_dir), "--answers",
            str(answers), "--votes", "8", "--eval-prompts", "3", "--samples-per-prompt", "2",
-           "--config", '{"max_length": 64}',
+           "--config", '{"max_length": 64, "credit_weight": 0}',
            "--config", '{"max_length": 64, "credit_weight": 100, "credit_alpha": 0.5}',
            "--json", str(out)]
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
