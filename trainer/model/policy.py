@@ -120,13 +120,13 @@ class Policy:
         checkpointing = uses_checkpointing(cfg, placement)
         # Non-reentrant checkpointing: gradients reach the adapter without making the
         # inputs require grad, and only layers in train mode recompute (sampling is untouched).
-        reentrant = {"use_reentrant": False}
+        non_reentrant = {"use_reentrant": False}
         if placement.quantize == "4bit":
             base = prepare_model_for_kbit_training(
                 base, use_gradient_checkpointing=checkpointing,
-                gradient_checkpointing_kwargs=reentrant)
+                gradient_checkpointing_kwargs=non_reentrant)
         elif checkpointing:
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=reentrant)
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=non_reentrant)
         torch.manual_seed(0)
         model = get_peft_model(base, _lora_config(cfg), adapter_name=TRAIN)
         model.eval()
