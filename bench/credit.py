@@ -8,8 +8,14 @@ The answers are Gemma 3 270M base's, 4 per default prompt at the app's sampling 
 pairs; in rank mode they make one rank-of-4 set, marked as ``simulate`` marks it
 (``oracles.rank_vote``). Each oracle votes, and its decisive votes, shuffled (5 seeds),
 are fed to ``credit.credited_words`` K at a time, each as its two sides
-(``credit.vote_sides``): a preference about a word should be credited within a few of
-its votes, a preference about length or a scattered vocabulary never.
+(``credit.vote_sides``): each word alone (``--credit-similarity 0``), and each word
+also with its embedding neighbours (the default similarity). A preference about a word
+or a kind of word should be credited within a few of its votes, a preference about
+length never.
+
+Besides the shipped oracles, the three probes of bench/probes.py (more hedges, more
+second person, more numbers: style preferences nothing was tuned on). ``on target`` counts
+the credited words the oracle rewards, ``other`` the rest.
 Prints a table; writes bench/results/credit.json.
 """
 
@@ -21,13 +27,17 @@ import random
 import sys
 
 from bench.common import RESULTS, table, write_json
+from bench.probes import PROBES
 from storage.files import atomic_write, jsonl_text
 from storage.ranking import implied_pairs, tiers_of
-from trainer.sim.oracles import load_oracle, rank_vote
+from trainer.config import TrainConfig
+from trainer.sim.oracles import POSITIVE_WORDS, load_oracle, rank_vote
 from trainer.training.credit import credited_words, vote_sides
 
 ANSWERS = RESULTS / "credit-base-answers.jsonl"
-ORACLES = ("keyword", "positive", "shorter")
+ORACLES = ("keyword", "positive", "shorter", *PROBES)
+REWARDED = {"keyword": {"because"}.__contains__, "positive": POSITIVE_WORDS.__contains__,
+            "shorter": lambda w: False, **{k: o.rewarded for k, o in PROBES.items()}}
 MODES = ("pair", "rank")
 VOTES = (6, 12, 24, 48, 96)
 SEEDS = 5
@@ -100,6 +110,16 @@ def decisive_rank_votes(oracle, rows: list[dict]) -> list[tuple[str, str]]:
     return out
 
 
+def vectors_of_default_model():
+    """Word vectors from the default model's input embeddings, as rounds compute them."""
+    from trainer.config import ModelConfig
+    from trainer.model.policy import Policy
+    from trainer.training.credit import model_vectors
+
+    policy = Policy.load(ModelConfig())
+    return model_vectors(policy.tokenizer, policy.model)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sample", action="store_true", help="Sample the base answers first.")
@@ -107,24 +127,35 @@ def main() -> None:
     if args.sample or not ANSWERS.exists():
         sample()
     rows = [json.loads(line) for line in ANSWERS.read_text(encoding="utf-8").split("\n") if line]
+    vectors, similarity = vectors_of_default_model(), TrainConfig().credit_similarity
     results = []
     for mode, name in ((m, o) for m in MODES for o in ORACLES):
-        oracle = load_oracle(name, keyword="because", tiebreak="tie")
+        oracle = PROBES.get(name) or load_oracle(name, keyword="because", tiebreak="tie")
         votes = (decisive_votes if mode == "pair" else decisive_rank_votes)(oracle, rows)
         for k in VOTES:
             if k > len(votes):
                 continue
-            found = []
-            for seed in range(SEEDS):
-                shuffled = votes[:]
-                random.Random(seed).shuffle(shuffled)
-                found.append([c.word if c.favoured else "-" + c.word
-                              for c in credited_words(shuffled[:k])])
-            results.append({"mode": mode, "oracle": name, "decisive": len(votes), "votes": k,
-                            "seeds_crediting": sum(bool(f) for f in found),
-                            "credited": sorted({w for f in found for w in f})})
-    print(table(results, ["mode", "oracle", "decisive", "votes", "seeds_crediting", "credited"]))
-    write_json("credit.json", {"answers": len(rows), "seeds": SEEDS, "results": results})
+            row = {"mode": mode, "oracle": name, "decisive": len(votes), "votes": k}
+            for col, sim in (("words", 0.0), ("groups", similarity)):
+                found = []
+                for seed in range(SEEDS):
+                    shuffled = votes[:]
+                    random.Random(seed).shuffle(shuffled)
+                    found.append(credited_words(shuffled[:k], vectors=vectors, similarity=sim))
+                got = {c.word for f in found for c in f}
+                on = sorted(w for w in got if REWARDED[name](w))
+                row |= {f"{col}_seeds": sum(bool(f) for f in found),
+                        f"{col}_on_target": len(on), f"{col}_other": len(got) - len(on),
+                        f"{col}_credited": sorted(
+                            {c.word if c.favoured else "-" + c.word for f in found for c in f})}
+            row["examples"] = " ".join((on[:4] if on else []) + sorted(
+                w for w in row["groups_credited"] if not REWARDED[name](w.lstrip("-")))[:4])
+            results.append(row)
+    print(table(results, ["mode", "oracle", "decisive", "votes", "words_seeds",
+                          "words_on_target", "words_other", "groups_seeds", "groups_on_target",
+                          "groups_other", "examples"]))
+    write_json("credit.json", {"answers": len(rows), "seeds": SEEDS, "similarity": similarity,
+                               "results": results})
 
 
 if __name__ == "__main__":

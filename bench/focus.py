@@ -54,7 +54,7 @@ def load_answers(path: Path) -> dict[str, list[dict]]:
     return rows_by_prompt(rows)
 
 
-def examples_of(pairs, cfg, decode) -> tuple[list, list[str]]:
+def examples_of(pairs, cfg, decode, vectors=None) -> tuple[list, list[str]]:
     """Training examples as a round builds them (sampled ids, ending and credit marks)."""
     from trainer.training import credit, endings
     from trainer.training.data import Example
@@ -70,7 +70,8 @@ def examples_of(pairs, cfg, decode) -> tuple[list, list[str]]:
         endings.mark_endings(rows, examples, decode)
     words: list[str] = []
     if cfg.credit_weight:
-        found = credit.credited_words(credit.vote_sides(rows), cfg.credit_alpha)
+        found = credit.credited_words(credit.vote_sides(rows), cfg.credit_alpha, vectors,
+                                      cfg.credit_similarity)
         words = [c.word if c.favoured else "-" + c.word for c in found]
         credit.mark_credit(examples, {c.word for c in found}, decode)
     return examples, words
@@ -90,8 +91,10 @@ def run_config(policy, sampler, oracle, settings: dict, pairs, eval_prompts, bas
 
     cfg = TrainConfig(**settings)
     tok = policy.tokenizer
+    from trainer.training.credit import model_vectors
+
     examples, credited = examples_of(pairs, cfg, lambda ids: tok.decode(
-        ids, skip_special_tokens=True))
+        ids, skip_special_tokens=True), model_vectors(tok, policy.model))
     t0 = time.perf_counter()
     attach_reference(examples, policy, _NoCache(), BASE, cfg.max_length, cfg.micro_batch * 2)
     torch.manual_seed(cfg.seed)  # every draft starts from the same LoRA initialisation

@@ -213,6 +213,12 @@ class TrainConfig:
     credit_alpha: float = setting(0.05, "Family-wise error rate of the test that credits "
                                   "words (--credit-weight): at most this chance that a round "
                                   "credits any word by luck.")
+    credit_similarity: float = setting(0.4, "Test each word of the votes also together with "
+                                       "the words whose input embeddings (the model's own) "
+                                       "have at least this cosine similarity with its own, "
+                                       "so a preference spread over many rare words of one "
+                                       "kind (positive words, numbers, hedges) is credited "
+                                       "(--credit-weight; 0 = each word alone).")
     disagreement: str = setting("drop", "An A/B pair whose annotators disagree, until an "
                                 "admin decides it (Team tab): drop = not trained on; "
                                 "majority = trained on the majority's choice.",
@@ -269,6 +275,9 @@ class TrainConfig:
         if not 0.0 <= self.credit_weight <= 1000.0:
             out.append(f"credit_weight={self.credit_weight}: must be in [0, 1000] (0 = off; "
                        "try 20)")
+        if not (self.credit_similarity == 0.0 or 0.2 <= self.credit_similarity < 1.0):
+            out.append(f"credit_similarity={self.credit_similarity}: must be 0 (off) or in "
+                       "[0.2, 1) (try 0.4)")
         if not 0.0 < self.credit_alpha < 1.0:
             out.append(f"credit_alpha={self.credit_alpha}: must be in (0, 1) (try 0.05)")
         if not 0.0 <= self.sft_weight <= 100.0:
@@ -373,6 +382,7 @@ def help_of(cls: type, name: str) -> str:
 EDITABLE = {"train": ("method", "loss", "beta", "lr", "epochs", "min_steps", "votes_per_round",
                       "reference", "label_smoothing", "length_alpha", "answer_span", "end_anchor",
                       "empty_guard", "sft_weight", "credit_weight", "credit_alpha",
+                      "credit_similarity",
                       "disagreement",
                       "window",
                       "micro_batch", "grad_accum"),

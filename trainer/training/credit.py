@@ -12,13 +12,25 @@ The test, per word: over the training votes whose two sides differ in it (it is 
 exactly one of them; a side is the answers a vote put above the others, or below them,
 ``vote_sides``), count the votes where it is on the chosen side. If the word had
 nothing to do with the vote, a side of n words would hold it with probability
-1 - (1 - f)^n, f its frequency among all the answers' words, so given that exactly one
-side holds it, it is on the chosen side with probability
-q_i = P_c (1 - P_r) / (P_c (1 - P_r) + P_r (1 - P_c)): a longer answer holds more
-words, a common word almost surely. The count then follows a Poisson-binomial law; the
-word is credited when its two-sided tail probability is below ``alpha / m``, with m the
-number of words that could reach that level at all (Bonferroni). Length alone thus
-credits nothing: the words of a longer chosen answer are expected on its side.
+1 - (1 - f)^n, so given that exactly one side holds it, it is on the chosen side with
+probability q_i = P_c (1 - P_r) / (P_c (1 - P_r) + P_r (1 - P_c)): a longer answer
+holds more words, a common word almost surely. The rate f is fitted to the share of all
+sides that hold the word (``presence_rates``), not taken from its count: a word that
+comes in clumps (the numbers of a numbered list) is in fewer answers than its count
+suggests, and a count-based rate would expect it in every short answer. The count then
+follows a Poisson-binomial law; the word is credited when its two-sided tail probability
+is below ``alpha / m``, with m the number of words that could reach that level at all
+(Bonferroni). Length alone thus credits nothing: the words of a longer chosen answer are
+expected on its side.
+
+A preference about a kind of word ("positive words", "numbers", "hedges") shows in many
+different words, each too rare to pass the test alone. So each word is also tested
+together with its neighbours, the words of the votes whose input embeddings (the
+model's own, ``embedding_vectors``) have a cosine similarity of at least
+``--credit-similarity`` with its own (``word_groups``): a group is on a side when any
+of its words is, and is tested like one word. In a credited group, the words that lean
+the group's way more than their own rates predict are credited (``Credit.group``); the
+groups add to m.
 
 In a pair that holds a credited word, a round then scores the tokens inside credited
 words in full and the pair's other tokens ``1 / (1 + weight)`` times in each answer's
@@ -33,13 +45,16 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from trainer.training.span import Decode
 
 WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")  # letters/digits, with inner apostrophes
 
+Vectors = Callable[[Sequence[str]], np.ndarray]  # words -> (n, d) float vectors
 
 
 @dataclass(frozen=True)
@@ -48,7 +63,8 @@ class Credit:
     favoured: bool  # True: on the chosen side more than chance allows; False: rejected
     chosen_only: int  # pairs where the word is in the chosen answer only
     rejected_only: int  # pairs where it is in the rejected answer only
-    p_value: float  # one-sided Poisson-binomial tail, in the direction of ``favoured``
+    p_value: float  # two-sided Poisson-binomial tail (of its group's test, if grouped)
+    group: tuple[str, ...] = ()  # the words tested together when it came from a group
 
 
 def words(text: str) -> list[str]:
@@ -78,42 +94,103 @@ def presence_odds(freq: float, n_chosen: int, n_rejected: int) -> float:
     return p_c * (1 - p_r) / one_side if one_side > 0 else 0.5
 
 
-def credited_words(pairs: Sequence[tuple[str, str]], alpha: float = 0.05) -> list[Credit]:
+def presence_rates(shares: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Per unit, the rate f at which a side of n words holds it with probability
+    1 - (1 - f)^n, fitted so that the mean of that over the sides' ``lengths`` equals the
+    share of sides that hold it (``shares``, (U,)); (U,) by bisection."""
+    lo, hi = np.zeros(len(shares)), np.ones(len(shares))
+    n = np.maximum(lengths, 1)[None, :]  # (1, S)
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        low = (1 - (1 - mid[:, None]) ** n).mean(axis=1) < shares  # (U,)
+        lo, hi = np.where(low, mid, lo), np.where(low, hi, mid)
+    return (lo + hi) / 2
+
+
+def embedding_vectors(encode: Callable[[str], Sequence[int]], weight) -> Vectors:
+    """Each word's vector: the mean of the model's input-embedding rows (``weight``, a
+    (V, d) tensor on any device) of its tokens as it reads inside a sentence,
+    ``encode(" " + word)``."""
+    import torch
+
+    def vectors(ws: Sequence[str]) -> np.ndarray:
+        with torch.no_grad():
+            rows = [weight[list(encode(" " + w)) or [0]].float().mean(0) for w in ws]
+            return torch.stack(rows).cpu().numpy()  # (n, d)
+    return vectors
+
+
+def model_vectors(tokenizer, model) -> Vectors:
+    """``embedding_vectors`` of a transformers tokenizer and (peft) model."""
+    return embedding_vectors(lambda t: tokenizer(t, add_special_tokens=False)["input_ids"],
+                             model.get_input_embeddings().weight)
+
+
+def word_groups(ws: Sequence[str], vectors: np.ndarray, similarity: float
+                ) -> list[frozenset[str]]:
+    """Each word of ``ws`` with the words whose vectors ((n, d), centred on their mean)
+    have a cosine similarity of at least ``similarity`` with its own; groups of one
+    word and repeats left out."""
+    v = vectors - vectors.mean(axis=0)
+    v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    close = (v @ v.T) >= similarity  # (n, n)
+    groups = {frozenset(ws[j] for j in np.flatnonzero(row)) | {ws[i]}
+              for i, row in enumerate(close)}
+    return sorted((g for g in groups if len(g) > 1), key=sorted)
+
+
+def credited_words(pairs: Sequence[tuple[str, str]], alpha: float = 0.05,
+                   vectors: Vectors | None = None, similarity: float = 0.0) -> list[Credit]:
     """The words the (chosen, rejected) text ``pairs`` credit, strongest first; give one
     pair per vote (the pairs one vote implies share answers, and are not independent):
     an A/B pair, or the two sides of a vote (``vote_sides``).
 
-    A word present in both answers of a pair, or in neither, says nothing there. The
-    family-wise error rate over all words is at most ``alpha`` (two-sided tests,
-    Bonferroni over the words that could reach ``alpha`` with every pair on one side);
-    ``Credit.p_value`` is a word's two-sided p before that correction."""
+    A word present in both answers of a pair, or in neither, says nothing there. With
+    ``vectors`` and a ``similarity`` above 0 the groups of ``word_groups`` are tested too.
+    The family-wise error rate over all words and groups is at most ``alpha`` (two-sided
+    tests, Bonferroni over those that could reach ``alpha`` with every pair on one side);
+    ``Credit.p_value`` is the two-sided p before that correction."""
     split = [(words(c), words(r)) for c, r in pairs]
-    total = sum(len(wc) + len(wr) for wc, wr in split)
-    freq: dict[str, int] = {}
-    for wc, wr in split:
-        for w in wc + wr:
-            freq[w] = freq.get(w, 0) + 1
-    sides: dict[str, list[tuple[bool, float]]] = {}  # word -> [(on chosen side, q_i)]
-    for wc, wr in split:
-        set_c, set_r = set(wc), set(wr)
-        for w in set_c ^ set_r:
-            q = presence_odds(freq[w] / max(total, 1), len(wc), len(wr))
-            sides.setdefault(w, []).append((w in set_c, q))
+    sides = [(set(wc), set(wr)) for wc, wr in split]
+    lengths = np.array([len(w) for wc, wr in split for w in (wc, wr)], dtype=float)
+    vocab = sorted(set().union(*(c | r for c, r in sides))) if sides else []
+    units = [frozenset([w]) for w in vocab]
+    if vectors is not None and similarity > 0 and len(vocab) > 1:
+        units += word_groups(vocab, vectors(vocab), similarity)
+    held = {u: [(bool(u & c), bool(u & r)) for c, r in sides] for u in units}
+    shares = np.array([sum(a + b for a, b in h) for h in held.values()]) / max(len(lengths), 1)
+    rates = dict(zip(units, presence_rates(shares, lengths).tolist()))
+
+    def seen(unit, h) -> list[tuple[bool, float]]:  # (on chosen side, q_i) where apart
+        return [(a, presence_odds(rates[unit], len(wc), len(wr)))
+                for (a, b), (wc, wr) in zip(h, split) if a != b]
+
     tests = []
-    for w, seen in sides.items():
-        qs = [q for _, q in seen]
-        up = sum(on_chosen for on_chosen, _ in seen)
-        best = min(math.prod(qs), math.prod(1 - q for q in qs))  # all on one side
+    for u, h in held.items():
+        s = seen(u, h)
+        qs = [q for _, q in s]
+        best = min(math.prod(qs), math.prod(1 - q for q in qs)) if qs else 1.0
         if 2 * best < alpha:  # testable: it could be significant
-            tests.append((w, qs, up))
-    out = []
-    for w, qs, up in tests:
+            tests.append((u, s))
+    found: dict[str, Credit] = {}
+    for u, s in tests:
+        qs, up = [q for _, q in s], sum(a for a, _ in s)
         p_up = poisson_binomial_tail(qs, up)
         p_down = poisson_binomial_tail([1 - q for q in qs], len(qs) - up)
         p = min(1.0, 2 * min(p_up, p_down))
-        if p < alpha / len(tests):
-            out.append(Credit(w, p_up < p_down, up, len(qs) - up, p))
-    return sorted(out, key=lambda c: (c.p_value, c.word))
+        if p >= alpha / len(tests):
+            continue
+        favoured = p_up < p_down
+        for w in sorted(u):
+            own = s if len(u) == 1 else seen(frozenset([w]), held[frozenset([w])])
+            on_chosen = sum(a for a, _ in own)
+            lean = on_chosen - sum(q for _, q in own)  # beyond what its rate predicts
+            if len(u) > 1 and (lean <= 0 if favoured else lean >= 0):
+                continue
+            if w not in found or p < found[w].p_value:
+                found[w] = Credit(w, favoured, on_chosen, len(own) - on_chosen, p,
+                                  tuple(sorted(u)) if len(u) > 1 else ())
+    return sorted(found.values(), key=lambda c: (c.p_value, c.word))
 
 
 def vote_of(row: dict) -> object:

@@ -231,7 +231,8 @@ def _mean_stats(stats: list[dict]) -> dict:
                 sum(s[k] for s in stats) / len(stats)) for k in keys}
 
 
-def load_examples(store, cfg: TrainConfig, fmt, frame, decode: span.Decode | None = None
+def load_examples(store, cfg: TrainConfig, fmt, frame, decode: span.Decode | None = None,
+                  vectors: credit.Vectors | None = None
                   ) -> tuple[list[Example], list[Example], dict]:
     """(train, held-out, counts) from the votes stored so far (see ``paired_examples``).
 
@@ -242,7 +243,8 @@ def load_examples(store, cfg: TrainConfig, fmt, frame, decode: span.Decode | Non
     something (a tie teaches DPO nothing and takes no place), so a rare preference keeps
     its decisive votes for many rounds. KTO trains on every vote. ``--answer-span`` other
     than full cuts what is scored of a pair (``span.span_rows``, which needs ``decode``:
-    the tokenizer's ids -> text)."""
+    the tokenizer's ids -> text); ``vectors`` (word -> input embedding) lets the credit
+    test pool a word with its neighbours (``--credit-similarity``)."""
     max_vote = store.last_vote_id()
     voted = store.training_pairs(max_vote_id=max_vote, disagreement=cfg.disagreement)
     rows = method_rows(voted, cfg.method)
@@ -265,7 +267,7 @@ def load_examples(store, cfg: TrainConfig, fmt, frame, decode: span.Decode | Non
         credits = credit.credited_words(credit.vote_sides(
             [r for r in voted if credit.vote_of(r) in votes
              and not is_heldout(r.get("group") or r["key"], cfg.heldout_fraction)]),
-            cfg.credit_alpha)
+            cfg.credit_alpha, vectors, cfg.credit_similarity)
         credit.mark_credit(train, {c.word for c in credits}, decode)
     held = held[-HELDOUT_MAX:]
     if cfg.loss == "kto":
@@ -276,8 +278,8 @@ def load_examples(store, cfg: TrainConfig, fmt, frame, decode: span.Decode | Non
     counts = {"max_vote_id": max_vote, "train": len(train), "heldout": len(held),
               "pairs": len(paired),
               "credited": [{"word": c.word, "favoured": c.favoured, "chosen_only": c.chosen_only,
-                            "rejected_only": c.rejected_only, "p": c.p_value}
-                           for c in credits[:CREDITS_SHOWN]]}
+                            "rejected_only": c.rejected_only, "p": c.p_value,
+                            "group": list(c.group)} for c in credits[:CREDITS_SHOWN]]}
     return train, held, counts
 
 
@@ -302,7 +304,8 @@ def run_round(policy, store, cfg: TrainConfig, *, fmt, frame, adapters_dir: Path
         progress.update(0, 1, f"Round {round_id}: preparing data")
         tok = policy.tokenizer
         train, held, counts = load_examples(
-            store, cfg, fmt, frame, lambda ids: tok.decode(ids, skip_special_tokens=True))
+            store, cfg, fmt, frame, lambda ids: tok.decode(ids, skip_special_tokens=True),
+            credit.model_vectors(tok, policy.model))
         store.set_state(READING_THROUGH, counts["max_vote_id"])  # from now on: no undo
         if len(train) < MIN_TRAIN_EXAMPLES:
             raise RoundError(f"only {len(train)} usable training examples (need at least "
