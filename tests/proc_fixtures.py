@@ -19,7 +19,7 @@ from pathlib import Path
 from gradio_client import Client
 
 from storage.failpoints import ENV as FAILPOINTS_ENV
-from tests.ui_fixtures import free_port, wait_for
+from tests.ui_fixtures import api_client, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 300.0  # start-up on a slow, shared 2-core CI machine
@@ -111,7 +111,7 @@ class Server:
         return bool(status.get("ready"))
 
     def client(self) -> Client:
-        return Client(self.url, verbose=False, max_workers=2, analytics_enabled=False)
+        return api_client(self.url, max_workers=2, analytics_enabled=False)
 
     def status(self) -> dict:
         c = self.client()

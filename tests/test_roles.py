@@ -20,7 +20,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from gradio_client import Client
 
 from app import auth, views
 from app.api import help_table
@@ -34,7 +33,7 @@ from tests.hostile_fixtures import (
     upload,
 )
 from tests.svc_fixtures import tiny_service, vote_all
-from tests.ui_fixtures import ADMIN, ANNOTATOR, PASSWORD, launch_app, write_users
+from tests.ui_fixtures import ADMIN, ANNOTATOR, PASSWORD, api_client, launch_app, write_users
 
 PUBLIC_ADMIN = {"/train_now": (), "/rollback": ("base",),
                 "/update_settings": ({"train": {"beta": 0.5}},)}
@@ -99,15 +98,15 @@ def test_no_login_no_access(served):
         bad = h.post("login", data={"username": ANNOTATOR, "password": "wrong-password"})
         assert bad.status_code != 200
     with pytest.raises(Exception, match="credentials were not provided"):
-        Client(url, verbose=False)
+        api_client(url)
     with pytest.raises(ValueError, match="Could not login"):
-        Client(url, auth=(ADMIN, "not-the-password"), verbose=False)
+        api_client(url, auth=(ADMIN, "not-the-password"))
     assert state(svc, files) == before
 
 
 def test_annotator_is_refused_every_admin_endpoint_and_nothing_changes(served):
     svc, demo, url, _, files = served
-    client = Client(url, auth=(ANNOTATOR, PASSWORD), verbose=False)
+    client = api_client(url, auth=(ANNOTATOR, PASSWORD))
     with session(url, ANNOTATOR, PASSWORD) as h:
         calls = private_calls(svc, demo, h)
         assert len(calls) >= 13  # every hidden admin event was found
@@ -134,7 +133,7 @@ def test_annotator_is_refused_every_admin_endpoint_and_nothing_changes(served):
 
 def test_demoted_admin_is_refused_at_once(served):
     svc, _, url, users, files = served
-    client = Client(url, auth=(ADMIN, PASSWORD), verbose=False)
+    client = api_client(url, auth=(ADMIN, PASSWORD))
     assert "Training round requested by alice" in client.predict(api_name="/train_now")
     auth.add_user(users, ADMIN, PASSWORD, "annotator")
     try:

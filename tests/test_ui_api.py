@@ -14,6 +14,7 @@ from tests.ui_fixtures import (
     ADMIN,
     ANNOTATOR,
     PASSWORD,
+    api_client,
     launch_app,
     real_service,
     wait_for,
@@ -38,7 +39,7 @@ def served(tmp_path_factory, tiny_model_dir):
 
 
 def client(url: str, name: str) -> Client:
-    return Client(url, auth=(name, PASSWORD), verbose=False)
+    return api_client(url, auth=(name, PASSWORD))
 
 
 def vote_count(svc) -> int:

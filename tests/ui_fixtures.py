@@ -71,6 +71,18 @@ def write_users(path: Path) -> Path:
     return path
 
 
+# gradio_client's own requests (the login above all: a scrypt hash on the server) wait
+# httpx's default 5 s; on a loaded 2-core machine that is not enough.
+CLIENT_HTTP = {"timeout": 60}
+
+
+def api_client(url: str, auth: tuple[str, str] | None = None, **kwargs):
+    """A gradio_client ``Client`` for the app at ``url`` with a patient HTTP timeout."""
+    from gradio_client import Client
+
+    return Client(url, auth=auth, verbose=False, httpx_kwargs=dict(CLIENT_HTTP), **kwargs)
+
+
 def launch_app(service, tmp: Path, auth_file: str = "") -> tuple[object, str]:
     """Launch the real Blocks on 127.0.0.1:<free port>; returns (demo, url)."""
     from app.ui import launch
