@@ -123,11 +123,14 @@ def vectors_of_default_model():
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sample", action="store_true", help="Sample the base answers first.")
+    ap.add_argument("--similarity", type=float, default=TrainConfig().credit_similarity,
+                    help="--credit-similarity of the groups column (default: the app's).")
+    ap.add_argument("--out", default="credit.json", help="JSON file name under bench/results.")
     args = ap.parse_args()
     if args.sample or not ANSWERS.exists():
         sample()
     rows = [json.loads(line) for line in ANSWERS.read_text(encoding="utf-8").split("\n") if line]
-    vectors, similarity = vectors_of_default_model(), TrainConfig().credit_similarity
+    vectors, similarity = vectors_of_default_model(), args.similarity
     results = []
     for mode, name in ((m, o) for m in MODES for o in ORACLES):
         oracle = PROBES.get(name) or load_oracle(name, keyword="because", tiebreak="tie")
@@ -154,7 +157,7 @@ def main() -> None:
     print(table(results, ["mode", "oracle", "decisive", "votes", "words_seeds",
                           "words_on_target", "words_other", "groups_seeds", "groups_on_target",
                           "groups_other", "examples"]))
-    write_json("credit.json", {"answers": len(rows), "seeds": SEEDS, "similarity": similarity,
+    write_json(args.out, {"answers": len(rows), "seeds": SEEDS, "similarity": similarity,
                                "results": results})
 
 
