@@ -151,14 +151,14 @@ def main() -> None:
                         f"{col}_on_target": len(on), f"{col}_other": len(got) - len(on),
                         f"{col}_credited": sorted(
                             {c.word if c.favoured else "-" + c.word for f in found for c in f})}
-            row["examples"] = " ".join((on[:4] if on else []) + sorted(
+            row["examples"] = " ".join(on[:4] + sorted(
                 w for w in row["groups_credited"] if not REWARDED[name](w.lstrip("-")))[:4])
             results.append(row)
     print(table(results, ["mode", "oracle", "decisive", "votes", "words_seeds",
                           "words_on_target", "words_other", "groups_seeds", "groups_on_target",
                           "groups_other", "examples"]))
     write_json(args.out, {"answers": len(rows), "seeds": SEEDS, "similarity": similarity,
-                               "results": results})
+                          "results": results})
 
 
 if __name__ == "__main__":

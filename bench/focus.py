@@ -85,14 +85,13 @@ def run_config(policy, sampler, oracle, settings: dict, pairs, eval_prompts, bas
     from trainer.config import TrainConfig
     from trainer.model.policy import BASE, TRAIN
     from trainer.progress import NullProgress
+    from trainer.training.credit import model_vectors
     from trainer.training.data import attach_reference
     from trainer.training.health import measure
     from trainer.training.rounds import train_draft
 
     cfg = TrainConfig(**settings)
     tok = policy.tokenizer
-    from trainer.training.credit import model_vectors
-
     examples, credited = examples_of(pairs, cfg, lambda ids: tok.decode(
         ids, skip_special_tokens=True), model_vectors(tok, policy.model))
     t0 = time.perf_counter()

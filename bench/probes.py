@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from trainer.sim.oracles import _empty_loses
+from trainer.sim.oracles import _by_score, _empty_loses
 from trainer.training.credit import words
 
 HEDGES = frozenset("maybe might could perhaps possibly likely often usually generally may "
@@ -26,8 +26,7 @@ def more_of(name: str, rewarded: Callable[[str], bool]):
         return sum(map(rewarded, words(text)))
 
     def oracle(prompt: str, a: str, b: str) -> str:
-        na, nb = count(a), count(b)
-        return _empty_loses(a, b) or ("a" if na > nb else "b" if nb > na else "tie")
+        return _empty_loses(a, b) or _by_score(count(a), count(b))
     oracle.__name__ = name
     oracle.rewarded = rewarded
     oracle.measure = (f"{name} words per answer", count)
