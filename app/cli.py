@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "measure win rate.")
     s.add_argument("--samples-per-prompt", dest="samples_per_prompt", type=int, default=2)
     s.add_argument("--out", default=None, help="Output dir (default: DATA_DIR/simulate).")
+    s.add_argument("--resume", action="store_true", help="Continue a stopped run in "
+                   "--data-dir (same flags, --rounds may be higher): its rounds so far are "
+                   "kept, the votes it cast for an unfinished round count towards it.")
     s = cmd("add-user", "Add (or update) a user in the auth file.")
     s.add_argument("name")
     s.add_argument("--role", choices=ROLES, default="annotator")

@@ -252,13 +252,20 @@ def simulate(args, cfgs: dict) -> int:
     prompts = read_prompts(args.prompts or DEFAULT_PROMPTS, app.max_prompt_chars)
     held_out, voted = sim.split_prompts(prompts, args.eval_prompts)
     data_dir = Path(app.data_dir)
-    if (data_dir / "livedpo.db").exists():
+    out = Path(args.out) if args.out else data_dir / "simulate"
+    has_db = (data_dir / "livedpo.db").exists()
+    if has_db and not args.resume:
         raise ValueError(f"--data-dir {data_dir} already has a database; simulate needs a "
                          "fresh one (e.g. --data-dir data-sim-1) so the oracle's votes do "
-                         "not mix with real ones")
+                         "not mix with real ones, or --resume to continue the run there")
+    if args.resume and not (has_db and (out / "learning_curve.json").exists()):
+        raise ValueError(f"--resume: no stopped simulate run in --data-dir {data_dir} "
+                         f"(it needs livedpo.db and {out / 'learning_curve.json'}); leave out "
+                         "--resume to start one")
     store = Store.open(data_dir)
-    store.add_prompts(voted, source="default")
-    store.set_state(SEEDED_KEY, True)
+    if not args.resume:
+        store.add_prompts(voted, source="default")
+        store.set_state(SEEDED_KEY, True)
     train = dataclasses.replace(cfgs["TrainConfig"], votes_per_round=args.pairs_per_round)
     svc = Service(store, data_dir, cfgs["ModelConfig"], cfgs["SamplingConfig"],
                   cfgs["PoolConfig"], train, max_prompt_chars=app.max_prompt_chars)
@@ -266,10 +273,11 @@ def simulate(args, cfgs: dict) -> int:
     svc.require_ready()
     bar = TqdmProgress("vote")
     try:
+        labels = {"oracle": args.oracle, "keyword": args.keyword,
+                  "keyword_tiebreak": args.keyword_tiebreak, "prompts_file": args.prompts}
         result = sim.run(svc, oracle, rounds=args.rounds, pairs_per_round=args.pairs_per_round,
-                         eval_prompts=held_out, samples=args.samples_per_prompt,
-                         out_dir=Path(args.out) if args.out else data_dir / "simulate",
-                         seed=train.seed, progress=bar)
+                         eval_prompts=held_out, samples=args.samples_per_prompt, out_dir=out,
+                         seed=train.seed, progress=bar, labels=labels, resume=args.resume)
     finally:
         bar.close()
         svc.stop()

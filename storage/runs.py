@@ -17,9 +17,10 @@ from storage.common import (
 )
 from storage.errors import BadInput
 
-__all__ = ["RunsMixin", "ROUND_STATUSES"]
+__all__ = ["RunsMixin", "ROUND_STATUSES", "INTERRUPTED"]
 
 SERVING_KEY = "serving_adapter"
+INTERRUPTED = "interrupted (process stopped)"  # the error of a round a stop cut short
 
 
 class RunsMixin:
@@ -141,9 +142,8 @@ class RunsMixin:
         with self.write() as db:
             db.execute("update adapters set status = 'failed' where status = 'saved' and "
                        "round_id in (select id from rounds where status = 'running')")
-            return db.execute("update rounds set status = 'failed', finished = ?, error = "
-                              "'interrupted (process stopped)' where status = 'running'",
-                              [now()]).rowcount
+            return db.execute("update rounds set status = 'failed', finished = ?, error = ? "
+                              "where status = 'running'", [now(), INTERRUPTED]).rowcount
 
     @staticmethod
     def _round_row(row: dict | None) -> dict | None:

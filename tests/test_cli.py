@@ -112,6 +112,8 @@ def test_simulate_checks_its_input_before_loading_anything(tmp_path):
     assert r.returncode == 2 and "--keyword ' ' is empty" in r.stderr
     r = app("simulate", "--oracle", "keyword", "--keyword-tiebreak", "longer")
     assert r.returncode == 2 and "invalid choice: 'longer'" in r.stderr
+    r = app("simulate", "--oracle", "keyword", "--resume", "--data-dir", str(data))
+    assert r.returncode == 2 and "--resume: no stopped simulate run in --data-dir" in r.stderr
     assert not data.exists()
 
 

@@ -243,3 +243,67 @@ def test_rank_vote_with_a_full_order_marks_best_and_worst():
     from trainer.sim.oracles import rank_vote
 
     assert rank_vote(shorter, "q", ["xxx", "y", "zz", "wwww"]) == ("rank", 1, 3)
+
+
+def test_resume_needs_a_stopped_run_with_the_same_settings(tmp_path):
+    svc = _fake_service(_FakeSampler())
+    args = {"rounds": 1, "pairs_per_round": 4, "eval_prompts": EVAL[:2], "samples": 1,
+            "out_dir": tmp_path}
+    with pytest.raises(ValueError, match="--resume: .*learning_curve.json does not exist"):
+        sim.run(svc, shorter, resume=True, **args)
+    sim.run(svc, shorter, labels={"oracle": "shorter"}, **{**args, "rounds": 0})
+    with pytest.raises(ValueError, match=r"made with oracle='shorter' \(now 'positive'\), "
+                                         r"samples_per_prompt=1 \(now 2\); give the same"):
+        sim.run(svc, shorter, labels={"oracle": "positive"}, resume=True,
+                **{**args, "samples": 2})
+
+
+def test_resume_continues_a_stopped_run(tmp_path, tiny_model_dir):
+    """A run stopped after round 1 with 2 of round 2's 4 votes cast: the restarted run
+    keeps rounds 0-1, casts the 2 missing votes, and counts all 4 in round 2's cost."""
+    def service():
+        svc = tiny_service(tmp_path / "data", tiny_model_dir, "--accept-tolerance", "1",
+                           "--votes-per-round", "4", "--health-samples", "0", start=False)
+        svc.start(background=False)
+        return svc
+
+    run = {"pairs_per_round": 4, "eval_prompts": EVAL[:2], "samples": 1,
+           "out_dir": tmp_path / "out", "timeout_s": 300, "labels": {"oracle": "shorter"}}
+    svc = service()
+    try:
+        first = sim.run(svc, shorter, rounds=1, **run)
+        svc.trainer.stop()  # the stop: 2 more votes, no round for them
+        for _ in range(2):
+            while (item := svc.next_item(sim.ANNOTATOR)) is None:
+                pass
+            sim.cast_vote(svc, shorter, item)
+    finally:
+        svc.stop()
+    svc = service()
+    try:
+        res = sim.run(svc, shorter, rounds=2, resume=True, **run)
+    finally:
+        svc.stop()
+    assert res["rounds"][:2] == first["rounds"]
+    assert [r["round"] for r in res["rounds"]] == [0, 1, 2]
+    assert [r["answers_read"] for r in res["rounds"]] == [0, 8, 16]
+    assert res["rounds"][2]["round_id"] == 2 and res["settings"]["oracle"] == "shorter"
+    assert svc.store.usable_votes_since(0) == 8
+    rows = read_jsonl(tmp_path / "out" / "answers.jsonl")
+    assert [r["round"] for r in rows] == [0, 0, 1, 1, 2, 2]
+
+
+def test_a_round_a_stop_cut_short_is_not_the_round_a_resumed_run_waits_for():
+    from storage.runs import INTERRUPTED
+
+    rounds = [{"id": 3, "status": "failed", "error": INTERRUPTED},
+              {"id": 4, "status": "running", "error": None},
+              {"id": 2, "status": "accepted", "error": None}]
+    store = SimpleNamespace(list_rounds=lambda limit: rounds, get_state=lambda k, d: 32,
+                            usable_votes_since=lambda vote_id: 16 if vote_id == 32 else 0)
+    svc = SimpleNamespace(store=store)
+    assert sim.finished_rounds(svc, 2) == []
+    assert sim.votes_left(svc, 2, 16) == 0  # its votes are cast: round 4 trains on them
+    rounds[1] = {"id": 4, "status": "rejected", "error": "answers stopped ending"}
+    assert [r["id"] for r in sim.finished_rounds(svc, 2)] == [4]
+    assert [r["id"] for r in sim.finished_rounds(svc, 1)] == [2, 4]

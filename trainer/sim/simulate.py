@@ -15,16 +15,20 @@ the live analogue of the DPO paper's reward / KL frontier (Fig. 2).
 from __future__ import annotations
 
 import io
+import json
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from storage.files import atomic_write, atomic_write_json, jsonl_text
+from storage.readers import read_jsonl
+from storage.runs import INTERRUPTED
 from trainer.model.policy import BASE
 from trainer.model.scoring import mean_token_kl
 from trainer.sim.oracles import rank_vote
 from trainer.training.health import measure
+from trainer.training.trainloop import TRAINED_THROUGH
 
 log = logging.getLogger(__name__)
 ANNOTATOR = "oracle"
@@ -131,11 +135,56 @@ def round_check(rnd: dict) -> dict:
                      for c in counts.get("credited") or []]}
 
 
-def vote_until_round(svc, oracle, votes: int, timeout_s: float, on_vote=None) -> dict:
+def finished_rounds(svc, after_id: int) -> list[dict]:
+    """The rounds after ``after_id`` that finished, oldest first; a round a stop
+    interrupted (marked failed at the next start) is not one of them."""
+    rows = [r for r in svc.store.list_rounds(limit=10) if r["id"] > after_id
+            and r["status"] != "running" and not (r.get("error") or "").startswith(INTERRUPTED)]
+    return sorted(rows, key=lambda r: r["id"])
+
+
+def votes_left(svc, after_id: int, votes_per_round: int) -> int:
+    """Votes still to cast for the round after ``after_id``: none if it has finished
+    already (the run stopped while evaluating it), else what the trainer still waits
+    for (the votes cast before the stop count)."""
+    if finished_rounds(svc, after_id):
+        return 0
+    done = svc.store.usable_votes_since(int(svc.store.get_state(TRAINED_THROUGH, 0)))
+    return max(votes_per_round - done, 0)
+
+
+def answers_per_vote(svc) -> int:
+    """Answers a person reads per vote: N in rank-of-N mode, two per A/B pair."""
+    return svc.pool_cfg.rank_size if svc.pool_cfg.vote_mode == "rank" else 2
+
+
+def resume_state(out_dir: Path, settings: dict) -> tuple[list[dict], list[dict], float]:
+    """(round rows, evaluation answers, seconds spent) of the stopped run in ``out_dir``,
+    to continue it; ValueError if there is none or it ran with other settings."""
+    path = out_dir / "learning_curve.json"
+    if not path.exists():
+        raise ValueError(f"--resume: {path} does not exist; there is no stopped run to "
+                         "continue there (leave out --resume to start one)")
+    prior = json.loads(path.read_text(encoding="utf-8"))
+    changed = [f"{k}={prior['settings'][k]!r} (now {v!r})" for k, v in settings.items()
+               if k in prior["settings"] and prior["settings"][k] != v]
+    if changed:
+        raise ValueError(f"--resume: the run in {out_dir} was made with {', '.join(changed)}; "
+                         "give the same settings to continue it")
+    answers = read_jsonl(out_dir / "answers.jsonl") if (out_dir / "answers.jsonl").exists() \
+        else []
+    rows = prior["rounds"]
+    return rows, [a for a in answers if a["round"] < len(rows)], float(prior["seconds"])
+
+
+def vote_until_round(svc, oracle, votes: int, timeout_s: float, on_vote=None,
+                     after_id: int | None = None) -> dict:
     """Vote on ``votes`` pairs or rank sets (``vote_mode``), then wait for the trainer
-    thread's round to finish. ``on_vote(cast)`` is called after each vote (a progress
-    bar). Returns the round's row with ``answers_read`` added."""
-    last = max((r["id"] for r in svc.store.list_rounds(limit=1)), default=0)
+    thread's round to finish: the first to finish after round ``after_id`` (default: the
+    newest round now). ``on_vote(cast)`` is called after each vote (a progress bar).
+    Returns the round's row with ``answers_read`` added."""
+    last = (max((r["id"] for r in svc.store.list_rounds(limit=1)), default=0)
+            if after_id is None else after_id)
     cast, read, t0 = 0, 0, time.time()
     while cast < votes:
         if time.time() - t0 > timeout_s:
@@ -149,8 +198,7 @@ def vote_until_round(svc, oracle, votes: int, timeout_s: float, on_vote=None) ->
         if on_vote:
             on_vote(cast)
     while time.time() - t0 < timeout_s:
-        done = [r for r in svc.store.list_rounds(limit=5)
-                if r["id"] > last and r["status"] != "running"]
+        done = finished_rounds(svc, last)
         if done:
             return {**done[0], "answers_read": read}
         time.sleep(0.5)
@@ -159,7 +207,7 @@ def vote_until_round(svc, oracle, votes: int, timeout_s: float, on_vote=None) ->
 
 def run(svc, oracle, *, rounds: int, pairs_per_round: int, eval_prompts: list[str],
         samples: int, out_dir: Path, seed: int = 0, timeout_s: float = 3600,
-        progress=None) -> dict:
+        progress=None, labels: dict | None = None, resume: bool = False) -> dict:
     """Run the loop for ``rounds`` rounds; write learning_curve.json / .png, answers.jsonl.
 
     Each round row has the win rate vs base, the KL per token, the share of serving's
@@ -172,6 +220,11 @@ def run(svc, oracle, *, rounds: int, pairs_per_round: int, eval_prompts: list[st
     service must start a round at that many votes (``votes_per_round``). Otherwise the
     trainer would start rounds while the oracle is still voting, and which votes a round
     sees would depend on thread timing.
+
+    ``labels`` (e.g. the oracle's name) are stored with the settings. ``resume`` continues
+    a stopped run whose database and ``out_dir`` files are still there, up to ``rounds``
+    (``resume_state``): its settings must be the same; the votes it had cast for an
+    unfinished round count towards that round, which the restarted service trains on.
     """
     if rounds < 0 or samples < 1 or pairs_per_round < 1:
         raise ValueError(f"--rounds {rounds}, --samples-per-prompt {samples}, --pairs-per-round "
@@ -181,10 +234,7 @@ def run(svc, oracle, *, rounds: int, pairs_per_round: int, eval_prompts: list[st
                          f"every votes_per_round={svc.train_cfg.votes_per_round} votes: set "
                          "both to the same number (app.py simulate does)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    history: list[dict] = []
-    answers: list[dict] = []
-    settings = {"pairs_per_round": pairs_per_round, "samples_per_prompt": samples,
+    settings = {**(labels or {}), "pairs_per_round": pairs_per_round, "samples_per_prompt": samples,
                 "eval_prompts": len(eval_prompts), "loss": svc.train_cfg.loss,
                 "beta": svc.train_cfg.beta, "lr": svc.train_cfg.lr,
                 "epochs": svc.train_cfg.epochs, "reference": svc.train_cfg.reference,
@@ -195,17 +245,25 @@ def run(svc, oracle, *, rounds: int, pairs_per_round: int, eval_prompts: list[st
                 "sft_weight": svc.train_cfg.sft_weight,
                 "credit_weight": svc.train_cfg.credit_weight, "model": svc.model_cfg.model,
                 "seed": seed}
+    history, answers, spent = resume_state(out_dir, settings) if resume else ([], [], 0.0)
+    t0 = time.time() - spent
     base_answers = svc.sampler.sample([p for p in eval_prompts for _ in range(samples)],
                                       BASE, seed + 1)
     ended_base = round(measure(base_answers).healthy, 3)
-    last, read = None, 0
-    for r in range(rounds + 1):
+    last = history[-1]["win_rate"] if history else None
+    read = history[-1]["answers_read"] if history else 0
+    for r in range(len(history), rounds + 1):
         if r > 0:
             desc = f"round {r}/{rounds}: votes cast (last win rate {last:.0%})"
             tick = (lambda n, d=desc: progress.update(n, pairs_per_round, d)) if progress \
                 else None
-            rnd = vote_until_round(svc, oracle, pairs_per_round, timeout_s, on_vote=tick)
-            read += rnd["answers_read"]
+            votes, after, earlier = pairs_per_round, None, 0
+            if resume and r == len(history):  # the stopped run's unfinished round
+                after = history[-1].get("round_id", 0)
+                votes = votes_left(svc, after, pairs_per_round)
+                earlier = (pairs_per_round - votes) * answers_per_vote(svc)
+            rnd = vote_until_round(svc, oracle, votes, timeout_s, on_vote=tick, after_id=after)
+            read += earlier + rnd["answers_read"]
         ev = evaluate(svc, oracle, eval_prompts, samples, seed + 1000 * r, base_answers)
         last = ev.win_rate
         row = {"round": r, "serving": svc.policy.serving, "win_rate": ev.win_rate,
