@@ -234,7 +234,8 @@ def run(svc, oracle, *, rounds: int, pairs_per_round: int, eval_prompts: list[st
                          f"every votes_per_round={svc.train_cfg.votes_per_round} votes: set "
                          "both to the same number (app.py simulate does)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    settings = {**(labels or {}), "pairs_per_round": pairs_per_round, "samples_per_prompt": samples,
+    settings = {**(labels or {}), "pairs_per_round": pairs_per_round,
+                "samples_per_prompt": samples,
                 "eval_prompts": len(eval_prompts), "loss": svc.train_cfg.loss,
                 "beta": svc.train_cfg.beta, "lr": svc.train_cfg.lr,
                 "epochs": svc.train_cfg.epochs, "reference": svc.train_cfg.reference,
@@ -243,7 +244,9 @@ def run(svc, oracle, *, rounds: int, pairs_per_round: int, eval_prompts: list[st
                 "length_alpha": svc.train_cfg.length_alpha, "window": svc.train_cfg.window,
                 "end_anchor": svc.train_cfg.end_anchor, "empty_guard": svc.train_cfg.empty_guard,
                 "sft_weight": svc.train_cfg.sft_weight,
-                "credit_weight": svc.train_cfg.credit_weight, "model": svc.model_cfg.model,
+                "credit_weight": svc.train_cfg.credit_weight,
+                "credit_alpha": svc.train_cfg.credit_alpha,
+                "credit_similarity": svc.train_cfg.credit_similarity, "model": svc.model_cfg.model,
                 "seed": seed}
     history, answers, spent = resume_state(out_dir, settings) if resume else ([], [], 0.0)
     t0 = time.time() - spent
