@@ -184,7 +184,9 @@ def main() -> None:
     ap.add_argument("--reuse", nargs="*", default=[], type=Path,
                     help="earlier simulate outputs (learning_curve.json) to add to the table")
     ap.add_argument("--resume", action="store_true", help="--suite: keep the runs already "
-                    "under bench/results/runs/learning-suite/ and run the others")
+                    "under bench/results/runs/learning-suite/, continue the one a stop cut "
+                    "short (simulate --resume, from its data dir under the model cache dir) "
+                    "and run the others")
     ap.add_argument("--json", default=None, help="--suite: write here instead of "
                     "bench/results/learning-suite.json (and keep no per-run files)")
     ap.add_argument("--plot", default=None, help="--suite: the plot's path "

@@ -3,7 +3,8 @@ app's defaults? (``python bench/learning.py --suite`` runs this.)
 
     python bench/learning.py --suite                       # Gemma 3 270M, 2 seeds, hours
     python bench/learning.py --suite --oracle mypkg.mod:fn # plus your own preference
-    python bench/learning.py --suite --resume              # keep finished runs, do the rest
+    python bench/learning.py --suite --resume              # keep finished runs, continue
+                                                           # a stopped one, do the rest
     python bench/learning.py --suite --modes pair:dpo      # A/B votes with DPO only
 
 Each (oracle, seed) is one ``python app.py simulate`` run in a fresh data dir with NO
@@ -27,7 +28,10 @@ is also kept under bench/results/runs/learning-suite/MODEL/) and docs/learning-s
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -87,23 +91,61 @@ def as_run(oracle: str, seed: int, curve: dict, minutes: float) -> dict:
 
 
 def simulate(model: str, oracle: str, seed: int, mode: tuple[str, str], args,
-             extra: list[str]) -> dict:
-    """One ``app.py simulate`` run; its progress bar goes to this terminal."""
+             extra: list[str], work: Path | None = None, commit: str | None = None) -> dict:
+    """One ``app.py simulate`` run; its progress bar goes to this terminal.
+
+    It runs in ``work`` (its data dir and output; a temporary dir if None). With
+    ``--resume``, a run a stop cut short there is continued (``simulate --resume``: the
+    rounds it measured are kept); otherwise whatever is there is cleared first.
+    Minutes count the stopped run's time too; ``commit`` is the code's, and a resumed run
+    started by other code says so (``started_at_commit``)."""
     votes = votes_per_round(mode[0], args.answers_per_round)
-    with tempfile.TemporaryDirectory(prefix="livedpo-suite-") as tmp:
+    kept_dir = work is not None
+    with contextlib.ExitStack() as stack:
+        if work is None:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="livedpo-suite-")))
+        curve_path = work / "out" / "learning_curve.json"
+        resume = args.resume and curve_path.is_file() and (work / "data" / "livedpo.db").is_file()
+        if not resume:
+            shutil.rmtree(work / "data", ignore_errors=True)
+            shutil.rmtree(work / "out", ignore_errors=True)
+            work.mkdir(parents=True, exist_ok=True)
+            atomic_write(work / "commit", commit or "")
+        started = (work / "commit").read_text() if (work / "commit").is_file() else ""
+        prior = json.loads(curve_path.read_text()) if resume else {"seconds": 0.0, "rounds": []}
+        if resume:
+            print(f"{oracle} {mode[0]}:{mode[1]} seed {seed}: resuming after round "
+                  f"{len(prior['rounds']) - 1} ({work})", flush=True)
         cmd = [sys.executable, str(ROOT / "app.py"), "simulate", *oracle_args(oracle),
                "--vote-mode", mode[0], "--method", mode[1], "--rank-size", str(RANK_SIZE),
                "--rounds", str(args.rounds), "--pairs-per-round", str(votes),
                "--eval-prompts", str(args.eval_prompts), "--samples-per-prompt",
-               str(args.samples), "--data-dir", f"{tmp}/data", "--out", f"{tmp}/out",
-               "--model", model, "--seed", str(seed), *extra]
+               str(args.samples), "--data-dir", str(work / "data"), "--out", str(work / "out"),
+               "--model", model, "--seed", str(seed), *(["--resume"] if resume else []), *extra]
         t0 = time.time()
         proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"simulate failed ({oracle}, seed {seed}, exit "
-                               f"{proc.returncode}); its log is above")
-        curve = json.loads(Path(f"{tmp}/out/learning_curve.json").read_text())
-    return as_run(oracle, seed, curve, (time.time() - t0) / 60)
+                               f"{proc.returncode}); its log is above"
+                               + (f"; --resume continues it from {work}" if kept_dir else ""))
+        curve = json.loads(curve_path.read_text())
+    run = as_run(oracle, seed, curve, (prior["seconds"] + time.time() - t0) / 60)
+    if resume:
+        run["resumed_after_round"] = len(prior["rounds"]) - 1
+        if started != (commit or ""):
+            run["started_at_commit"] = started or None
+    return run
+
+
+def work_dir(model: str, oracle: str, seed: int, mode: tuple[str, str]) -> Path:
+    """Where a suite run keeps its data dir while it runs, so ``--resume`` can continue
+    it after a stop: under the model cache dir (``LIVEDPO_CACHE_DIR``), one per (oracle,
+    mode, seed)."""
+    from trainer.config import default_cache_dir
+
+    cache = os.environ.get("LIVEDPO_CACHE_DIR") or default_cache_dir()
+    return (Path(cache) / "learning-suite" / model
+            / kept_path(model, oracle, seed, mode).stem)
 
 
 def kept_path(model: str, oracle: str, seed: int, mode: tuple[str, str]) -> Path:
@@ -184,9 +226,12 @@ def main(args, extra: list[str], model: str, name: str) -> None:
             runs.append(kept_run(kept, args, mode))
             print(f"{label}: kept from {kept}", flush=True)
             continue
-        run = {**simulate(model, oracle, seed, mode, args, extra), "commit": commit}
+        work = None if args.json else work_dir(name, oracle, seed, mode)
+        run = {**simulate(model, oracle, seed, mode, args, extra, work, commit),
+               "commit": commit}
         if not args.json:  # the real suite keeps each run; smoke runs write only --json
             write_json(str(kept.relative_to(RESULTS)), run)
+            shutil.rmtree(work, ignore_errors=True)  # the kept JSON holds what it measured
         runs.append(run)
         print(f"{label}: " + " ".join(f"{x['win_rate']:.0%}" for x in run["rounds"])
               + f"  ({run['minutes']:.1f} min)", flush=True)

@@ -250,6 +250,8 @@ def run(svc, oracle, *, rounds: int, pairs_per_round: int, eval_prompts: list[st
                 "seed": seed}
     history, answers, spent = resume_state(out_dir, settings) if resume else ([], [], 0.0)
     t0 = time.time() - spent
+    if len(history) > rounds:  # a resumed run that had done all its rounds
+        return _result(history, settings, t0)
     base_answers = svc.sampler.sample([p for p in eval_prompts for _ in range(samples)],
                                       BASE, seed + 1)
     ended_base = round(measure(base_answers).healthy, 3)
@@ -282,9 +284,12 @@ def run(svc, oracle, *, rounds: int, pairs_per_round: int, eval_prompts: list[st
         history.append(row)
         answers += [{"round": r, "serving_version": row["serving"], **a} for a in ev.answers]
         log.info("simulate: %s", {k: v for k, v in row.items() if k != "examples"})
-        result = {"rounds": history, "settings": settings, "seconds": round(time.time() - t0, 1)}
-        _write(out_dir, result, answers)  # after every round: a crash keeps what was measured
-    return result
+        _write(out_dir, _result(history, settings, t0), answers)  # a crash keeps what it has
+    return _result(history, settings, t0)
+
+
+def _result(history: list[dict], settings: dict, t0: float) -> dict:
+    return {"rounds": history, "settings": settings, "seconds": round(time.time() - t0, 1)}
 
 
 def _write(out_dir: Path, result: dict, answers: list[dict]) -> None:
