@@ -125,6 +125,9 @@ def main() -> None:
     ap.add_argument("--sample", action="store_true", help="Sample the base answers first.")
     ap.add_argument("--similarity", type=float, default=TrainConfig().credit_similarity,
                     help="--credit-similarity of the groups column (default: the app's).")
+    ap.add_argument("--no-split", dest="split", action="store_false", help="Bonferroni "
+                    "over words and groups together, not over the words at alpha / 2 and the "
+                    "groups at alpha / 2 (credit.family_levels, the app's test).")
     ap.add_argument("--out", default="credit.json", help="JSON file name under bench/results.")
     args = ap.parse_args()
     if args.sample or not ANSWERS.exists():
@@ -144,7 +147,8 @@ def main() -> None:
                 for seed in range(SEEDS):
                     shuffled = votes[:]
                     random.Random(seed).shuffle(shuffled)
-                    found.append(credited_words(shuffled[:k], vectors=vectors, similarity=sim))
+                    found.append(credited_words(shuffled[:k], vectors=vectors, similarity=sim,
+                                                split=args.split))
                 got = {c.word for f in found for c in f}
                 on = sorted(w for w in got if REWARDED[name](w))
                 row |= {f"{col}_seeds": sum(bool(f) for f in found),
@@ -158,6 +162,7 @@ def main() -> None:
                           "words_on_target", "words_other", "groups_seeds", "groups_on_target",
                           "groups_other", "examples"]))
     write_json(args.out, {"answers": len(rows), "seeds": SEEDS, "similarity": similarity,
+                          "split": args.split,
                           "results": results})
 
 

@@ -359,3 +359,16 @@ def test_a_word_that_comes_in_clumps_is_not_credited_for_where_it_is_missing():
         pairs = [(_sentence(rng, 9) + (" step" if i % 3 == 0 else " " + _sentence(rng, 1)),
                   steps() if i % 2 else _sentence(rng, 40)) for i in range(40)]
         assert credit.credited_words(pairs) == []
+
+
+def test_words_and_groups_each_get_half_the_error_rate():
+    from trainer.training.credit import family_levels
+
+    word_tests = [(frozenset([f"w{i}"]), []) for i in range(4)]
+    group_tests = [(frozenset([f"g{i}", f"h{i}"]), []) for i in range(16)]
+    both = word_tests + group_tests
+    assert family_levels(both, 0.05, split=True) == (0.05 / 2 / 4, 0.05 / 2 / 16)
+    assert family_levels(both, 0.05, split=False) == (0.05 / 20, 0.05 / 20)
+    assert family_levels(word_tests, 0.05, split=True) == (0.05 / 4, 0.05 / 4)  # no groups
+    assert family_levels(group_tests, 0.05, split=True) == (0.05 / 16, 0.05 / 16)
+    assert family_levels([], 0.05, split=True) == (0.05, 0.05)

@@ -29,8 +29,9 @@ together with its neighbours, the words of the votes whose input embeddings (the
 model's own, ``embedding_vectors``) have a cosine similarity of at least
 ``--credit-similarity`` with its own (``word_groups``): a group is on a side when any
 of its words is, and is tested like one word. In a credited group, the words that lean
-the group's way more than their own rates predict are credited (``Credit.group``); the
-groups add to m.
+the group's way more than their own rates predict are credited (``Credit.group``).
+Bonferroni then runs over the words at alpha / 2 and over the groups at alpha / 2
+(``family_levels``), so the many groups do not make a single word harder to credit.
 
 In a pair that holds a credited word, a round then scores the tokens inside credited
 words in full and the pair's other tokens ``1 / (1 + weight)`` times in each answer's
@@ -139,8 +140,22 @@ def word_groups(ws: Sequence[str], vectors: np.ndarray, similarity: float
     return sorted((g for g in groups if len(g) > 1), key=sorted)
 
 
+def family_levels(tests: Sequence[tuple[frozenset, object]], alpha: float, split: bool
+                  ) -> tuple[float, float]:
+    """(per-test level of a word, of a group): Bonferroni over all testable units at
+    ``alpha``; with ``split``, over the words at alpha / 2 and over the groups at
+    alpha / 2, so many groups do not make a single word harder to credit (the family-wise
+    error rate stays at most alpha either way)."""
+    n_groups = sum(len(u) > 1 for u, _ in tests)
+    n_words = len(tests) - n_groups
+    if not split or not n_groups or not n_words:
+        return alpha / max(len(tests), 1), alpha / max(len(tests), 1)
+    return alpha / 2 / n_words, alpha / 2 / n_groups
+
+
 def credited_words(pairs: Sequence[tuple[str, str]], alpha: float = 0.05,
-                   vectors: Vectors | None = None, similarity: float = 0.0) -> list[Credit]:
+                   vectors: Vectors | None = None, similarity: float = 0.0,
+                   split: bool = True) -> list[Credit]:
     """The words the (chosen, rejected) text ``pairs`` credit, strongest first; give one
     pair per vote (the pairs one vote implies share answers, and are not independent):
     an A/B pair, or the two sides of a vote (``vote_sides``).
@@ -148,11 +163,12 @@ def credited_words(pairs: Sequence[tuple[str, str]], alpha: float = 0.05,
     A word present in both answers of a pair, or in neither, says nothing there. With
     ``vectors`` and a ``similarity`` above 0 the groups of ``word_groups`` are tested too.
     The family-wise error rate over all words and groups is at most ``alpha`` (two-sided
-    tests, Bonferroni over those that could reach ``alpha`` with every pair on one side);
+    tests, Bonferroni over those that could reach ``alpha`` with every pair on one side,
+    words and groups at alpha / 2 each with ``split``, ``family_levels``);
     ``Credit.p_value`` is the two-sided p before that correction."""
-    split = [(words(c), words(r)) for c, r in pairs]
-    sides = [(set(wc), set(wr)) for wc, wr in split]
-    lengths = np.array([len(w) for wc, wr in split for w in (wc, wr)], dtype=float)
+    listed = [(words(c), words(r)) for c, r in pairs]
+    sides = [(set(wc), set(wr)) for wc, wr in listed]
+    lengths = np.array([len(w) for wc, wr in listed for w in (wc, wr)], dtype=float)
     vocab = sorted(set().union(*(c | r for c, r in sides))) if sides else []
     units = [frozenset([w]) for w in vocab]
     if vectors is not None and similarity > 0 and len(vocab) > 1:
@@ -163,7 +179,7 @@ def credited_words(pairs: Sequence[tuple[str, str]], alpha: float = 0.05,
 
     def seen(unit, h) -> list[tuple[bool, float]]:  # (on chosen side, q_i) where apart
         return [(a, presence_odds(rates[unit], len(wc), len(wr)))
-                for (a, b), (wc, wr) in zip(h, split) if a != b]
+                for (a, b), (wc, wr) in zip(h, listed) if a != b]
 
     tests = []
     for u, h in held.items():
@@ -173,12 +189,13 @@ def credited_words(pairs: Sequence[tuple[str, str]], alpha: float = 0.05,
         if 2 * best < alpha:  # testable: it could be significant
             tests.append((u, s))
     found: dict[str, Credit] = {}
+    levels = family_levels(tests, alpha, split)
     for u, s in tests:
         qs, up = [q for _, q in s], sum(a for a, _ in s)
         p_up = poisson_binomial_tail(qs, up)
         p_down = poisson_binomial_tail([1 - q for q in qs], len(qs) - up)
         p = min(1.0, 2 * min(p_up, p_down))
-        if p >= alpha / len(tests):
+        if p >= levels[len(u) > 1]:
             continue
         favoured = p_up < p_down
         for w in sorted(u):
