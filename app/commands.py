@@ -262,19 +262,30 @@ def simulate(args, cfgs: dict) -> int:
         raise ValueError(f"--resume: no stopped simulate run in --data-dir {data_dir} "
                          f"(it needs livedpo.db and {out / 'learning_curve.json'}); leave out "
                          "--resume to start one")
+    train = dataclasses.replace(cfgs["TrainConfig"], votes_per_round=args.pairs_per_round)
+    labels = {"oracle": args.oracle, "keyword": args.keyword,
+              "keyword_tiebreak": args.keyword_tiebreak, "prompts_file": args.prompts}
+    if args.resume:  # before anything loads or trains: same settings, oracle votes only
+        sim.resume_state(out, sim.settings_of(
+            train, cfgs["PoolConfig"], cfgs["ModelConfig"], pairs_per_round=args.pairs_per_round,
+            samples=args.samples_per_prompt, eval_prompts=len(held_out), seed=train.seed,
+            labels=labels))
     store = Store.open(data_dir)
-    if not args.resume:
+    if args.resume:
+        people = store.one("select count(*) as n from votes where annotator != ?",
+                           [sim.ANNOTATOR])["n"]
+        if people:
+            raise ValueError(f"--resume: --data-dir {data_dir} holds {people} votes by people, "
+                             "not only a simulate run's; point --data-dir at the run's own dir")
+    else:
         store.add_prompts(voted, source="default")
         store.set_state(SEEDED_KEY, True)
-    train = dataclasses.replace(cfgs["TrainConfig"], votes_per_round=args.pairs_per_round)
     svc = Service(store, data_dir, cfgs["ModelConfig"], cfgs["SamplingConfig"],
                   cfgs["PoolConfig"], train, max_prompt_chars=app.max_prompt_chars)
     svc.start(background=False)
     svc.require_ready()
     bar = TqdmProgress("vote")
     try:
-        labels = {"oracle": args.oracle, "keyword": args.keyword,
-                  "keyword_tiebreak": args.keyword_tiebreak, "prompts_file": args.prompts}
         result = sim.run(svc, oracle, rounds=args.rounds, pairs_per_round=args.pairs_per_round,
                          eval_prompts=held_out, samples=args.samples_per_prompt, out_dir=out,
                          seed=train.seed, progress=bar, labels=labels, resume=args.resume)

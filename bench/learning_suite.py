@@ -97,7 +97,8 @@ def simulate(model: str, oracle: str, seed: int, mode: tuple[str, str], args,
     It runs in ``work`` (its data dir and output; a temporary dir if None). With
     ``--resume``, a run a stop cut short there is continued (``simulate --resume``: the
     rounds it measured are kept); otherwise whatever is there is cleared first.
-    Minutes count the stopped run's time too; ``commit`` is the code's, and a resumed run
+    Minutes count the stopped run's measured time too (not its model load, nor a round
+    the stop cut short); ``commit`` is the code's, and a resumed run
     started by other code says so (``started_at_commit``)."""
     votes = votes_per_round(mode[0], args.answers_per_round)
     kept_dir = work is not None
@@ -113,6 +114,8 @@ def simulate(model: str, oracle: str, seed: int, mode: tuple[str, str], args,
             atomic_write(work / "commit", commit or "")
         started = (work / "commit").read_text() if (work / "commit").is_file() else ""
         prior = json.loads(curve_path.read_text()) if resume else {"seconds": 0.0, "rounds": []}
+        if resume and len(prior["rounds"]) > args.rounds:  # done; stopped before kept
+            return as_run(oracle, seed, prior, prior["seconds"] / 60)
         if resume:
             print(f"{oracle} {mode[0]}:{mode[1]} seed {seed}: resuming after round "
                   f"{len(prior['rounds']) - 1} ({work})", flush=True)

@@ -372,3 +372,22 @@ def test_words_and_groups_each_get_half_the_error_rate():
     assert family_levels(word_tests, 0.05, split=True) == (0.05 / 4, 0.05 / 4)  # no groups
     assert family_levels(group_tests, 0.05, split=True) == (0.05 / 16, 0.05 / 16)
     assert family_levels([], 0.05, split=True) == (0.05, 0.05)
+
+
+def test_each_family_is_judged_at_its_own_level(monkeypatch):
+    """A group passes at the groups' level, a word at the words' level, never the other's."""
+    rng = random.Random(5)
+    kind = [(f"{_sentence(rng, 5)} {POSITIVE[i % 6]} {_sentence(rng, 5)}", _sentence(rng, 11))
+            for i in range(12)]
+    word = [(f"{_sentence(rng, 5)} because", _sentence(rng, 6)) for _ in range(14)]
+    pairs = kind + word
+    both = {c.word for c in credit.credited_words(pairs, vectors=_kind_vectors,
+                                                  similarity=0.5)}
+    assert both == {*POSITIVE, "because"}
+    real = credit.family_levels
+    monkeypatch.setattr(credit, "family_levels", lambda *a: (real(*a)[0], 0.0))
+    assert {c.word for c in credit.credited_words(
+        pairs, vectors=_kind_vectors, similarity=0.5)} == {"because"}
+    monkeypatch.setattr(credit, "family_levels", lambda *a: (0.0, real(*a)[1]))
+    assert {c.word for c in credit.credited_words(
+        pairs, vectors=_kind_vectors, similarity=0.5)} == set(POSITIVE)

@@ -1,4 +1,5 @@
 import json
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -260,7 +261,8 @@ def test_resume_needs_a_stopped_run_with_the_same_settings(tmp_path):
 
 def test_resume_continues_a_stopped_run(tmp_path, tiny_model_dir):
     """A run stopped after round 1 with 2 of round 2's 4 votes cast: the restarted run
-    keeps rounds 0-1, casts the 2 missing votes, and counts all 4 in round 2's cost."""
+    keeps rounds 0-1, casts the 2 missing votes, counts all 4 in round 2's cost, and
+    runs round 3 as usual."""
     def service():
         svc = tiny_service(tmp_path / "data", tiny_model_dir, "--accept-tolerance", "1",
                            "--votes-per-round", "4", "--health-samples", "0", start=False)
@@ -274,23 +276,25 @@ def test_resume_continues_a_stopped_run(tmp_path, tiny_model_dir):
         first = sim.run(svc, shorter, rounds=1, **run)
         svc.trainer.stop()  # the stop: 2 more votes, no round for them
         for _ in range(2):
-            while (item := svc.next_item(sim.ANNOTATOR)) is None:
-                pass
+            deadline = time.time() + 60
+            while (item := svc.next_item(sim.ANNOTATOR)) is None and time.time() < deadline:
+                time.sleep(0.1)
             sim.cast_vote(svc, shorter, item)
     finally:
         svc.stop()
     svc = service()
     try:
-        res = sim.run(svc, shorter, rounds=2, resume=True, **run)
+        res = sim.run(svc, shorter, rounds=3, resume=True, **run)
     finally:
         svc.stop()
     assert res["rounds"][:2] == first["rounds"]
-    assert [r["round"] for r in res["rounds"]] == [0, 1, 2]
-    assert [r["answers_read"] for r in res["rounds"]] == [0, 8, 16]
-    assert res["rounds"][2]["round_id"] == 2 and res["settings"]["oracle"] == "shorter"
-    assert svc.store.usable_votes_since(0) == 8
+    assert [r["round"] for r in res["rounds"]] == [0, 1, 2, 3]
+    assert [r["answers_read"] for r in res["rounds"]] == [0, 8, 16, 24]
+    assert [r["round_id"] for r in res["rounds"][1:]] == [1, 2, 3]
+    assert res["settings"]["oracle"] == "shorter"
+    assert svc.store.usable_votes_since(0) == 12
     rows = read_jsonl(tmp_path / "out" / "answers.jsonl")
-    assert [r["round"] for r in rows] == [0, 0, 1, 1, 2, 2]
+    assert [r["round"] for r in rows] == [0, 0, 1, 1, 2, 2, 3, 3]
 
 
 def test_a_round_a_stop_cut_short_is_not_the_round_a_resumed_run_waits_for():

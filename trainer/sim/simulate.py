@@ -146,16 +146,45 @@ def finished_rounds(svc, after_id: int) -> list[dict]:
 def votes_left(svc, after_id: int, votes_per_round: int) -> int:
     """Votes still to cast for the round after ``after_id``: none if it has finished
     already (the run stopped while evaluating it), else what the trainer still waits
-    for (the votes cast before the stop count)."""
+    for (the votes cast before the stop count). The count is read before the check: a
+    round's status is written before the trainer moves past its votes."""
+    done = svc.store.usable_votes_since(int(svc.store.get_state(TRAINED_THROUGH, 0)))
     if finished_rounds(svc, after_id):
         return 0
-    done = svc.store.usable_votes_since(int(svc.store.get_state(TRAINED_THROUGH, 0)))
     return max(votes_per_round - done, 0)
 
 
-def answers_per_vote(svc) -> int:
-    """Answers a person reads per vote: N in rank-of-N mode, two per A/B pair."""
-    return svc.pool_cfg.rank_size if svc.pool_cfg.vote_mode == "rank" else 2
+def last_vote_of(svc, round_id: int) -> int:
+    """The newest vote round ``round_id`` read (0 before any round)."""
+    if not round_id:
+        return 0
+    counts = (svc.store.get_round(round_id) or {}).get("counts") or {}
+    return int(counts.get("max_vote_id", svc.store.get_state(TRAINED_THROUGH, 0)) or 0)
+
+
+def answers_read_since(svc, vote_id: int) -> int:
+    """Answers the oracle read for its votes after ``vote_id``: each rank set's answers,
+    two per A/B pair."""
+    rows = svc.store.query("select p.answers from votes v join pairs p on p.id = v.pair_id "
+                           "where v.id > ? and v.annotator = ?", [vote_id, ANNOTATOR])
+    return sum(len(json.loads(r["answers"])) if r["answers"] else 2 for r in rows)
+
+
+def settings_of(train_cfg, pool_cfg, model_cfg, *, pairs_per_round: int, samples: int,
+                eval_prompts: int, seed: int, labels: dict | None = None) -> dict:
+    """What a run is made with, stored in learning_curve.json (``--resume`` checks it)."""
+    return {**(labels or {}), "pairs_per_round": pairs_per_round,
+            "samples_per_prompt": samples, "eval_prompts": eval_prompts,
+            "loss": train_cfg.loss, "beta": train_cfg.beta, "lr": train_cfg.lr,
+            "epochs": train_cfg.epochs, "reference": train_cfg.reference,
+            "method": train_cfg.method, "vote_mode": pool_cfg.vote_mode,
+            "rank_size": pool_cfg.rank_size, "answer_span": train_cfg.answer_span,
+            "length_alpha": train_cfg.length_alpha, "window": train_cfg.window,
+            "end_anchor": train_cfg.end_anchor, "empty_guard": train_cfg.empty_guard,
+            "sft_weight": train_cfg.sft_weight, "credit_weight": train_cfg.credit_weight,
+            "credit_alpha": train_cfg.credit_alpha,
+            "credit_similarity": train_cfg.credit_similarity, "model": model_cfg.model,
+            "seed": seed}
 
 
 def resume_state(out_dir: Path, settings: dict) -> tuple[list[dict], list[dict], float]:
@@ -234,20 +263,9 @@ def run(svc, oracle, *, rounds: int, pairs_per_round: int, eval_prompts: list[st
                          f"every votes_per_round={svc.train_cfg.votes_per_round} votes: set "
                          "both to the same number (app.py simulate does)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    settings = {**(labels or {}), "pairs_per_round": pairs_per_round,
-                "samples_per_prompt": samples,
-                "eval_prompts": len(eval_prompts), "loss": svc.train_cfg.loss,
-                "beta": svc.train_cfg.beta, "lr": svc.train_cfg.lr,
-                "epochs": svc.train_cfg.epochs, "reference": svc.train_cfg.reference,
-                "method": svc.train_cfg.method, "vote_mode": svc.pool_cfg.vote_mode,
-                "rank_size": svc.pool_cfg.rank_size, "answer_span": svc.train_cfg.answer_span,
-                "length_alpha": svc.train_cfg.length_alpha, "window": svc.train_cfg.window,
-                "end_anchor": svc.train_cfg.end_anchor, "empty_guard": svc.train_cfg.empty_guard,
-                "sft_weight": svc.train_cfg.sft_weight,
-                "credit_weight": svc.train_cfg.credit_weight,
-                "credit_alpha": svc.train_cfg.credit_alpha,
-                "credit_similarity": svc.train_cfg.credit_similarity, "model": svc.model_cfg.model,
-                "seed": seed}
+    settings = settings_of(svc.train_cfg, svc.pool_cfg, svc.model_cfg,
+                           pairs_per_round=pairs_per_round, samples=samples,
+                           eval_prompts=len(eval_prompts), seed=seed, labels=labels)
     history, answers, spent = resume_state(out_dir, settings) if resume else ([], [], 0.0)
     t0 = time.time() - spent
     if len(history) > rounds:  # a resumed run that had done all its rounds
@@ -257,16 +275,17 @@ def run(svc, oracle, *, rounds: int, pairs_per_round: int, eval_prompts: list[st
     ended_base = round(measure(base_answers).healthy, 3)
     last = history[-1]["win_rate"] if history else None
     read = history[-1]["answers_read"] if history else 0
-    for r in range(len(history), rounds + 1):
+    first = len(history)
+    for r in range(first, rounds + 1):
         if r > 0:
-            desc = f"round {r}/{rounds}: votes cast (last win rate {last:.0%})"
-            tick = (lambda n, d=desc: progress.update(n, pairs_per_round, d)) if progress \
-                else None
             votes, after, earlier = pairs_per_round, None, 0
-            if resume and r == len(history):  # the stopped run's unfinished round
+            if resume and r == first:  # the stopped run's unfinished round
                 after = history[-1].get("round_id", 0)
                 votes = votes_left(svc, after, pairs_per_round)
-                earlier = (pairs_per_round - votes) * answers_per_vote(svc)
+                earlier = answers_read_since(svc, last_vote_of(svc, after))
+            desc = f"round {r}/{rounds}: votes cast (last win rate {last:.0%})"
+            tick = (lambda n, d=desc, c=pairs_per_round - votes:
+                    progress.update(n + c, pairs_per_round, d)) if progress else None
             rnd = vote_until_round(svc, oracle, votes, timeout_s, on_vote=tick, after_id=after)
             read += earlier + rnd["answers_read"]
         ev = evaluate(svc, oracle, eval_prompts, samples, seed + 1000 * r, base_answers)
@@ -295,8 +314,8 @@ def _result(history: list[dict], settings: dict, t0: float) -> dict:
 def _write(out_dir: Path, result: dict, answers: list[dict]) -> None:
     """learning_curve.json, answers.jsonl (every evaluation answer) and the plot, each
     atomically (each row of the JSONL names its round, so the files may differ by one)."""
-    atomic_write_json(out_dir / "learning_curve.json", result)
-    atomic_write(out_dir / "answers.jsonl", jsonl_text(answers))
+    atomic_write(out_dir / "answers.jsonl", jsonl_text(answers))  # first: a resume reads
+    atomic_write_json(out_dir / "learning_curve.json", result)  # the rounds this one lists
     atomic_write(out_dir / "learning_curve.png", plot_png(result["rounds"]))
 
 

@@ -31,7 +31,8 @@ model's own, ``embedding_vectors``) have a cosine similarity of at least
 of its words is, and is tested like one word. In a credited group, the words that lean
 the group's way more than their own rates predict are credited (``Credit.group``).
 Bonferroni then runs over the words at alpha / 2 and over the groups at alpha / 2
-(``family_levels``), so the many groups do not make a single word harder to credit.
+(``family_levels``): a word's level no longer falls with the number of groups (there
+are often more groups that could pass than words), at the price of a factor 2.
 
 In a pair that holds a credited word, a round then scores the tokens inside credited
 words in full and the pair's other tokens ``1 / (1 + weight)`` times in each answer's
@@ -144,8 +145,8 @@ def family_levels(tests: Sequence[tuple[frozenset, object]], alpha: float, split
                   ) -> tuple[float, float]:
     """(per-test level of a word, of a group): Bonferroni over all testable units at
     ``alpha``; with ``split``, over the words at alpha / 2 and over the groups at
-    alpha / 2, so many groups do not make a single word harder to credit (the family-wise
-    error rate stays at most alpha either way)."""
+    alpha / 2, so a word's level does not depend on how many groups there are (the
+    family-wise error rate stays at most alpha either way)."""
     n_groups = sum(len(u) > 1 for u, _ in tests)
     n_words = len(tests) - n_groups
     if not split or not n_groups or not n_words:
