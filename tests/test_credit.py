@@ -361,7 +361,7 @@ def test_a_word_that_comes_in_clumps_is_not_credited_for_where_it_is_missing():
         assert credit.credited_words(pairs) == []
 
 
-def test_words_and_groups_each_get_half_the_error_rate():
+def test_words_and_groups_each_get_half_the_error_rate_when_groups_outnumber_words():
     from trainer.training.credit import family_levels
 
     word_tests = [(frozenset([f"w{i}"]), []) for i in range(4)]
@@ -372,6 +372,8 @@ def test_words_and_groups_each_get_half_the_error_rate():
     assert family_levels(word_tests, 0.05, split=True) == (0.05 / 4, 0.05 / 4)  # no groups
     assert family_levels(group_tests, 0.05, split=True) == (0.05 / 16, 0.05 / 16)
     assert family_levels([], 0.05, split=True) == (0.05, 0.05)
+    few_groups = word_tests * 4 + group_tests[:4]  # 16 words, 4 groups: no split
+    assert family_levels(few_groups, 0.05, split=True) == (0.05 / 20, 0.05 / 20)
 
 
 def test_each_family_is_judged_at_its_own_level(monkeypatch):

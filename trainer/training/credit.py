@@ -30,9 +30,9 @@ model's own, ``embedding_vectors``) have a cosine similarity of at least
 ``--credit-similarity`` with its own (``word_groups``): a group is on a side when any
 of its words is, and is tested like one word. In a credited group, the words that lean
 the group's way more than their own rates predict are credited (``Credit.group``).
-Bonferroni then runs over the words at alpha / 2 and over the groups at alpha / 2
-(``family_levels``): a word's level no longer falls with the number of groups (there
-are often more groups that could pass than words), at the price of a factor 2.
+When the groups that could pass outnumber the words, Bonferroni runs over the words at
+alpha / 2 and over the groups at alpha / 2 (``family_levels``), else over all together:
+a word's level never falls below alpha / (2 x the words that could pass).
 
 In a pair that holds a credited word, a round then scores the tokens inside credited
 words in full and the pair's other tokens ``1 / (1 + weight)`` times in each answer's
@@ -144,12 +144,14 @@ def word_groups(ws: Sequence[str], vectors: np.ndarray, similarity: float
 def family_levels(tests: Sequence[tuple[frozenset, object]], alpha: float, split: bool
                   ) -> tuple[float, float]:
     """(per-test level of a word, of a group): Bonferroni over all testable units at
-    ``alpha``; with ``split``, over the words at alpha / 2 and over the groups at
-    alpha / 2, so a word's level does not depend on how many groups there are (the
-    family-wise error rate stays at most alpha either way)."""
+    ``alpha``; with ``split``, when the groups outnumber the words, over the words at
+    alpha / 2 and over the groups at alpha / 2, so a word's level never falls below
+    the common one however many groups there are. The choice depends only on how many
+    units are testable, not on their outcomes, so the family-wise error rate stays at
+    most alpha."""
     n_groups = sum(len(u) > 1 for u, _ in tests)
     n_words = len(tests) - n_groups
-    if not split or not n_groups or not n_words:
+    if not split or n_groups <= n_words or not n_words:
         return alpha / max(len(tests), 1), alpha / max(len(tests), 1)
     return alpha / 2 / n_words, alpha / 2 / n_groups
 
