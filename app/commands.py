@@ -269,7 +269,7 @@ def simulate(args, cfgs: dict) -> int:
         sim.resume_state(out, sim.settings_of(
             train, cfgs["PoolConfig"], cfgs["ModelConfig"], pairs_per_round=args.pairs_per_round,
             samples=args.samples_per_prompt, eval_prompts=len(held_out), seed=train.seed,
-            labels=labels))
+            labels=labels, sampling_cfg=cfgs["SamplingConfig"]))
     store = Store.open(data_dir)
     if args.resume:
         people = store.one("select count(*) as n from votes where annotator != ?",

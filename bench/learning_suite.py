@@ -140,15 +140,38 @@ def simulate(model: str, oracle: str, seed: int, mode: tuple[str, str], args,
     return run
 
 
-def work_dir(model: str, oracle: str, seed: int, mode: tuple[str, str]) -> Path:
-    """Where a suite run keeps its data dir while it runs, so ``--resume`` can continue
-    it after a stop: under the model cache dir (``LIVEDPO_CACHE_DIR``), one per (oracle,
-    mode, seed)."""
+def suite_root(model: str) -> Path:
+    """Where the suite keeps its runs' data dirs for ``model`` while they run: under the
+    model cache dir (``LIVEDPO_CACHE_DIR``)."""
     from trainer.config import default_cache_dir
 
     cache = os.environ.get("LIVEDPO_CACHE_DIR") or default_cache_dir()
-    return (Path(cache) / "learning-suite" / model
-            / kept_path(model, oracle, seed, mode).stem)
+    return Path(cache) / "learning-suite" / model
+
+
+def work_dir(model: str, oracle: str, seed: int, mode: tuple[str, str]) -> Path:
+    """Where a suite run keeps its data dir while it runs, so ``--resume`` can continue
+    it after a stop: one per (oracle, mode, seed) under ``suite_root``."""
+    return suite_root(model) / kept_path(model, oracle, seed, mode).stem
+
+
+@contextlib.contextmanager
+def suite_lock(model: str):
+    """Hold ``model``'s suite dir for this process, so a second suite started beside it
+    stops at once instead of clearing or resuming the runs this one is writing. The
+    lock is an flock, which the system drops when the process ends, kill -9 included."""
+    import fcntl
+
+    path = suite_root(model) / ".lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            sys.exit(f"another `bench/learning.py --suite` is running with {model} (it "
+                     f"holds {path}); wait for it to end, or give this one its own "
+                     "LIVEDPO_CACHE_DIR")
+        yield
 
 
 def kept_path(model: str, oracle: str, seed: int, mode: tuple[str, str]) -> Path:
@@ -219,9 +242,19 @@ def main(args, extra: list[str], model: str, name: str) -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     out = Path(args.json) if args.json else RESULTS / "learning-suite.json"
     png = Path(args.plot) if args.plot else ROOT / "docs" / "learning-suite.png"
-    runs = []
     modes = parse_modes(args.modes)
     commit = git_commit()  # the code this suite's new runs import (kept ones keep theirs)
+    with contextlib.nullcontext() if args.json else suite_lock(name):
+        runs = run_all(oracles, modes, seeds, args, extra, model, name, out, commit)
+    atomic_write(png, plot_png(runs))
+    print(summary(runs))
+    print(f"wrote {out} and {png}")
+
+
+def run_all(oracles: list[str], modes: list[tuple[str, str]], seeds: list[int], args,
+            extra: list[str], model: str, name: str, out: Path, commit: str) -> list[dict]:
+    """Every (oracle, mode, seed) run in turn; ``out`` is rewritten after each."""
+    runs = []
     for oracle, mode, seed in ((o, m, s) for o in oracles for m in modes for s in seeds):
         label = f"{oracle} {mode[0]}:{mode[1]} seed {seed}"
         kept = kept_path(name, oracle, seed, mode)
@@ -240,6 +273,4 @@ def main(args, extra: list[str], model: str, name: str) -> None:
               + f"  ({run['minutes']:.1f} min)", flush=True)
         atomic_write_json(out, {"machine": machine(), "model": name, "extra_flags": extra,
                                 "runs": runs})
-    atomic_write(png, plot_png(runs))
-    print(summary(runs))
-    print(f"wrote {out} and {png}")
+    return runs

@@ -4,6 +4,7 @@ tiny model, one seed, one round. Checks the JSON contract other tools read."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -43,3 +44,28 @@ def test_suite_writes_every_oracle_and_plug_in_in_the_contracted_shape(tmp_path)
     assert png.stat().st_size > 1000
     assert "| shorter | pair:dpo | 0 |" in run.stdout
     assert "| positive | rank:dno | 0 |" in run.stdout
+
+
+HOLD = ("import sys, time\nfrom bench.learning_suite import suite_lock\n"
+        "with suite_lock('tiny'):\n    print('held', flush=True)\n    time.sleep(60)\n")
+TAKE = ("from bench.learning_suite import suite_lock\n"
+        "with suite_lock('tiny'):\n    print('took it')\n")
+
+
+def test_a_second_suite_beside_a_running_one_stops_with_a_clear_message(tmp_path):
+    env = {**os.environ, "LIVEDPO_CACHE_DIR": str(tmp_path)}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        second = subprocess.run([sys.executable, "-c", TAKE], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert second.returncode != 0
+        assert "another `bench/learning.py --suite` is running with tiny" in second.stderr
+        assert str(tmp_path / "learning-suite" / "tiny" / ".lock") in second.stderr
+    finally:
+        holder.kill()  # as kill -9 would: the system drops the lock with the process
+        holder.wait()
+    after = subprocess.run([sys.executable, "-c", TAKE], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert after.returncode == 0 and "took it" in after.stdout, after.stderr

@@ -7,7 +7,7 @@ import pytest
 
 from storage.readers import read_jsonl
 from tests.svc_fixtures import tiny_service
-from trainer.config import PoolConfig, TrainConfig
+from trainer.config import ModelConfig, PoolConfig, SamplingConfig, TrainConfig
 from trainer.model.generate import Sample
 from trainer.model.policy import BASE
 from trainer.sim import simulate as sim
@@ -78,8 +78,8 @@ def _fake_service(sampler) -> SimpleNamespace:
     """What ``simulate.run`` reads of the service, with a scripted sampler."""
     return SimpleNamespace(
         train_cfg=TrainConfig(votes_per_round=4, max_length=64), pool_cfg=PoolConfig(),
-        model_cfg=SimpleNamespace(model="fake"), policy=SimpleNamespace(serving=BASE),
-        sampler=sampler)
+        model_cfg=ModelConfig(model="fake"), sampling=SamplingConfig(),
+        policy=SimpleNamespace(serving=BASE), sampler=sampler)
 
 
 def test_run_writes_each_round_as_it_goes(tmp_path, monkeypatch):
@@ -257,6 +257,9 @@ def test_resume_needs_a_stopped_run_with_the_same_settings(tmp_path):
                                          r"samples_per_prompt=1 \(now 2\); give the same"):
         sim.run(svc, shorter, labels={"oracle": "positive"}, resume=True,
                 **{**args, "samples": 2})
+    svc.sampling = SamplingConfig(top_p=0.8)  # every setting counts, not a chosen few
+    with pytest.raises(ValueError, match=r"made with top_p=0.95 \(now 0.8\); give the same"):
+        sim.run(svc, shorter, labels={"oracle": "shorter"}, resume=True, **args)
 
 
 def test_resume_continues_a_stopped_run(tmp_path, tiny_model_dir):

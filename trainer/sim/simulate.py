@@ -18,7 +18,7 @@ import io
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from storage.files import atomic_write, atomic_write_json, jsonl_text
@@ -171,20 +171,18 @@ def answers_read_since(svc, vote_id: int) -> int:
 
 
 def settings_of(train_cfg, pool_cfg, model_cfg, *, pairs_per_round: int, samples: int,
-                eval_prompts: int, seed: int, labels: dict | None = None) -> dict:
-    """What a run is made with, stored in learning_curve.json (``--resume`` checks it)."""
-    return {**(labels or {}), "pairs_per_round": pairs_per_round,
-            "samples_per_prompt": samples, "eval_prompts": eval_prompts,
-            "loss": train_cfg.loss, "beta": train_cfg.beta, "lr": train_cfg.lr,
-            "epochs": train_cfg.epochs, "reference": train_cfg.reference,
-            "method": train_cfg.method, "vote_mode": pool_cfg.vote_mode,
-            "rank_size": pool_cfg.rank_size, "answer_span": train_cfg.answer_span,
-            "length_alpha": train_cfg.length_alpha, "window": train_cfg.window,
-            "end_anchor": train_cfg.end_anchor, "empty_guard": train_cfg.empty_guard,
-            "sft_weight": train_cfg.sft_weight, "credit_weight": train_cfg.credit_weight,
-            "credit_alpha": train_cfg.credit_alpha,
-            "credit_similarity": train_cfg.credit_similarity, "model": model_cfg.model,
-            "seed": seed}
+                eval_prompts: int, seed: int, labels: dict | None = None,
+                sampling_cfg=None) -> dict:
+    """What a run is made with, stored in learning_curve.json (``--resume`` checks it):
+    the simulate flags, ``labels`` and every field of the model, sampling, pool and
+    training settings but the model cache dir (where the model is kept, not what it is)."""
+    fields = {}
+    for cfg in (model_cfg, sampling_cfg, pool_cfg, train_cfg):
+        if cfg is not None:
+            fields.update(asdict(cfg))
+    fields.pop("cache_dir", None)
+    return {**(labels or {}), **fields, "pairs_per_round": pairs_per_round,
+            "samples_per_prompt": samples, "eval_prompts": eval_prompts, "seed": seed}
 
 
 def resume_state(out_dir: Path, settings: dict) -> tuple[list[dict], list[dict], float]:
@@ -265,7 +263,8 @@ def run(svc, oracle, *, rounds: int, pairs_per_round: int, eval_prompts: list[st
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = settings_of(svc.train_cfg, svc.pool_cfg, svc.model_cfg,
                            pairs_per_round=pairs_per_round, samples=samples,
-                           eval_prompts=len(eval_prompts), seed=seed, labels=labels)
+                           eval_prompts=len(eval_prompts), seed=seed, labels=labels,
+                           sampling_cfg=svc.sampling)
     history, answers, spent = resume_state(out_dir, settings) if resume else ([], [], 0.0)
     t0 = time.time() - spent
     if len(history) > rounds:  # a resumed run that had done all its rounds
