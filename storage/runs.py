@@ -156,6 +156,12 @@ class RunsMixin:
         """One round (JSON columns decoded), or None."""
         return self._round_row(self.one("select * from rounds where id = ?", [round_id]))
 
+    def round_last_vote(self, round_id: int) -> int | None:
+        """The newest vote round ``round_id`` read (its counts' ``max_vote_id``), or None
+        when the round is unknown or stopped before it read its votes."""
+        counts = (self.get_round(round_id) or {}).get("counts") or {}
+        return counts.get("max_vote_id")
+
     def list_rounds(self, limit: int = 50) -> list[dict]:
         """The newest rounds first."""
         return [self._round_row(r) for r in

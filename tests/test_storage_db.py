@@ -396,3 +396,11 @@ def test_pairs_keep_sampled_token_ids_and_refuse_bad_ones(store):
         with pytest.raises(BadInput, match="ids_a must be a list of token ids"):
             store.record_pair(pid, "a", "b", "base", "base", {}, 0, ids_a=bad)
 
+
+
+def test_round_last_vote_is_what_the_round_read(store):
+    assert store.round_last_vote(99) is None  # no such round
+    rid = store.start_round({"lr": 1e-4})
+    assert store.round_last_vote(rid) is None  # stopped before it read its votes
+    store.finish_round(rid, "accepted", counts={"max_vote_id": 7, "train": 3})
+    assert store.round_last_vote(rid) == 7

@@ -158,8 +158,8 @@ def last_vote_of(svc, round_id: int) -> int:
     """The newest vote round ``round_id`` read (0 before any round)."""
     if not round_id:
         return 0
-    counts = (svc.store.get_round(round_id) or {}).get("counts") or {}
-    return int(counts.get("max_vote_id", svc.store.get_state(TRAINED_THROUGH, 0)) or 0)
+    read = svc.store.round_last_vote(round_id)
+    return int((svc.store.get_state(TRAINED_THROUGH, 0) if read is None else read) or 0)
 
 
 def answers_read_since(svc, vote_id: int) -> int:

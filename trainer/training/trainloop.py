@@ -87,9 +87,9 @@ class TrainerThread:
             for s in sinks[1:]:
                 s.close()
             self.state = "idle"
-        max_vote = (self.store.get_round(outcome.round_id).get("counts") or {}).get(
-            "max_vote_id", self.store.last_vote_id())
-        self.store.set_state(TRAINED_THROUGH, max_vote)
+        read = self.store.round_last_vote(outcome.round_id)
+        self.store.set_state(TRAINED_THROUGH,
+                             self.store.last_vote_id() if read is None else read)
         self.last_outcome = outcome
         self.last_error = outcome.error
         return outcome
