@@ -12,7 +12,8 @@ training flags: the real pool, SQLite, trainer thread and hot-swaps at the app's
 defaults, with a scripted oracle instead of a person. The shipped oracles are
 ``shorter``, ``keyword --keyword because`` (tie-break tie: only the keyword decides) and
 ``positive``; ``--oracle pkg.mod:func`` adds plug-ins. Each runs in every ``--modes``
-entry, VOTE_MODE:METHOD (default ``pair:dpo,rank:dno``). A round's human budget is
+entry, VOTE_MODE:METHOD (default ``pair:dpo,rank:dpo``: the app's default method in
+each vote mode; add ``rank:dno`` to compare DNO). A round's human budget is
 counted in answers read, ``--answers-per-round`` (64): 32 A/B votes, or 16 rank-of-4
 votes, so the modes are compared at the same cost to a person. Win rate vs base is
 measured on held-out prompts, 16 x 4 = 64 comparisons per round.
@@ -46,7 +47,7 @@ SHIPPED = {"shorter": ["--oracle", "shorter"],
                        "--keyword-tiebreak", "tie"],
            "positive": ["--oracle", "positive"]}
 TARGET = 0.70
-MODES = "pair:dpo,rank:dno"
+MODES = "pair:dpo,rank:dpo"  # the app's defaults in each vote mode (--method dpo)
 RANK_SIZE = 4  # the app's default --rank-size
 ROUND_KEYS = ("round", "win_rate", "answers_read", "kl_per_token", "ended", "ended_base",
               "serving", "round_status", "round_error", "round_check", "mean_chars",
