@@ -92,7 +92,8 @@ def as_run(oracle: str, seed: int, curve: dict, minutes: float) -> dict:
 
 
 def simulate(model: str, oracle: str, seed: int, mode: tuple[str, str], args,
-             extra: list[str], work: Path | None = None, commit: str | None = None) -> dict:
+             extra: list[str], work: Path | None = None, commit: str | None = None,
+             lock_fds: tuple[int, ...] = ()) -> dict:
     """One ``app.py simulate`` run; its progress bar goes to this terminal.
 
     It runs in ``work`` (its data dir and output; a temporary dir if None). With
@@ -100,7 +101,8 @@ def simulate(model: str, oracle: str, seed: int, mode: tuple[str, str], args,
     rounds it measured are kept); otherwise whatever is there is cleared first.
     Minutes count the stopped run's measured time too (not its model load, nor a round
     the stop cut short); ``commit`` is the code's, and a resumed run
-    started by other code says so (``started_at_commit``)."""
+    started by other code says so (``started_at_commit``). The child inherits
+    ``lock_fds`` (``suite_lock``), so the suite stays locked while it runs."""
     votes = votes_per_round(mode[0], args.answers_per_round)
     kept_dir = work is not None
     with contextlib.ExitStack() as stack:
@@ -127,7 +129,8 @@ def simulate(model: str, oracle: str, seed: int, mode: tuple[str, str], args,
                str(args.samples), "--data-dir", str(work / "data"), "--out", str(work / "out"),
                "--model", model, "--seed", str(seed), *(["--resume"] if resume else []), *extra]
         t0 = time.time()
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                              pass_fds=lock_fds)
         if proc.returncode != 0:
             raise RuntimeError(f"simulate failed ({oracle}, seed {seed}, exit "
                                f"{proc.returncode}); its log is above"
@@ -158,26 +161,37 @@ def work_dir(model: str, oracle: str, seed: int, mode: tuple[str, str]) -> Path:
 
 @contextlib.contextmanager
 def suite_lock(model: str):
-    """Hold ``model``'s suite dir for this process, so a second suite started beside it
-    stops at once instead of clearing or resuming the runs this one is writing. The
-    lock is an flock, which the system drops when the process ends, kill -9 included."""
+    """Hold ``model``'s suite for this process: its work dirs (``suite_root``) and its
+    results in this checkout (``bench/results/runs/learning-suite/MODEL/``), so a second
+    suite started beside it stops at once instead of clearing, resuming or overwriting
+    the runs this one is writing. Yields the lock files' descriptors, which each
+    ``app.py simulate`` child inherits: the locks are flocks, held until the last
+    process holding them ends (the system drops them on kill -9)."""
     import fcntl
 
-    path = suite_root(model) / ".lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            sys.exit(f"another `bench/learning.py --suite` is running with {model} (it "
-                     f"holds {path}); wait for it to end, or give this one its own "
-                     "LIVEDPO_CACHE_DIR")
-        yield
+    with contextlib.ExitStack() as stack:
+        fds = []
+        for path in (suite_root(model) / ".lock", kept_dir(model) / ".lock"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fh = stack.enter_context(open(path, "a", encoding="utf-8"))
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                sys.exit(f"another `bench/learning.py --suite` is running with {model} (it "
+                         f"holds {path}); wait for it to end (a one-off check can run "
+                         "beside it with --json PATH --plot PATH: temporary dirs, nothing "
+                         "kept)")
+            fds.append(fh.fileno())
+        yield tuple(fds)
+
+
+def kept_dir(model: str) -> Path:
+    """Where the suite keeps each finished run of ``model`` in this checkout."""
+    return RESULTS / "runs" / "learning-suite" / model
 
 
 def kept_path(model: str, oracle: str, seed: int, mode: tuple[str, str]) -> Path:
-    return (RESULTS / "runs" / "learning-suite" / model
-            / f"{oracle.replace(':', '.')}-{mode[0]}-{mode[1]}-seed{seed}.json")
+    return kept_dir(model) / f"{oracle.replace(':', '.')}-{mode[0]}-{mode[1]}-seed{seed}.json"
 
 
 def kept_run(path: Path, args, mode: tuple[str, str]) -> dict:
@@ -245,16 +259,18 @@ def main(args, extra: list[str], model: str, name: str) -> None:
     png = Path(args.plot) if args.plot else ROOT / "docs" / "learning-suite.png"
     modes = parse_modes(args.modes)
     commit = git_commit()  # the code this suite's new runs import (kept ones keep theirs)
-    with contextlib.nullcontext() if args.json else suite_lock(name):
-        runs = run_all(oracles, modes, seeds, args, extra, model, name, out, commit)
+    with contextlib.nullcontext(()) if args.json else suite_lock(name) as lock_fds:
+        runs = run_all(oracles, modes, seeds, args, extra, model, name, out, commit, lock_fds)
     atomic_write(png, plot_png(runs))
     print(summary(runs))
     print(f"wrote {out} and {png}")
 
 
 def run_all(oracles: list[str], modes: list[tuple[str, str]], seeds: list[int], args,
-            extra: list[str], model: str, name: str, out: Path, commit: str) -> list[dict]:
-    """Every (oracle, mode, seed) run in turn; ``out`` is rewritten after each."""
+            extra: list[str], model: str, name: str, out: Path, commit: str,
+            lock_fds: tuple[int, ...] = ()) -> list[dict]:
+    """Every (oracle, mode, seed) run in turn; ``out`` is rewritten after each.
+    ``lock_fds`` (``suite_lock``'s) are handed to each simulate child."""
     runs = []
     for oracle, mode, seed in ((o, m, s) for o in oracles for m in modes for s in seeds):
         label = f"{oracle} {mode[0]}:{mode[1]} seed {seed}"
@@ -264,7 +280,7 @@ def run_all(oracles: list[str], modes: list[tuple[str, str]], seeds: list[int], 
             print(f"{label}: kept from {kept}", flush=True)
             continue
         work = None if args.json else work_dir(name, oracle, seed, mode)
-        run = {**simulate(model, oracle, seed, mode, args, extra, work, commit),
+        run = {**simulate(model, oracle, seed, mode, args, extra, work, commit, lock_fds),
                "commit": commit}
         if not args.json:  # the real suite keeps each run; smoke runs write only --json
             write_json(str(kept.relative_to(RESULTS)), run)

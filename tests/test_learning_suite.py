@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -46,26 +48,41 @@ def test_suite_writes_every_oracle_and_plug_in_in_the_contracted_shape(tmp_path)
     assert "| positive | rank:dno | 0 |" in run.stdout
 
 
-HOLD = ("import sys, time\nfrom bench.learning_suite import suite_lock\n"
-        "with suite_lock('tiny'):\n    print('held', flush=True)\n    time.sleep(60)\n")
+HOLD = ("import subprocess, sys, time\nfrom bench.learning_suite import suite_lock\n"
+        "with suite_lock('tiny') as fds:\n"
+        "    child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'],\n"
+        "                             pass_fds=fds)\n"
+        "    print(child.pid, flush=True)\n    time.sleep(60)\n")
 TAKE = ("from bench.learning_suite import suite_lock\n"
         "with suite_lock('tiny'):\n    print('took it')\n")
 
 
 def test_a_second_suite_beside_a_running_one_stops_with_a_clear_message(tmp_path):
+    """The lock holds while the suite or a simulate child it started runs (a child outlives
+    a suite killed with -9), and is gone with the last of them."""
     env = {**os.environ, "LIVEDPO_CACHE_DIR": str(tmp_path)}
+
+    def take():
+        return subprocess.run([sys.executable, "-c", TAKE], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+
     holder = subprocess.Popen([sys.executable, "-c", HOLD], cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, text=True)
+    child = int(holder.stdout.readline())
     try:
-        assert holder.stdout.readline().strip() == "held"
-        second = subprocess.run([sys.executable, "-c", TAKE], cwd=ROOT, env=env,
-                                capture_output=True, text=True, timeout=120)
+        second = take()
         assert second.returncode != 0
         assert "another `bench/learning.py --suite` is running with tiny" in second.stderr
         assert str(tmp_path / "learning-suite" / "tiny" / ".lock") in second.stderr
-    finally:
-        holder.kill()  # as kill -9 would: the system drops the lock with the process
+        holder.kill()  # SIGKILL: the suite dies, its simulate child goes on
         holder.wait()
-    after = subprocess.run([sys.executable, "-c", TAKE], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=120)
+        assert take().returncode != 0
+    finally:
+        holder.kill()
+        os.kill(child, signal.SIGKILL)
+    for _ in range(50):  # the child is gone once init has reaped it
+        after = take()
+        if after.returncode == 0:
+            break
+        time.sleep(0.1)
     assert after.returncode == 0 and "took it" in after.stdout, after.stderr
