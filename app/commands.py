@@ -267,9 +267,9 @@ def simulate(args, cfgs: dict) -> int:
               "keyword_tiebreak": args.keyword_tiebreak, "prompts_file": args.prompts}
     if args.resume:  # before anything loads or trains: same settings, oracle votes only
         sim.resume_state(out, sim.settings_of(
-            train, cfgs["PoolConfig"], cfgs["ModelConfig"], pairs_per_round=args.pairs_per_round,
-            samples=args.samples_per_prompt, eval_prompts=len(held_out), seed=train.seed,
-            labels=labels, sampling_cfg=cfgs["SamplingConfig"]))
+            train, cfgs["PoolConfig"], cfgs["ModelConfig"], cfgs["SamplingConfig"],
+            pairs_per_round=args.pairs_per_round, samples=args.samples_per_prompt,
+            eval_prompts=len(held_out), seed=train.seed, labels=labels))
     store = Store.open(data_dir)
     if args.resume:
         people = store.one("select count(*) as n from votes where annotator != ?",

@@ -170,19 +170,23 @@ def answers_read_since(svc, vote_id: int) -> int:
     return sum(len(json.loads(r["answers"])) if r["answers"] else 2 for r in rows)
 
 
-def settings_of(train_cfg, pool_cfg, model_cfg, *, pairs_per_round: int, samples: int,
-                eval_prompts: int, seed: int, labels: dict | None = None,
-                sampling_cfg=None) -> dict:
+def settings_of(train_cfg, pool_cfg, model_cfg, sampling_cfg, *, pairs_per_round: int,
+                samples: int, eval_prompts: int, seed: int, labels: dict | None = None) -> dict:
     """What a run is made with, stored in learning_curve.json (``--resume`` checks it):
     the simulate flags, ``labels`` and every field of the model, sampling, pool and
     training settings but the model cache dir (where the model is kept, not what it is)."""
     fields = {}
     for cfg in (model_cfg, sampling_cfg, pool_cfg, train_cfg):
-        if cfg is not None:
-            fields.update(asdict(cfg))
+        fields.update(asdict(cfg))
     fields.pop("cache_dir", None)
     return {**(labels or {}), **fields, "pairs_per_round": pairs_per_round,
             "samples_per_prompt": samples, "eval_prompts": eval_prompts, "seed": seed}
+
+
+def short(value, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a whole system prompt is a setting)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def resume_state(out_dir: Path, settings: dict) -> tuple[list[dict], list[dict], float]:
@@ -193,8 +197,8 @@ def resume_state(out_dir: Path, settings: dict) -> tuple[list[dict], list[dict],
         raise ValueError(f"--resume: {path} does not exist; there is no stopped run to "
                          "continue there (leave out --resume to start one)")
     prior = json.loads(path.read_text(encoding="utf-8"))
-    changed = [f"{k}={prior['settings'][k]!r} (now {v!r})" for k, v in settings.items()
-               if k in prior["settings"] and prior["settings"][k] != v]
+    changed = [f"{k}={short(prior['settings'][k])} (now {short(v)})"
+               for k, v in settings.items() if k in prior["settings"] and prior["settings"][k] != v]
     if changed:
         raise ValueError(f"--resume: the run in {out_dir} was made with {', '.join(changed)}; "
                          "give the same settings to continue it")
@@ -261,10 +265,9 @@ def run(svc, oracle, *, rounds: int, pairs_per_round: int, eval_prompts: list[st
                          f"every votes_per_round={svc.train_cfg.votes_per_round} votes: set "
                          "both to the same number (app.py simulate does)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    settings = settings_of(svc.train_cfg, svc.pool_cfg, svc.model_cfg,
+    settings = settings_of(svc.train_cfg, svc.pool_cfg, svc.model_cfg, svc.sampling,
                            pairs_per_round=pairs_per_round, samples=samples,
-                           eval_prompts=len(eval_prompts), seed=seed, labels=labels,
-                           sampling_cfg=svc.sampling)
+                           eval_prompts=len(eval_prompts), seed=seed, labels=labels)
     history, answers, spent = resume_state(out_dir, settings) if resume else ([], [], 0.0)
     t0 = time.time() - spent
     if len(history) > rounds:  # a resumed run that had done all its rounds
