@@ -179,6 +179,18 @@ def test_a_round_credits_the_voted_word_and_marks_its_tokens(tmp_path, tiny_mode
     assert svc.store.get_round(out.round_id)["counts"]["credited"][0]["word"] == "because"
 
 
+def test_the_credit_test_reads_the_votes_older_than_the_window(tmp_path, tiny_model_dir):
+    """A round trains on the latest 3 pairs (``--window 3``), but the word's evidence is
+    all 12 training-side votes so far: a rare preference's votes keep counting."""
+    svc = _keyword_pairs_svc(tmp_path, tiny_model_dir, "--credit-weight", "4", "--window", "3")
+    train, _, counts = rounds.load_examples(svc.store, svc.train_cfg, svc.sampler.format,
+                                            svc.sampler.scored, _decode(svc))
+    assert len(train) == 3
+    assert [c["word"] for c in counts["credited"]] == ["because"]
+    assert counts["credited"][0]["chosen_only"] == 12
+    assert all(any(e.credit[e.chosen]) for e in train)
+
+
 def test_credit_weight_scores_other_tokens_of_a_credited_pair_less(tmp_path, tiny_model_dir,
                                                                     monkeypatch):
     """The same first step with weight 0 and 4 (the draft starts as base): every pair holds

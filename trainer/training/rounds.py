@@ -241,7 +241,9 @@ def load_examples(store, cfg: TrainConfig, fmt, frame, decode: span.Decode | Non
     judges each draft on the held-out votes of many rounds, not on the few of the latest
     one. ``--window`` keeps the latest training pairs, counted in pairs that teach
     something (a tie teaches DPO nothing and takes no place), so a rare preference keeps
-    its decisive votes for many rounds. KTO trains on every vote. ``--answer-span`` other
+    its decisive votes for many rounds; the credit test (``--credit-weight``) reads every
+    training-side vote so far, in the window or not, and its words are marked in the
+    window's pairs. KTO trains on every vote. ``--answer-span`` other
     than full cuts what is scored of a pair (``span.span_rows``, which needs ``decode``:
     the tokenizer's ids -> text); ``vectors`` (word -> input embedding) lets the credit
     test pool a word with its neighbours (``--credit-similarity``)."""
@@ -261,12 +263,9 @@ def load_examples(store, cfg: TrainConfig, fmt, frame, decode: span.Decode | Non
     if cfg.end_anchor or cfg.empty_guard:  # training terms: only the pairs trained on
         endings.mark_endings(rows, train, decode)
     credits = []
-    if cfg.credit_weight and cfg.loss != "kto":  # what the training votes say in words
-        keys = {e.key for e in train}  # all rows of those votes (as read), DNO's too,
-        votes = {credit.vote_of(r) for r in rows if r["key"] in keys}  # none held out
-        credits = credit.credited_words(credit.vote_sides(
-            [r for r in voted if credit.vote_of(r) in votes
-             and not is_heldout(r.get("group") or r["key"], cfg.heldout_fraction)]),
+    if cfg.credit_weight and cfg.loss != "kto":  # what every training-side vote says
+        credits = credit.credited_words(credit.vote_sides(  # in words, the window's and older
+            [r for r in voted if not is_heldout(r.get("group") or r["key"], cfg.heldout_fraction)]),
             cfg.credit_alpha, vectors, cfg.credit_similarity)
         credit.mark_credit(train, {c.word for c in credits}, decode)
     held = held[-HELDOUT_MAX:]
