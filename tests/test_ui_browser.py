@@ -105,7 +105,7 @@ def test_undo_by_key_shows_the_pair_again(app_url, page):
         timeout=60_000)
     assert shown_pair(page) == first
     assert not [v for v in db_votes(svc) if v[0] == int(first)]
-    page.keyboard.press("2")  # judged again
-    page.locator("#ldpo-reveal").get_by_text(f"Your vote on pair {first}").wait_for(
-        timeout=60_000)
+    page.keyboard.press("2")  # judged again; the text differs from the undo note's
+    page.locator("#ldpo-reveal").get_by_text(f"Your vote on pair {first}: B is better").wait_for(
+        timeout=60_000)  # (matching is case-blind: "your vote on pair N is removed" would do)
     assert (int(first), "local", "b") in db_votes(svc)
