@@ -174,7 +174,8 @@ def main() -> None:
     ap.add_argument("--answers-per-round", type=int, default=64, help="--suite: a round's "
                     "human budget in answers read (64 = 32 A/B votes or 16 rank-of-4 votes)")
     ap.add_argument("--modes", default=learning_suite.MODES, help="--suite: VOTE_MODE:METHOD "
-                    "entries, each run for every oracle and seed (default pair:dpo,rank:dpo, the app's default method in each vote mode; add rank:dno to compare DNO)")
+                    "entries, each run for every oracle and seed (default pair:dpo,rank:dpo, the "
+                    "app's default method in each vote mode; add rank:dno to compare DNO)")
     ap.add_argument("--eval-prompts", type=int, default=16)
     ap.add_argument("--samples", type=int, default=None,
                     help="Samples per held-out prompt (default 8; --suite 4).")

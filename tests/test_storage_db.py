@@ -397,7 +397,6 @@ def test_pairs_keep_sampled_token_ids_and_refuse_bad_ones(store):
             store.record_pair(pid, "a", "b", "base", "base", {}, 0, ids_a=bad)
 
 
-
 def test_round_last_vote_is_what_the_round_read(store):
     assert store.round_last_vote(99) is None  # no such round
     rid = store.start_round({"lr": 1e-4})
