@@ -104,7 +104,7 @@ def simulate(model: str, oracle: str, seed: int, mode: tuple[str, str], args,
     started by other code says so (``started_at_commit``). The child inherits
     ``lock_fds`` (``suite_lock``), so the suite stays locked while it runs."""
     votes = votes_per_round(mode[0], args.answers_per_round)
-    kept_dir = work is not None
+    resumable = work is not None  # a kept work dir, not a temporary one
     with contextlib.ExitStack() as stack:
         if work is None:
             work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="livedpo-suite-")))
@@ -134,7 +134,7 @@ def simulate(model: str, oracle: str, seed: int, mode: tuple[str, str], args,
         if proc.returncode != 0:
             raise RuntimeError(f"simulate failed ({oracle}, seed {seed}, exit "
                                f"{proc.returncode}); its log is above"
-                               + (f"; --resume continues it from {work}" if kept_dir else ""))
+                               + (f"; --resume continues it from {work}" if resumable else ""))
         curve = json.loads(curve_path.read_text())
     run = as_run(oracle, seed, curve, (prior["seconds"] + time.time() - t0) / 60)
     if resume:
