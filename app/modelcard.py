@@ -18,6 +18,7 @@ from app.leaderboard import wilson_interval
 _SETTINGS = ("method", "loss", "beta", "reference", "lr", "epochs", "window",
              "votes_per_round", "length_alpha", "answer_span", "end_anchor",
              "empty_guard", "sft_weight", "credit_weight", "credit_alpha", "credit_similarity",
+             "uncredited_weight",
              "label_smoothing")
 
 

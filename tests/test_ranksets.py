@@ -9,7 +9,8 @@ import pytest
 from tests.svc_fixtures import tiny_service
 from trainer.model.generate import Sample
 from trainer.ranksets import distinct, sample_sets
-from trainer.training.rounds import method_rows, reference_version
+from trainer.training.data import method_rows
+from trainer.training.rounds import reference_version
 
 
 def _rank_all(svc, annotator: str = "alice") -> int:

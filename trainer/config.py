@@ -219,6 +219,13 @@ class TrainConfig:
                                        "so a preference spread over many rare words of one "
                                        "kind (positive words, numbers, hedges) is credited "
                                        "(--credit-weight; 0 = each word alone).")
+    uncredited_weight: float = setting(0.0, "In a round whose training pairs hold words the "
+                                       "votes credit (--credit-weight), the weight in the loss "
+                                       "of each pair that holds no credited word in one answer "
+                                       "only: its vote is explained by something the test did "
+                                       "not find, and its whole answers teach what the chosen "
+                                       "ones share instead, often length (0 = such pairs sit "
+                                       "the round out; 1 = they count like any pair).")
     disagreement: str = setting("drop", "An A/B pair whose annotators disagree, until an "
                                 "admin decides it (Team tab): drop = not trained on; "
                                 "majority = trained on the majority's choice.",
@@ -278,6 +285,9 @@ class TrainConfig:
         if not (self.credit_similarity == 0.0 or 0.2 <= self.credit_similarity < 1.0):
             out.append(f"credit_similarity={self.credit_similarity}: must be 0 (off) or in "
                        "[0.2, 1) (try 0.4)")
+        if not 0.0 <= self.uncredited_weight <= 1.0:
+            out.append(f"uncredited_weight={self.uncredited_weight}: must be in [0, 1] (0 = "
+                       "pairs without a credited word sit a credited round out)")
         if not 0.0 < self.credit_alpha < 1.0:
             out.append(f"credit_alpha={self.credit_alpha}: must be in (0, 1) (try 0.05)")
         if not 0.0 <= self.sft_weight <= 100.0:
@@ -382,7 +392,7 @@ def help_of(cls: type, name: str) -> str:
 EDITABLE = {"train": ("method", "loss", "beta", "lr", "epochs", "min_steps", "votes_per_round",
                       "reference", "label_smoothing", "length_alpha", "answer_span", "end_anchor",
                       "empty_guard", "sft_weight", "credit_weight", "credit_alpha",
-                      "credit_similarity",
+                      "credit_similarity", "uncredited_weight",
                       "disagreement",
                       "window",
                       "micro_batch", "grad_accum"),

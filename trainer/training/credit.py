@@ -39,8 +39,10 @@ words in full and the pair's other tokens ``1 / (1 + weight)`` times in each ans
 log-ratio (``focused``, used by ``trainer/training/rounds.py``): token-weighted DPO, in
 the family of TIS-DPO (Liu et al. 2024, arXiv 2410.04350) and SePO (Yang et al. 2024,
 arXiv 2408.13518), with the weights taken from the votes' own evidence. (With ``--loss ipo``
-the weighted sums are still divided by the answer's token count.) The held-out gate
-judges the unweighted implicit reward.
+the weighted sums are still divided by the answer's token count.) The pairs that hold no
+credited word apart count ``--uncredited-weight`` times in such a round's loss, and sit
+it out at the default 0 (``weigh_uncredited``). The held-out gate judges the unweighted
+implicit reward.
 """
 
 from __future__ import annotations
@@ -273,17 +275,39 @@ def token_mask(ids: Sequence[int], credited: set[str], decode: Decode) -> tuple[
 
 
 def mark_credit(examples: list, credited: set[str], decode: Decode) -> None:
-    """Record on each example the credited-token mask of each answer kept as sampled ids
-    (answers scored as text get none). Only the credited words that are in one of the
-    pair's answers and not in the other are marked: a word both answers hold does not
-    tell them apart, and the pair is scored as usual."""
+    """Record on each example the credited words that are in one of its answers and not
+    in the other (``apart``: a word both answers hold does not tell them apart), and the
+    credited-token mask of each answer kept as sampled ids (answers scored as text get
+    none, and are scored as usual)."""
     for e in examples:
         seqs = (e.chosen, e.rejected)
         held = [set(words(decode(s) if isinstance(s, tuple) else s)) for s in seqs]
-        apart = credited & (held[0] ^ held[1])
+        e.apart = frozenset(credited & (held[0] ^ held[1]))
         for seq in seqs:
             if isinstance(seq, tuple):
-                e.credit[seq] = token_mask(seq, apart, decode)
+                e.credit[seq] = token_mask(seq, e.apart, decode)
+
+
+def weigh_uncredited(examples: list, weight: float, least: int = 1) -> tuple[list, int]:
+    """(the round's training pairs, how many were weighed down or left out) once
+    ``mark_credit`` has run (``--uncredited-weight``): when at least ``least`` pairs hold
+    a credited word apart, each pair that holds none gets ``weight`` in the loss, and is
+    left out at 0; else all pairs are kept as they are.
+
+    Such a pair's vote is explained by something the test did not find (a word too rare
+    to credit, or no word at all), and scored on its whole answers it teaches whatever
+    the chosen answers share: when the credited pairs' chosen answers run longer, that
+    is length, and the policy learns to ramble instead of the words."""
+    if sum(bool(e.apart) for e in examples) < max(least, 1):
+        return examples, 0
+    out = []
+    for e in examples:
+        if not e.apart:
+            if weight == 0:
+                continue
+            e.weight = weight
+        out.append(e)
+    return out, sum(not e.apart for e in examples)
 
 
 def credit_weights(response_mask, batch: list, texts: list):

@@ -34,6 +34,14 @@ class Example:
     ref_empty: dict[Seq, float] = field(default_factory=dict)  # ending -> ref log p(it at once)
     credit: dict[Seq, tuple[float, ...]] = field(default_factory=dict)  # answer -> credited tokens
     ref_credit: dict[Seq, float] = field(default_factory=dict)  # answer -> ref log p(them)
+    apart: frozenset[str] = frozenset()  # credited words in one answer only (credit.py)
+    weight: float = 1.0  # the pair's weight in the round's loss (--uncredited-weight)
+
+
+def method_rows(rows: list[dict], method: str) -> list[dict]:
+    """The training rows a method learns from: every implied pair (dpo), or only each
+    vote's (best, worst) pair (dno; an A/B vote or a written better answer is one)."""
+    return rows if method == "dpo" else [r for r in rows if r.get("extreme", True)]
 
 
 def is_heldout(key: str, fraction: float) -> bool:

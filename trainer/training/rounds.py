@@ -37,6 +37,7 @@ from trainer.training.data import (
     Example,
     attach_reference,
     is_heldout,
+    method_rows,
     paired_examples,
     split,
     unpaired_examples,
@@ -78,12 +79,6 @@ def reference_version(cfg: TrainConfig, serving: str) -> str:
     return serving if cfg.reference == "previous" or cfg.method == "dno" else BASE
 
 
-def method_rows(rows: list[dict], method: str) -> list[dict]:
-    """The training rows a method learns from: every implied pair (dpo), or only each
-    vote's (best, worst) pair (dno; an A/B vote or a written better answer is one)."""
-    return rows if method == "dpo" else [r for r in rows if r.get("extreme", True)]
-
-
 def _micro_step(policy, batch: list[Example], cfg: TrainConfig, ref_version: str) -> tuple:
     """Forward + backward of one micro-batch of the draft adapter; returns (loss, stats)."""
     tok = policy.tokenizer
@@ -122,7 +117,8 @@ def _micro_step(policy, batch: list[Example], cfg: TrainConfig, ref_version: str
         losses, cr, rr = preference_loss(cfg.loss, sums[:b], sums[b:], ref[:b], ref[b:],
                                          cfg.beta, cfg.label_smoothing, cfg.length_alpha,
                                          n[:b].float(), n[b:].float())
-        loss = losses.mean()
+        weight = torch.tensor([e.weight for e in batch], device=losses.device)  # (B,)
+        loss = (losses * weight).mean()
         anchor = (ending_anchor(end[0], ref_end, end_mask.any(-1)) if end
                   else torch.zeros((), device=loss.device))
         loss = loss + cfg.end_anchor * anchor
@@ -243,7 +239,8 @@ def load_examples(store, cfg: TrainConfig, fmt, frame, decode: span.Decode | Non
     something (a tie teaches DPO nothing and takes no place), so a rare preference keeps
     its decisive votes for many rounds; the credit test (``--credit-weight``) reads every
     training-side vote so far, in the window or not, and its words are marked in the
-    window's pairs. KTO trains on every vote. ``--answer-span`` other
+    window's pairs; the pairs that hold none count ``--uncredited-weight`` times (counts'
+    ``uncredited``: how many). KTO trains on every vote. ``--answer-span`` other
     than full cuts what is scored of a pair (``span.span_rows``, which needs ``decode``:
     the tokenizer's ids -> text); ``vectors`` (word -> input embedding) lets the credit
     test pool a word with its neighbours (``--credit-similarity``)."""
@@ -262,12 +259,14 @@ def load_examples(store, cfg: TrainConfig, fmt, frame, decode: span.Decode | Non
     train = train[-cfg.window:] if cfg.window else train  # pair order: oldest first
     if cfg.end_anchor or cfg.empty_guard:  # training terms: only the pairs trained on
         endings.mark_endings(rows, train, decode)
-    credits = []
+    credits, uncredited = [], 0
     if cfg.credit_weight and cfg.loss != "kto":  # what every training-side vote says
         credits = credit.credited_words(credit.vote_sides(  # in words, the window's and older
             [r for r in voted if not is_heldout(r.get("group") or r["key"], cfg.heldout_fraction)]),
             cfg.credit_alpha, vectors, cfg.credit_similarity)
         credit.mark_credit(train, {c.word for c in credits}, decode)
+        train, uncredited = credit.weigh_uncredited(train, cfg.uncredited_weight,
+                                                    MIN_TRAIN_EXAMPLES)
     held = held[-HELDOUT_MAX:]
     if cfg.loss == "kto":
         held_pairs = {e.pair_id for e in held}
@@ -275,7 +274,7 @@ def load_examples(store, cfg: TrainConfig, fmt, frame, decode: span.Decode | Non
                 if r.get("pair_id") is None or r["pair_id"] not in held_pairs]
         train = unpaired_examples(rows, fmt, frame)
     counts = {"max_vote_id": max_vote, "train": len(train), "heldout": len(held),
-              "pairs": len(paired),
+              "pairs": len(paired), "uncredited": uncredited,
               "credited": [{"word": c.word, "favoured": c.favoured, "chosen_only": c.chosen_only,
                             "rejected_only": c.rejected_only, "p": c.p_value,
                             "group": list(c.group)} for c in credits[:CREDITS_SHOWN]]}
