@@ -1,5 +1,5 @@
-"""The pairs without a credited word in a round that credits words (``--uncredited-weight``,
-trainer/training/credit.py ``weigh_uncredited``)."""
+"""A round that credits words: the pairs without a credited word (``--uncredited-weight``,
+trainer/training/credit.py ``weigh_uncredited``), and the gate's focused reward."""
 
 import random
 
@@ -7,8 +7,10 @@ import pytest
 
 from tests.svc_fixtures import tiny_service
 from trainer.model.policy import BASE
+from trainer.model.scoring import score
 from trainer.training import credit, rounds
-from trainer.training.data import Example
+from trainer.training.data import Example, attach_reference
+from trainer.training.heldout import heldout_accuracy
 
 FILLER = "sun rain river stone cloud paper glass music garden window bread market".split()
 
@@ -26,7 +28,7 @@ def test_pairs_without_a_credited_word_sit_out_at_weight_0():
 
 def test_pairs_without_a_credited_word_get_the_weight():
     pairs = [_example("a", {"because"}), _example("b", set()), _example("c", set())]
-    kept, weighed = credit.weigh_uncredited(pairs, 0.25)
+    kept, weighed = credit.weigh_uncredited(pairs, 0.25, least=1)
     assert [(e.key, e.weight) for e in kept] == [("a", 1.0), ("b", 0.25), ("c", 0.25)]
     assert weighed == 2
 
@@ -35,7 +37,7 @@ def test_too_few_credited_pairs_leave_the_round_as_it_is():
     pairs = [_example("a", {"because"}), _example("b", set()), _example("c", set())]
     kept, weighed = credit.weigh_uncredited(pairs, 0.0, least=2)
     assert kept == pairs and weighed == 0 and all(e.weight == 1.0 for e in kept)
-    kept, weighed = credit.weigh_uncredited([_example("b", set())], 0.0)
+    kept, weighed = credit.weigh_uncredited([_example("b", set())], 0.0, least=1)
     assert len(kept) == 1 and weighed == 0
 
 
@@ -103,3 +105,36 @@ def test_the_weight_scales_each_pairs_loss(tmp_path, tiny_model_dir, monkeypatch
     assert len(steps) == 5
     assert sum(steps) / len(steps) == pytest.approx(0.8, abs=1e-6)
     assert svc.store.get_round(out.round_id)["counts"]["uncredited"] == 8
+
+
+def test_the_gate_judges_a_credited_pair_on_its_credited_tokens(tmp_path, tiny_model_dir):
+    """Held-out accuracy's margin of a pair holding the credited word is the focused one:
+    beta * (the credited tokens' log-ratio + 1/(1 + weight) of the rest of the log-ratio
+    difference), here rebuilt from plain ``score`` calls on the answers' prefixes."""
+    svc = _mixed_svc(tmp_path, tiny_model_dir)
+    out = svc.trainer.run_one("test")  # a draft that differs from base
+    assert out.status == "accepted", out.error
+    cfg = svc.train_cfg
+    pairs = _load(svc)[0][:3]
+    attach_reference(pairs, svc.policy, svc.store, BASE, cfg.max_length, 4)
+
+    def logp(e, ids, version):
+        return score(svc.policy, [e.prompt], [tuple(ids)], version, cfg.max_length)[0][0]
+
+    want = []
+    for e in pairs:
+        marked = [i for i, m in enumerate(e.credit[e.chosen]) if m]
+        assert marked and not any(e.credit[e.rejected])
+        lo, hi = marked[0], marked[-1] + 1
+        ratio = {}
+        for v in (out.version, BASE):
+            whole_c, whole_r = logp(e, e.chosen, v), logp(e, e.rejected, v)
+            cred = logp(e, e.chosen[:hi], v) - logp(e, e.chosen[:lo], v)
+            ratio[v] = (cred + (whole_c - cred) / (1 + cfg.credit_weight),
+                        whole_r / (1 + cfg.credit_weight))
+        want.append(cfg.beta * ((ratio[out.version][0] - ratio[BASE][0])
+                                - (ratio[out.version][1] - ratio[BASE][1])))
+    got = heldout_accuracy(svc.policy, pairs, out.version, cfg, BASE)
+    plain = heldout_accuracy(svc.policy, pairs, out.version, cfg)
+    assert got["margin"] == pytest.approx(sum(want) / len(want), rel=1e-3, abs=1e-5)
+    assert abs(got["margin"] - plain["margin"]) > 1e-3

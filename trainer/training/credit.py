@@ -41,8 +41,11 @@ the family of TIS-DPO (Liu et al. 2024, arXiv 2410.04350) and SePO (Yang et al. 
 arXiv 2408.13518), with the weights taken from the votes' own evidence. (With ``--loss ipo``
 the weighted sums are still divided by the answer's token count.) The pairs that hold no
 credited word apart count ``--uncredited-weight`` times in such a round's loss, and sit
-it out at the default 0 (``weigh_uncredited``). The held-out gate judges the unweighted
-implicit reward.
+it out at the default 0 (``weigh_uncredited``). The held-out gate judges the held-out
+votes the same way: marked with the round's credited words, scored on the focused reward,
+and at weight 0 only the pairs that hold a credited word apart
+(``trainer/training/heldout.py``): the whole answers' reward would judge what focused
+training never aimed at (it fell on held-out votes in rounds whose drafts had learnt).
 """
 
 from __future__ import annotations
@@ -288,11 +291,12 @@ def mark_credit(examples: list, credited: set[str], decode: Decode) -> None:
                 e.credit[seq] = token_mask(seq, e.apart, decode)
 
 
-def weigh_uncredited(examples: list, weight: float, least: int = 1) -> tuple[list, int]:
+def weigh_uncredited(examples: list, weight: float, least: int = 2) -> tuple[list, int]:
     """(the round's training pairs, how many were weighed down or left out) once
     ``mark_credit`` has run (``--uncredited-weight``): when at least ``least`` pairs hold
     a credited word apart, each pair that holds none gets ``weight`` in the loss, and is
-    left out at 0; else all pairs are kept as they are.
+    left out at 0; else all pairs are kept as they are (the default 2: the fewest pairs
+    a round trains on, ``rounds.MIN_TRAIN_EXAMPLES``).
 
     Such a pair's vote is explained by something the test did not find (a word too rare
     to credit, or no word at all), and scored on its whole answers it teaches whatever

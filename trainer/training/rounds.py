@@ -264,10 +264,12 @@ def load_examples(store, cfg: TrainConfig, fmt, frame, decode: span.Decode | Non
         credits = credit.credited_words(credit.vote_sides(  # in words, the window's and older
             [r for r in voted if not is_heldout(r.get("group") or r["key"], cfg.heldout_fraction)]),
             cfg.credit_alpha, vectors, cfg.credit_similarity)
-        credit.mark_credit(train, {c.word for c in credits}, decode)
-        train, uncredited = credit.weigh_uncredited(train, cfg.uncredited_weight,
-                                                    MIN_TRAIN_EXAMPLES)
     held = held[-HELDOUT_MAX:]
+    if credits:  # the gate judges held-out pairs as the round trains on them
+        for pairs in (train, held):
+            credit.mark_credit(pairs, {c.word for c in credits}, decode)
+        train, uncredited = credit.weigh_uncredited(train, cfg.uncredited_weight)
+        held, _ = credit.weigh_uncredited(held, cfg.uncredited_weight)
     if cfg.loss == "kto":
         held_pairs = {e.pair_id for e in held}
         rows = [r for r in store.kto_rows(max_vote_id=max_vote)
@@ -314,12 +316,12 @@ def run_round(policy, store, cfg: TrainConfig, *, fmt, frame, adapters_dir: Path
         counts["ref_computed"] = attach_reference(train + held, policy, store, ref_version,
                                                   cfg.max_length, cfg.micro_batch * 2)
         ref_s, t0 = time.perf_counter() - t0, time.perf_counter()
-        before = heldout_accuracy(policy, held, serving, cfg)
+        before = heldout_accuracy(policy, held, serving, cfg, ref_version)
         held_s = time.perf_counter() - t0
         policy.reset_train_adapter(serving)
         fit = train_draft(policy, store, train, cfg, round_id, ref_version, progress)
         t0 = time.perf_counter()
-        after = heldout_accuracy(policy, held, TRAIN, cfg)
+        after = heldout_accuracy(policy, held, TRAIN, cfg, ref_version)
         held_s += time.perf_counter() - t0
         metrics = {"heldout_before": before, "heldout_after": after, **fit,
                    "reference_seconds": round(ref_s, 2), "heldout_seconds": round(held_s, 2)}
