@@ -41,10 +41,11 @@ the family of TIS-DPO (Liu et al. 2024, arXiv 2410.04350) and SePO (Yang et al. 
 arXiv 2408.13518), with the weights taken from the votes' own evidence. (With ``--loss ipo``
 the weighted sums are still divided by the answer's token count.) The pairs that hold no
 credited word apart count ``--uncredited-weight`` times in such a round's loss, and sit
-it out at the default 0 (``weigh_uncredited``). The held-out gate judges the held-out
-votes the same way: marked with the round's credited words, scored on the focused reward,
-and at weight 0 only the pairs that hold a credited word apart
-(``trainer/training/heldout.py``): the whole answers' reward would judge what focused
+it out at the default 0 (``focus_round``). The held-out gate judges the held-out votes
+on the reward the round trains: marked with the round's credited words, each pair with
+credited tokens scored on the focused reward, and at weight 0 only the pairs that hold a
+credited word apart (``trainer/training/heldout.py``; at a weight between 0 and 1 the
+others count in full in its sign test): the whole answers' reward judges what focused
 training never aimed at (it fell on held-out votes in rounds whose drafts had learnt).
 """
 
@@ -291,27 +292,29 @@ def mark_credit(examples: list, credited: set[str], decode: Decode) -> None:
                 e.credit[seq] = token_mask(seq, e.apart, decode)
 
 
-def weigh_uncredited(examples: list, weight: float, least: int = 2) -> tuple[list, int]:
-    """(the round's training pairs, how many were weighed down or left out) once
-    ``mark_credit`` has run (``--uncredited-weight``): when at least ``least`` pairs hold
-    a credited word apart, each pair that holds none gets ``weight`` in the loss, and is
-    left out at 0; else all pairs are kept as they are (the default 2: the fewest pairs
-    a round trains on, ``rounds.MIN_TRAIN_EXAMPLES``).
+def focus_round(train: list, held: list, weight: float, least: int
+                ) -> tuple[list, list, int]:
+    """(training pairs, held-out pairs, training pairs without a credited word) of a round
+    once ``mark_credit`` has run on both (``--uncredited-weight``). When at least
+    ``least`` training pairs hold a credited word apart, each training pair that holds
+    none gets ``weight`` in the loss; at 0 it is left out, and so is each held-out pair
+    that holds none: the gate then judges the pairs the round trained on. With fewer,
+    every pair is kept as it is.
 
     Such a pair's vote is explained by something the test did not find (a word too rare
     to credit, or no word at all), and scored on its whole answers it teaches whatever
     the chosen answers share: when the credited pairs' chosen answers run longer, that
-    is length, and the policy learns to ramble instead of the words."""
-    if sum(bool(e.apart) for e in examples) < max(least, 1):
-        return examples, 0
-    out = []
-    for e in examples:
-        if not e.apart:
-            if weight == 0:
-                continue
-            e.weight = weight
-        out.append(e)
-    return out, sum(not e.apart for e in examples)
+    is length, and the policy learns to ramble instead of the words. (A pair holding a
+    credited word in a text-only answer, which has no token marks, is kept and trained
+    on its whole answers.)"""
+    if sum(bool(e.apart) for e in train) < max(least, 1):
+        return train, held, 0
+    plain = [e for e in train if not e.apart]
+    if weight == 0:
+        return [e for e in train if e.apart], [e for e in held if e.apart], len(plain)
+    for e in plain:
+        e.weight = weight
+    return train, held, len(plain)
 
 
 def credit_weights(response_mask, batch: list, texts: list):

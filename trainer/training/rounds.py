@@ -129,7 +129,7 @@ def _micro_step(policy, batch: list[Example], cfg: TrainConfig, ref_version: str
                                             e_enc["attention_mask"], e_enc["response_mask"])
             guard = empty_guard(empty_logps, ref_empty)
         loss = loss + cfg.empty_guard * guard
-        nll = chosen_nll(logps[:b], n[:b].float())
+        nll = chosen_nll(logps[:b] * weight, n[:b].float())
         loss = loss + cfg.sft_weight * nll
         if not torch.isfinite(loss):
             raise RoundError(f"non-finite loss ({loss.item()}); the round is aborted. Lower "
@@ -238,9 +238,9 @@ def load_examples(store, cfg: TrainConfig, fmt, frame, decode: span.Decode | Non
     one. ``--window`` keeps the latest training pairs, counted in pairs that teach
     something (a tie teaches DPO nothing and takes no place), so a rare preference keeps
     its decisive votes for many rounds; the credit test (``--credit-weight``) reads every
-    training-side vote so far, in the window or not, and its words are marked in the
-    window's pairs; the pairs that hold none count ``--uncredited-weight`` times (counts'
-    ``uncredited``: how many). KTO trains on every vote. ``--answer-span`` other
+    training-side vote so far, and the pairs that hold none of its words count
+    ``--uncredited-weight`` times (``credit.focus_round``; counts' ``uncredited``: how
+    many training-side pairs hold none). KTO trains on every vote. ``--answer-span`` other
     than full cuts what is scored of a pair (``span.span_rows``, which needs ``decode``:
     the tokenizer's ids -> text); ``vectors`` (word -> input embedding) lets the credit
     test pool a word with its neighbours (``--credit-similarity``)."""
@@ -256,20 +256,20 @@ def load_examples(store, cfg: TrainConfig, fmt, frame, decode: span.Decode | Non
     rows = span.span_rows(rows, cfg.answer_span, decode)
     paired = paired_examples(rows, fmt, frame)
     train, held = split(paired, cfg.heldout_fraction)
+    held = held[-HELDOUT_MAX:]
+    credits, uncredited = [], 0
+    if cfg.credit_weight and cfg.loss != "kto":  # what every training-side vote says in words
+        credits = credit.credited_words(credit.vote_sides(
+            [r for r in voted if not is_heldout(r.get("group") or r["key"], cfg.heldout_fraction)]),
+            cfg.credit_alpha, vectors, cfg.credit_similarity)
+    if credits:  # marked before the window: a pair left out takes no place in it
+        for pairs in (train, held):
+            credit.mark_credit(pairs, {c.word for c in credits}, decode)
+        train, held, uncredited = credit.focus_round(train, held, cfg.uncredited_weight,
+                                                     MIN_TRAIN_EXAMPLES)
     train = train[-cfg.window:] if cfg.window else train  # pair order: oldest first
     if cfg.end_anchor or cfg.empty_guard:  # training terms: only the pairs trained on
         endings.mark_endings(rows, train, decode)
-    credits, uncredited = [], 0
-    if cfg.credit_weight and cfg.loss != "kto":  # what every training-side vote says
-        credits = credit.credited_words(credit.vote_sides(  # in words, the window's and older
-            [r for r in voted if not is_heldout(r.get("group") or r["key"], cfg.heldout_fraction)]),
-            cfg.credit_alpha, vectors, cfg.credit_similarity)
-    held = held[-HELDOUT_MAX:]
-    if credits:  # the gate judges held-out pairs as the round trains on them
-        for pairs in (train, held):
-            credit.mark_credit(pairs, {c.word for c in credits}, decode)
-        train, uncredited = credit.weigh_uncredited(train, cfg.uncredited_weight)
-        held, _ = credit.weigh_uncredited(held, cfg.uncredited_weight)
     if cfg.loss == "kto":
         held_pairs = {e.pair_id for e in held}
         rows = [r for r in store.kto_rows(max_vote_id=max_vote)
