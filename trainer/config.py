@@ -219,14 +219,12 @@ class TrainConfig:
                                        "so a preference spread over many rare words of one "
                                        "kind (positive words, numbers, hedges) is credited "
                                        "(--credit-weight; 0 = each word alone).")
-    uncredited_weight: float = setting(0.0, "In a round where at least 2 training pairs hold "
-                                       "a word the votes credit (--credit-weight) in one answer "
-                                       "only, the weight in the loss of each pair that holds "
-                                       "none: its vote is explained by something the test did "
-                                       "not find, and its whole answers teach what the chosen "
-                                       "ones share instead, often length (0 = such pairs sit "
-                                       "the round out, in training and in the held-out gate; "
-                                       "1 = they count like any pair).")
+    uncredited_weight: float = setting(0.0, "In a round where 2+ training pairs hold a word "
+                                       "the votes credit (--credit-weight) in one answer only, "
+                                       "the loss weight of each pair holding none (its whole "
+                                       "answers teach what chosen ones share, often length): "
+                                       "0 = they sit the round out, training and held-out gate; "
+                                       "1 = they count like any pair.")
     disagreement: str = setting("drop", "An A/B pair whose annotators disagree, until an "
                                 "admin decides it (Team tab): drop = not trained on; "
                                 "majority = trained on the majority's choice.",
