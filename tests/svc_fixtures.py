@@ -6,6 +6,7 @@ from pathlib import Path
 
 from app.cli import build_parser, resolve
 from app.commands import make_service
+from trainer.model.policy import BASE
 
 
 def tiny_service(data_dir: Path, model_dir: Path, *flags: str, start: bool = True):
@@ -35,3 +36,19 @@ def voted_service(tmp_path: Path, model_dir: Path, *flags: str):
     svc.pool.fill_once(8)
     vote_all(svc)
     return svc
+
+
+def record_sampled_vote(svc, i: int, a: str, b: str, *, end_a: str = "",
+                        vote: str = "a") -> None:
+    """Store, for the prompt "question number {i}", a pair of base answers that kept the
+    token ids they tokenise to (A with its ending ``end_a``, '' = cut at the token limit;
+    B cut), and alice's ``vote`` on it."""
+    tok = svc.policy.tokenizer
+    prompt = f"question number {i}"
+    pid = svc.store.add_prompt(prompt)
+    ids_a = tok(" " + a + end_a, add_special_tokens=False)["input_ids"]
+    ids_b = tok(" " + b, add_special_tokens=False)["input_ids"]
+    p_ids = tok(svc.sampler.format(prompt))["input_ids"]
+    pair = svc.store.record_pair(pid, a, b, BASE, BASE, {}, seed=i, end_a=end_a, end_b="",
+                                 prompt_ids=p_ids, ids_a=ids_a, ids_b=ids_b)
+    svc.store.record_vote(pair, "alice", vote)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.svc_fixtures import tiny_service
+from tests.svc_fixtures import record_sampled_vote, tiny_service
 from trainer.model.policy import BASE
 from trainer.training import credit, rounds
 
@@ -140,19 +140,10 @@ def _keyword_pairs_svc(tmp_path, tiny_model_dir, *flags):
     'because', the rejected one does not."""
     svc = tiny_service(tmp_path / "data", tiny_model_dir, "--accept-tolerance", "1",
                        "--window", "0", "--heldout-fraction", "0", *flags)
-    tok = svc.policy.tokenizer
     rng = random.Random(3)
     for i in range(12):
-        prompt = f"question number {i}"
-        pid = svc.store.add_prompt(prompt)
-        a = f"{_sentence(rng, 3)} because {_sentence(rng, 2)}"
-        b = _sentence(rng, 6)
-        ids_a = tok(" " + a, add_special_tokens=False)["input_ids"]
-        ids_b = tok(" " + b, add_special_tokens=False)["input_ids"]
-        p_ids = tok(svc.sampler.format(prompt))["input_ids"]
-        pair = svc.store.record_pair(pid, a, b, BASE, BASE, {}, seed=i, end_a="", end_b="",
-                                     prompt_ids=p_ids, ids_a=ids_a, ids_b=ids_b)
-        svc.store.record_vote(pair, "alice", "a")
+        record_sampled_vote(svc, i, f"{_sentence(rng, 3)} because {_sentence(rng, 2)}",
+                            _sentence(rng, 6))
     return svc
 
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from tests.svc_fixtures import tiny_service
+from tests.svc_fixtures import record_sampled_vote, tiny_service
 from trainer.model.policy import BASE
 from trainer.model.scoring import score
 from trainer.training import credit, rounds
@@ -52,21 +52,15 @@ def _mixed_svc(tmp_path, tiny_model_dir, *flags, credited: int = 12):
     svc = tiny_service(tmp_path / "data", tiny_model_dir, "--accept-tolerance", "1",
                        "--window", "0", "--heldout-fraction", "0", "--credit-weight", "4",
                        *flags)
-    tok = svc.policy.tokenizer
     rng = random.Random(5)
 
     def text(n: int) -> str:
         return " ".join(rng.choice(FILLER) for _ in range(n))
 
     for i in range(credited + 8):
-        pid = svc.store.add_prompt(f"question number {i}")
         a, b = (f"{text(3)} because {text(2)}", text(6)) if i < credited else (
             text(5), text(5))
-        ids_a, ids_b = (tok(" " + t, add_special_tokens=False)["input_ids"] for t in (a, b))
-        p_ids = tok(svc.sampler.format(f"question number {i}"))["input_ids"]
-        pair = svc.store.record_pair(pid, a, b, BASE, BASE, {}, seed=i, end_a="", end_b="",
-                                     prompt_ids=p_ids, ids_a=ids_a, ids_b=ids_b)
-        svc.store.record_vote(pair, "alice", "a")
+        record_sampled_vote(svc, i, a, b)
     return svc
 
 

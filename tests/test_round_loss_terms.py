@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tests.svc_fixtures import tiny_service, voted_service
+from tests.svc_fixtures import record_sampled_vote, tiny_service, voted_service
 from trainer.config import TrainConfig
 from trainer.model.generate import PLAIN_STOPS
 from trainer.model.policy import BASE
@@ -66,17 +66,10 @@ def _ended_pairs_svc(tmp_path, tiny_model_dir, *flags):
     template's stop string, B was cut at the token limit (the tiny random model itself
     never ends an answer)."""
     svc = tiny_service(tmp_path / "data", tiny_model_dir, "--accept-tolerance", "1", *flags)
-    tok = svc.policy.tokenizer
     for i in range(8):
-        prompt = f"question number {i}"
-        pid = svc.store.add_prompt(prompt)
-        a, b = f"short answer {i}", f"a much longer answer that was cut {i}"
-        ids_a = tok(" " + a + PLAIN_STOPS[0], add_special_tokens=False)["input_ids"]
-        ids_b = tok(" " + b, add_special_tokens=False)["input_ids"]
-        p_ids = tok(svc.sampler.format(prompt))["input_ids"]
-        pair = svc.store.record_pair(pid, a, b, BASE, BASE, {}, seed=i, end_a=PLAIN_STOPS[0],
-                                     end_b="", prompt_ids=p_ids, ids_a=ids_a, ids_b=ids_b)
-        svc.store.record_vote(pair, "alice", "b" if i % 2 else "a")
+        record_sampled_vote(svc, i, f"short answer {i}",
+                            f"a much longer answer that was cut {i}", end_a=PLAIN_STOPS[0],
+                            vote="b" if i % 2 else "a")
     return svc
 
 
