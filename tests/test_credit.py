@@ -27,11 +27,6 @@ def test_poisson_binomial_tail_by_hand():
     assert credit.poisson_binomial_tail([], 0) == 1.0
 
 
-def test_words_are_lower_cased_whole_words():
-    assert credit.words("Because it's raining, BECAUSE-2x!") == [
-        "because", "it's", "raining", "because", "2x"]
-
-
 def test_a_word_on_the_chosen_side_of_every_decisive_pair_is_credited():
     rng = random.Random(0)
     pairs = [(_sentence(rng, 8) + " because " + _sentence(rng, 4), _sentence(rng, 12))

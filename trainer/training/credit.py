@@ -1,7 +1,8 @@
 """Which words the votes credit, and which tokens of an answer they cover (``--credit-weight``).
 
 A preference a person holds about wording ("explain why", "give numbers", "no
-jargon") shows in the votes as words that turn up in the chosen answer and not in the
+jargon") or form ("ask me a question", "use lists"; each punctuation mark is a word
+here) shows in the votes as words that turn up in the chosen answer and not in the
 rejected one far more often than chance allows. DPO's implicit reward is a sum over an
 answer's tokens (paper Eq. 5): from a handful of decisive votes, the few tokens that
 decided them are one or two of ~100 per answer, their gradient is drowned by the
@@ -60,7 +61,8 @@ import numpy as np
 
 from trainer.training.span import Decode
 
-WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")  # letters/digits, with inner apostrophes
+# A word: letters/digits with inner apostrophes, or one punctuation mark or symbol
+WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*|[^\w\s]")
 
 Vectors = Callable[[Sequence[str]], np.ndarray]  # words -> (n, d) float vectors
 
@@ -76,7 +78,9 @@ class Credit:
 
 
 def words(text: str) -> list[str]:
-    """The words of ``text``, lower-cased, in order."""
+    """The words of ``text``, lower-cased, in order; each punctuation mark or symbol is a
+    word of its own ("?", "(", "-", "*"), so a preference about form (ask a question,
+    write a list) is tested like one about wording."""
     return [w.lower() for w in WORD.findall(text)]
 
 
